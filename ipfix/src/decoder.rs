@@ -112,8 +112,12 @@ impl<'a> DataRecord<'a> {
 
     /// The value of the field carrying element `name`, if the template has it.
     pub fn value(&self, name: &str) -> Option<Value<'a>> {
-        let index = self.template.position(name)?;
-        let field = &self.template.fields()[index];
+        self.value_at(self.template.position(name)?)
+    }
+
+    /// The value of the field at `index` in the template; reads fixed-prefix fields directly.
+    pub fn value_at(&self, index: usize) -> Option<Value<'a>> {
+        let field = self.template.fields().get(index)?;
         let bytes = match field.offset {
             Some(offset) => {
                 let start = usize::from(offset);
@@ -182,6 +186,7 @@ pub struct MessageInfo {
     pub template_records: u32,
     pub options_template_records: u32,
     pub withdrawals: u32,
+    pub template_sets: u32,
     pub unknown_template_sets: u32,
 }
 
@@ -274,6 +279,7 @@ impl Decoder {
             template_records: 0,
             options_template_records: 0,
             withdrawals: 0,
+            template_sets: 0,
             unknown_template_sets: 0,
         };
         let domain = header.observation_domain_id;
@@ -282,6 +288,7 @@ impl Decoder {
             match set_header.set_id {
                 TEMPLATE_SET_ID | OPTIONS_TEMPLATE_SET_ID => {
                     let options = set_header.set_id == OPTIONS_TEMPLATE_SET_ID;
+                    info.template_sets += 1;
                     self.template_set(session, domain, options, body, &mut info, &mut visit)?;
                 }
                 id if id >= MIN_DATA_SET_ID => {

@@ -230,6 +230,14 @@ impl Template {
             .position(|f| f.ie.is_some_and(|ie| ie.name == name))
     }
 
+    /// Index of the field carrying element `id` of enterprise `pen`.
+    #[inline]
+    pub fn position_of(&self, pen: u32, id: u16) -> Option<usize> {
+        self.fields
+            .iter()
+            .position(|f| f.spec.element_id == id && f.spec.enterprise_number == pen)
+    }
+
     /// Sum of the fixed-length fields.
     pub fn fixed_len(&self) -> usize {
         self.fixed_len
