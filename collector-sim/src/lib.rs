@@ -27,6 +27,7 @@ pub mod sender;
 mod stats;
 pub mod synthetic;
 mod tcp;
+pub mod tshark;
 mod udp;
 
 use std::io::{self, Write};

@@ -119,11 +119,9 @@ impl Sender {
 
     /// Queues one record, sending the current message first when it is full.
     pub fn send(&mut self, record: &FlowRecord<'_>) -> io::Result<()> {
-        if self.templates_due() {
-            if self.add_templates() == Err(EncodeError::MessageFull) {
-                self.flush()?;
-                self.add_templates().map_err(invalid)?;
-            }
+        if self.templates_due() && self.add_templates() == Err(EncodeError::MessageFull) {
+            self.flush()?;
+            self.add_templates().map_err(invalid)?;
         }
         match self
             .encoder

@@ -80,7 +80,7 @@ pub fn flow_record(index: u64, ipv6: bool) -> FlowRecord<'static> {
         flow_end_reason: (index % 4) as u8 + 1,
         source_port: 32_768 + (index % 28_000) as u16,
         destination_port: PORTS[i % 4],
-        protocol: if i % 5 == 0 { 17 } else { 6 },
+        protocol: if i.is_multiple_of(5) { 17 } else { 6 },
         forward: Counters {
             packet_total: packets,
             octet_total: packets * 120,
