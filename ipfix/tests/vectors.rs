@@ -249,3 +249,47 @@ fn templates_are_per_session_and_domain_and_withdrawable() {
     decoder.decode(1, &withdraw_all, |_| {}).unwrap();
     assert_eq!(decoder.template_count(), 0);
 }
+
+#[test]
+fn options_records_round_trip_and_count_in_the_sequence() {
+    let registry = Registry::default();
+    let options = Template::options(
+        400,
+        1,
+        &[
+            registry.expect("observationDomainId"),
+            registry.expect("exportedFlowRecordTotalCount"),
+            registry.expect("notSentFlowTotalCount"),
+        ],
+    )
+    .unwrap();
+    let mut encoder = Encoder::new(77, 1472).unwrap();
+    encoder.add_template(&options).unwrap();
+    let values = [
+        Value::Unsigned(77),
+        Value::Unsigned(123_456),
+        Value::Unsigned(9),
+    ];
+    encoder
+        .add_record(&options, &ValueRecord::new(&options, &values).unwrap())
+        .unwrap();
+    let bytes = encoder.finish(0).to_vec();
+    assert_eq!(encoder.sequence_number(), 1);
+    let mut decoded = Vec::new();
+    let info = Decoder::default()
+        .decode(1, &bytes, |item| {
+            if let Item::Record(record) = item {
+                assert!(record.template().is_options());
+                decoded.extend(record.values().map(|(_, v)| v == Value::Unsigned(0)));
+                assert_eq!(
+                    record.value("exportedFlowRecordTotalCount"),
+                    Some(Value::Unsigned(123_456))
+                );
+            }
+        })
+        .unwrap();
+    assert_eq!(info.options_template_records, 1);
+    assert_eq!(info.options_records, 1);
+    assert_eq!(info.data_records, 0);
+    assert_eq!(decoded, [false, false, false]);
+}
