@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::registry::{DataType, Registry};
-use crate::template::{Field, Template, TemplateError};
+use crate::template::{Field, Step, Template, TemplateError};
 use crate::value::{Value, ValueError};
 use crate::wire::field_specifier::{FieldSpecifier, FieldSpecifierRepr};
 use crate::wire::message::{HEADER_LEN as MESSAGE_HEADER_LEN, MessageHeader, MessageHeaderRepr};
@@ -444,43 +444,35 @@ impl Decoder {
 /// Walks one record, checking every field fits and every value is valid; returns its length.
 fn record_len(template: &Template, record: &[u8]) -> Result<usize, DecodeError> {
     let template_id = template.id();
-    if template.variable_fields() == 0 {
-        // Fixed layout: lengths were checked when the template was learned; only strings
-        // and booleans can still be invalid.
-        let len = template.fixed_len();
-        need(record, len)?;
-        for (index, field) in template.fields().iter().enumerate() {
-            if matches!(field.data_type(), DataType::String | DataType::Boolean)
-                && let Some(offset) = field.offset
-            {
-                let start = usize::from(offset);
-                let bytes = &record[start..start + usize::from(field.spec.length)];
-                check_value(template_id, index, field, bytes)?;
+    let mut at = 0usize;
+    for step in template.steps() {
+        match *step {
+            Step::Skip(len) => at += len,
+            Step::Checked { index, len } => {
+                need(record, at + len)?;
+                let bytes = &record[at..at + len];
+                check_value(template_id, index, &template.fields()[index], bytes)?;
+                at += len;
+            }
+            Step::Variable { index, check } => {
+                let overrun = DecodeError::VariableLengthOverrun { template_id, index };
+                let rest = record.get(at..).ok_or(overrun)?;
+                let (len, skip) = field_extent(&template.fields()[index], rest).ok_or(overrun)?;
+                let bytes = rest.get(skip..skip + len).ok_or(overrun)?;
+                // Names are nearly always ASCII: test that first, it is much cheaper than
+                // a full UTF-8 validation of many short strings.
+                if check && !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
+                    return Err(DecodeError::InvalidValue {
+                        template_id,
+                        index,
+                        error: ValueError::InvalidString,
+                    });
+                }
+                at += skip + len;
             }
         }
-        return Ok(len);
     }
-    let mut at = 0usize;
-    for (index, field) in template.fields().iter().enumerate() {
-        let rest = &record[at..];
-        let Some((len, skip)) = field_extent(field, rest) else {
-            return Err(DecodeError::VariableLengthOverrun { template_id, index });
-        };
-        let Some(bytes) = rest.get(skip..skip + len) else {
-            return Err(if field.is_variable() {
-                DecodeError::VariableLengthOverrun { template_id, index }
-            } else {
-                DecodeError::Wire(WireError::Truncated {
-                    needed: at + skip + len,
-                    available: record.len(),
-                })
-            });
-        };
-        if matches!(field.data_type(), DataType::String | DataType::Boolean) {
-            check_value(template_id, index, field, bytes)?;
-        }
-        at += skip + len;
-    }
+    need(record, at)?;
     Ok(at)
 }
 

@@ -57,6 +57,18 @@ impl Field {
     }
 }
 
+/// One step of walking a data record: runs of fixed fields that need no check are merged,
+/// so the decoder does a few steps per record instead of one per field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Fixed-length bytes that need no validation.
+    Skip(usize),
+    /// A fixed-length field whose value must be checked (string, boolean).
+    Checked { index: usize, len: usize },
+    /// A variable-length field; `check` for strings (UTF-8).
+    Variable { index: usize, check: bool },
+}
+
 /// A template or options template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -65,6 +77,7 @@ pub struct Template {
     fields: Vec<Field>,
     fixed_len: usize,
     variable_fields: usize,
+    steps: Vec<Step>,
 }
 
 impl Template {
@@ -194,13 +207,20 @@ impl Template {
         if fields.is_empty() || fields.len() > usize::from(u16::MAX) {
             return Err(TemplateError::FieldCount(fields.len()));
         }
+        let steps = walk_steps(&fields);
         Ok(Self {
             id,
             scope_field_count,
             fields,
             fixed_len,
             variable_fields,
+            steps,
         })
+    }
+
+    /// The steps that walk one data record.
+    pub(crate) fn steps(&self) -> &[Step] {
+        &self.steps
     }
 
     /// Template id.
@@ -295,6 +315,33 @@ impl Template {
             at += len;
         }
     }
+}
+
+fn walk_steps(fields: &[Field]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (index, field) in fields.iter().enumerate() {
+        let checked = matches!(field.data_type(), DataType::String | DataType::Boolean);
+        let step = if field.is_variable() {
+            Step::Variable {
+                index,
+                check: field.data_type() == DataType::String,
+            }
+        } else if checked {
+            Step::Checked {
+                index,
+                len: usize::from(field.spec.length),
+            }
+        } else {
+            let len = usize::from(field.spec.length);
+            if let Some(Step::Skip(run)) = steps.last_mut() {
+                *run += len;
+                continue;
+            }
+            Step::Skip(len)
+        };
+        steps.push(step);
+    }
+    steps
 }
 
 #[cfg(test)]
