@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::registry::{DataType, Registry};
+use crate::registry::Registry;
 use crate::template::{Field, Step, Template, TemplateError};
 use crate::value::{Value, ValueError};
 use crate::wire::field_specifier::{FieldSpecifier, FieldSpecifierRepr};
