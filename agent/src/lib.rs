@@ -1,3 +1,6 @@
-//! The flowex node agent. Its modules (conntrack and NFLOG sources, connection store,
-//! expiry, record building, exporting process, metrics) are not written yet; the crate
-//! exports nothing until they are.
+//! The flowex node agent. Built so far: the conntrack source (ctnetlink parser, table dumps
+//! with kernel-side filters, table statistics). Events, NFLOG, the connection store and the
+//! exporting process are still to come.
+
+pub mod conntrack;
+pub mod netlink;

@@ -1,27 +1,184 @@
 //! `flowex`: the node agent's command line.
-//!
-//! The agent itself (conntrack and NFLOG sources, connection store, exporting process) is
-//! not built yet; until it is, this binary only reports its version and says so plainly
-//! instead of pretending to export anything.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Instant;
 
-use clap::Parser;
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use flowex_agent::conntrack::{ConntrackEntry, ConntrackSocket, DumpFilter, tcp_state_name};
+use serde_json::json;
 
 /// flowex: an IPFIX flow exporter for Kubernetes nodes.
 ///
-/// Not yet functional: the agent (`flowex run`) is under construction. Today the
-/// workspace ships the IPFIX wire crate (flowex-ipfix) and the collector-sim and
-/// ipfix-send tools; see README.md.
+/// The exporting agent (`flowex run`) is still under construction; the conntrack
+/// inspection command below works today.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
-struct Args {}
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the conntrack table of this network namespace (needs CAP_NET_ADMIN).
+    Conntrack(ConntrackArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ConntrackArgs {
+    /// Only entries in this conntrack zone (filtered by the kernel).
+    #[arg(long)]
+    zone: Option<u16>,
+    /// Only entries whose mark matches, as VALUE or VALUE/MASK (decimal or 0x hex).
+    #[arg(long, value_parser = parse_mark)]
+    mark: Option<(u32, u32)>,
+    /// Only this address family.
+    #[arg(long, value_parser = ["ipv4", "ipv6"])]
+    family: Option<String>,
+    /// One JSON object per entry.
+    #[arg(long)]
+    json: bool,
+    /// Print only {"entries":N,"elapsed_ms":T} for a full dump with the filters.
+    #[arg(long)]
+    count: bool,
+}
+
+fn parse_number(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not a 32-bit number: {e}"))
+}
+
+fn parse_mark(text: &str) -> Result<(u32, u32), String> {
+    match text.split_once('/') {
+        Some((value, mask)) => Ok((parse_number(value)?, parse_number(mask)?)),
+        None => Ok((parse_number(text)?, u32::MAX)),
+    }
+}
+
+fn entry_json(entry: &ConntrackEntry) -> serde_json::Value {
+    let tuple = |t: &flowex_agent::conntrack::Tuple| {
+        json!({
+            "src": t.source.to_string(),
+            "dst": t.destination.to_string(),
+            "sport": t.source_port,
+            "dport": t.destination_port,
+            "icmp_id": t.icmp_id,
+            "icmp_type": t.icmp_type,
+            "icmp_code": t.icmp_code,
+        })
+    };
+    json!({
+        "id": entry.id,
+        "family": if entry.family == libc::AF_INET6 as u8 { "ipv6" } else { "ipv4" },
+        "protocol": entry.original.protocol,
+        "original": tuple(&entry.original),
+        "reply": tuple(&entry.reply),
+        "packets_original": entry.original_counters.map(|c| c.packets),
+        "bytes_original": entry.original_counters.map(|c| c.bytes),
+        "packets_reply": entry.reply_counters.map(|c| c.packets),
+        "bytes_reply": entry.reply_counters.map(|c| c.bytes),
+        "zone": entry.zone,
+        "mark": entry.mark,
+        "status": entry.status,
+        "tcp_state": entry.tcp_state.map(tcp_state_name),
+        "timeout": entry.timeout,
+        "start_ns": entry.start_ns,
+        "stop_ns": entry.stop_ns,
+        "labels": entry.labels.map(|l| l.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        "use": entry.use_count,
+    })
+}
+
+fn entry_line(entry: &ConntrackEntry) -> String {
+    let t = &entry.original;
+    let r = &entry.reply;
+    let counters = |c: Option<flowex_agent::conntrack::Counters>| {
+        c.map_or(String::new(), |c| {
+            format!(" packets={} bytes={}", c.packets, c.bytes)
+        })
+    };
+    format!(
+        "proto={} {} src={} dst={} sport={} dport={}{} src={} dst={} sport={} dport={}{} zone={} mark={} id={}",
+        t.protocol,
+        entry.tcp_state.map_or("", tcp_state_name),
+        t.source,
+        t.destination,
+        t.source_port,
+        t.destination_port,
+        counters(entry.original_counters),
+        r.source,
+        r.destination,
+        r.source_port,
+        r.destination_port,
+        counters(entry.reply_counters),
+        entry.zone,
+        entry.mark,
+        entry.id,
+    )
+}
+
+fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
+    let filter = DumpFilter {
+        family: match args.family.as_deref() {
+            Some("ipv4") => libc::AF_INET as u8,
+            Some("ipv6") => libc::AF_INET6 as u8,
+            _ => 0,
+        },
+        zone: args.zone,
+        mark: args.mark,
+    };
+    let mut socket =
+        ConntrackSocket::open().context("opening a ctnetlink socket (needs CAP_NET_ADMIN)")?;
+    let started = Instant::now();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_error = None;
+    let stats = socket
+        .dump(&filter, |entry| {
+            if args.count || write_error.is_some() {
+                return;
+            }
+            let line = if args.json {
+                entry_json(entry).to_string()
+            } else {
+                entry_line(entry)
+            };
+            if let Err(e) = writeln!(out, "{line}") {
+                write_error = Some(e);
+            }
+        })
+        .context("dumping the conntrack table")?;
+    if args.count {
+        writeln!(
+            out,
+            "{}",
+            json!({"entries": stats.entries, "elapsed_ms": started.elapsed().as_millis() as u64})
+        )?;
+    }
+    if let Some(e) = write_error
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        bail!("writing the entries: {e}");
+    }
+    out.flush().ok();
+    Ok(())
+}
 
 fn main() -> ExitCode {
-    let _args = Args::parse();
-    eprintln!(
-        "flowex {}: the agent is not implemented yet; nothing is exported. See README.md.",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(2)
+    let args = Args::parse();
+    let result = match &args.command {
+        Command::Conntrack(conntrack_args) => conntrack(conntrack_args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("flowex: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

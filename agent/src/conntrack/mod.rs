@@ -1,0 +1,10 @@
+//! Conntrack over ctnetlink: an allocation-free parser for entries, and a socket that dumps
+//! the table (with kernel-side zone and mark filters) and reads its statistics.
+
+mod entry;
+mod socket;
+
+pub use entry::{
+    ConntrackEntry, Counters, IPS_CONFIRMED, IPS_DYING, Tuple, parse_entry, tcp_state_name,
+};
+pub use socket::{ConntrackError, ConntrackSocket, DumpFilter, DumpStats, TableStats};

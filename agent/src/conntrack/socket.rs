@@ -1,0 +1,331 @@
+//! A ctnetlink socket: full-table dumps (with kernel-side zone and mark filters) streamed
+//! entry by entry into a callback, and the table statistics queries.
+
+use std::io;
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use super::entry::{ConntrackEntry, parse_entry};
+use crate::netlink::{
+    Attributes, Messages, NFGEN_LEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_FILTERED, NLM_F_DUMP_INTR,
+    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, ParseError, RequestBuilder,
+    error_code,
+};
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
+const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
+
+const CTA_MARK: u16 = 8;
+const CTA_ZONE: u16 = 18;
+const CTA_MARK_MASK: u16 = 21;
+
+const CTA_STATS_FOUND: u16 = 2;
+const CTA_STATS_INVALID: u16 = 4;
+const CTA_STATS_INSERT: u16 = 8;
+const CTA_STATS_INSERT_FAILED: u16 = 9;
+const CTA_STATS_DROP: u16 = 10;
+const CTA_STATS_EARLY_DROP: u16 = 11;
+const CTA_STATS_ERROR: u16 = 12;
+const CTA_STATS_SEARCH_RESTART: u16 = 13;
+const CTA_STATS_GLOBAL_ENTRIES: u16 = 1;
+const CTA_STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
+
+/// A dump datagram is at most 32 KiB on this kernel; a little more leaves headroom.
+const RECEIVE_BUFFER: usize = 64 * 1024;
+
+/// What can go wrong talking to ctnetlink.
+#[derive(Debug)]
+pub enum ConntrackError {
+    /// The socket failed (open, send, receive).
+    Io(io::Error),
+    /// The kernel answered with an error code.
+    Kernel(io::Error),
+    /// The kernel's bytes did not parse.
+    Parse(ParseError),
+    /// The kernel ran out of buffer space during a dump (NLMSG_OVERRUN).
+    Overrun,
+}
+
+impl std::fmt::Display for ConntrackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "ctnetlink socket: {e}"),
+            Self::Kernel(e) => write!(f, "ctnetlink request refused by the kernel: {e}"),
+            Self::Parse(e) => write!(f, "malformed ctnetlink message: {e}"),
+            Self::Overrun => f.write_str("ctnetlink dump overrun"),
+        }
+    }
+}
+
+impl std::error::Error for ConntrackError {}
+
+impl From<io::Error> for ConntrackError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<ParseError> for ConntrackError {
+    fn from(e: ParseError) -> Self {
+        Self::Parse(e)
+    }
+}
+
+/// Which entries a dump returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpFilter {
+    /// Address family: 0 (all), AF_INET or AF_INET6.
+    pub family: u8,
+    /// Only entries in this zone.
+    pub zone: Option<u16>,
+    /// Only entries whose mark & mask == value: (value, mask).
+    pub mark: Option<(u32, u32)>,
+}
+
+impl DumpFilter {
+    /// True when `entry` passes the filter (the user-space check).
+    pub fn matches(&self, entry: &ConntrackEntry) -> bool {
+        (self.family == 0 || entry.family == self.family)
+            && self.zone.is_none_or(|zone| entry.zone == zone)
+            && self
+                .mark
+                .is_none_or(|(value, mask)| entry.mark & mask == value & mask)
+    }
+
+    fn is_set(&self) -> bool {
+        self.zone.is_some() || self.mark.is_some()
+    }
+}
+
+/// What a dump did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpStats {
+    /// Entries handed to the callback.
+    pub entries: u64,
+    /// Entries the kernel sent that the user-space filter dropped.
+    pub filtered_in_user_space: u64,
+    /// True when the kernel marked its replies NLM_F_DUMP_FILTERED.
+    pub kernel_filtered: bool,
+    /// True when the kernel flagged the dump as interrupted (table changed mid-dump).
+    pub interrupted: bool,
+    /// Datagrams and bytes received.
+    pub datagrams: u64,
+    pub bytes: u64,
+}
+
+/// Table size and per-CPU counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub entries: u32,
+    pub max_entries: u32,
+    pub found: u64,
+    pub invalid: u64,
+    pub insert: u64,
+    pub insert_failed: u64,
+    pub drop: u64,
+    pub early_drop: u64,
+    pub error: u64,
+    pub search_restart: u64,
+}
+
+/// A ctnetlink request socket in the calling thread's network namespace.
+pub struct ConntrackSocket {
+    socket: Socket,
+    receive: Vec<u8>,
+    request: Vec<u8>,
+    sequence: u32,
+}
+
+impl ConntrackSocket {
+    /// Opens a socket (needs CAP_NET_ADMIN).
+    pub fn open() -> Result<Self, ConntrackError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self {
+            socket,
+            receive: Vec::with_capacity(RECEIVE_BUFFER),
+            request: Vec::with_capacity(256),
+            sequence: 1,
+        })
+    }
+
+    fn next_sequence(&mut self) -> u32 {
+        self.sequence = self.sequence.wrapping_add(1);
+        self.sequence
+    }
+
+    fn receive(&mut self) -> Result<(), ConntrackError> {
+        self.receive.clear();
+        loop {
+            match self.socket.recv(&mut self.receive, 0) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Dumps the table, calling `on_entry` for each entry that passes `filter`. Entries are
+    /// parsed into one reused struct: nothing is allocated per entry.
+    pub fn dump(
+        &mut self,
+        filter: &DumpFilter,
+        mut on_entry: impl FnMut(&ConntrackEntry),
+    ) -> Result<DumpStats, ConntrackError> {
+        let sequence = self.next_sequence();
+        let mut request = RequestBuilder::new(
+            &mut self.request,
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            sequence,
+            filter.family,
+        );
+        if let Some(zone) = filter.zone {
+            request.attribute(CTA_ZONE, &zone.to_be_bytes());
+        }
+        if let Some((value, mask)) = filter.mark {
+            request.attribute(CTA_MARK, &value.to_be_bytes());
+            request.attribute(CTA_MARK_MASK, &mask.to_be_bytes());
+        }
+        let request = request.finish();
+        self.socket.send(request, 0)?;
+
+        let mut stats = DumpStats::default();
+        let mut entry = ConntrackEntry::default();
+        let filter_set = filter.is_set() || filter.family != 0;
+        loop {
+            self.receive()?;
+            stats.datagrams += 1;
+            stats.bytes += self.receive.len() as u64;
+            for message in Messages::new(&self.receive) {
+                let (header, payload) = message?;
+                if header.sequence != sequence {
+                    continue;
+                }
+                match header.kind {
+                    NLMSG_DONE => return Ok(stats),
+                    NLMSG_ERROR => {
+                        let code = error_code(payload)?;
+                        if code != 0 {
+                            return Err(ConntrackError::Kernel(io::Error::from_raw_os_error(
+                                -code,
+                            )));
+                        }
+                    }
+                    NLMSG_OVERRUN => return Err(ConntrackError::Overrun),
+                    NLMSG_NOOP => {}
+                    kind if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
+                        stats.kernel_filtered |= header.flags & NLM_F_DUMP_FILTERED != 0;
+                        stats.interrupted |= header.flags & NLM_F_DUMP_INTR != 0;
+                        parse_entry(payload, &mut entry)?;
+                        // The user-space check is a few integer compares; it keeps the
+                        // result exact on kernels that ignore some filter attributes.
+                        if filter_set && !filter.matches(&entry) {
+                            stats.filtered_in_user_space += 1;
+                            continue;
+                        }
+                        stats.entries += 1;
+                        on_entry(&entry);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Reads the table size, its maximum, and the per-CPU counters summed.
+    pub fn table_stats(&mut self) -> Result<TableStats, ConntrackError> {
+        let mut stats = TableStats::default();
+        self.query(
+            IPCTNL_MSG_CT_GET_STATS,
+            NLM_F_REQUEST | NLM_F_ACK,
+            |attrs| {
+                for attr in attrs {
+                    let attr = attr?;
+                    match attr.kind {
+                        CTA_STATS_GLOBAL_ENTRIES => stats.entries = attr.be32()?,
+                        CTA_STATS_GLOBAL_MAX_ENTRIES => stats.max_entries = attr.be32()?,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        self.query(
+            IPCTNL_MSG_CT_GET_STATS_CPU,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            |attrs| {
+                for attr in attrs {
+                    let attr = attr?;
+                    let value = u64::from(attr.be32()?);
+                    match attr.kind {
+                        CTA_STATS_FOUND => stats.found += value,
+                        CTA_STATS_INVALID => stats.invalid += value,
+                        CTA_STATS_INSERT => stats.insert += value,
+                        CTA_STATS_INSERT_FAILED => stats.insert_failed += value,
+                        CTA_STATS_DROP => stats.drop += value,
+                        CTA_STATS_EARLY_DROP => stats.early_drop += value,
+                        CTA_STATS_ERROR => stats.error += value,
+                        CTA_STATS_SEARCH_RESTART => stats.search_restart += value,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(stats)
+    }
+
+    /// Sends a bodiless request and feeds the attributes of each reply message to `each`
+    /// until NLMSG_DONE or the acknowledgement.
+    fn query(
+        &mut self,
+        message: u16,
+        flags: u16,
+        mut each: impl FnMut(Attributes<'_>) -> Result<(), ParseError>,
+    ) -> Result<(), ConntrackError> {
+        let sequence = self.next_sequence();
+        let request = RequestBuilder::new(
+            &mut self.request,
+            (NFNL_SUBSYS_CTNETLINK << 8) | message,
+            flags,
+            sequence,
+            0,
+        )
+        .finish();
+        self.socket.send(request, 0)?;
+        loop {
+            self.receive()?;
+            let mut finished = false;
+            for reply in Messages::new(&self.receive) {
+                let (header, payload) = reply?;
+                if header.sequence != sequence {
+                    continue;
+                }
+                match header.kind {
+                    NLMSG_DONE => finished = true,
+                    NLMSG_ERROR => {
+                        let code = error_code(payload)?;
+                        if code != 0 {
+                            return Err(ConntrackError::Kernel(io::Error::from_raw_os_error(
+                                -code,
+                            )));
+                        }
+                        finished = true;
+                    }
+                    _ => {
+                        let attrs = payload.get(NFGEN_LEN..).unwrap_or(&[]);
+                        each(Attributes::new(attrs))?;
+                    }
+                }
+            }
+            if finished {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Just enough netlink to speak ctnetlink without allocating: message and attribute (NLA)
+//! iterators that hand out borrowed views, and a request builder that writes into a
+//! caller's buffer.
+
+use std::fmt;
+
+/// Length of `struct nlmsghdr`.
+pub const HEADER_LEN: usize = 16;
+/// Length of `struct nfgenmsg`, which follows the header of every netfilter message.
+pub const NFGEN_LEN: usize = 4;
+
+pub const NLM_F_REQUEST: u16 = 0x1;
+pub const NLM_F_MULTI: u16 = 0x2;
+pub const NLM_F_ACK: u16 = 0x4;
+pub const NLM_F_DUMP_INTR: u16 = 0x10;
+pub const NLM_F_DUMP_FILTERED: u16 = 0x20;
+pub const NLM_F_DUMP: u16 = 0x300;
+pub const NLM_F_EXCL: u16 = 0x200;
+pub const NLM_F_CREATE: u16 = 0x400;
+
+pub const NLMSG_NOOP: u16 = 1;
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+pub const NLMSG_OVERRUN: u16 = 4;
+
+/// Attribute type flags carried in the top bits of `nla_type`.
+pub const NLA_F_NESTED: u16 = 0x8000;
+pub const NLA_F_NET_BYTEORDER: u16 = 0x4000;
+const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
+
+/// Malformed netlink bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// A message header claims fewer than 16 bytes or more than the datagram holds.
+    BadMessageLength { length: u32, available: usize },
+    /// An attribute claims fewer than 4 bytes or more than its parent holds.
+    BadAttributeLength { length: u16, available: usize },
+    /// An attribute's payload has the wrong size for its type.
+    BadPayload { attribute: u16, length: usize },
+    /// A message too short for its fixed part.
+    Truncated { needed: usize, available: usize },
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadMessageLength { length, available } => write!(
+                f,
+                "netlink message length {length} is invalid ({available} bytes available)"
+            ),
+            Self::BadAttributeLength { length, available } => write!(
+                f,
+                "netlink attribute length {length} is invalid ({available} bytes available)"
+            ),
+            Self::BadPayload { attribute, length } => {
+                write!(
+                    f,
+                    "attribute {attribute} has an invalid {length}-byte payload"
+                )
+            }
+            Self::Truncated { needed, available } => {
+                write!(
+                    f,
+                    "message truncated: {needed} bytes needed, {available} available"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+#[inline]
+fn align4(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+/// A netlink message header, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageHeader {
+    pub length: u32,
+    pub kind: u16,
+    pub flags: u16,
+    pub sequence: u32,
+    pub port: u32,
+}
+
+/// Iterates the messages of one received datagram.
+#[derive(Debug, Clone)]
+pub struct Messages<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Messages<'a> {
+    /// Messages in `datagram`.
+    pub fn new(datagram: &'a [u8]) -> Self {
+        Self {
+            rest: datagram,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for Messages<'a> {
+    /// A header and the payload after it.
+    type Item = Result<(MessageHeader, &'a [u8]), ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.rest.len() < HEADER_LEN {
+            return None;
+        }
+        let b = self.rest;
+        let header = MessageHeader {
+            length: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            kind: u16::from_ne_bytes([b[4], b[5]]),
+            flags: u16::from_ne_bytes([b[6], b[7]]),
+            sequence: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+            port: u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+        };
+        let length = header.length as usize;
+        if length < HEADER_LEN || length > b.len() {
+            self.failed = true;
+            return Some(Err(ParseError::BadMessageLength {
+                length: header.length,
+                available: b.len(),
+            }));
+        }
+        let payload = &b[HEADER_LEN..length];
+        self.rest = &b[align4(length).min(b.len())..];
+        Some(Ok((header, payload)))
+    }
+}
+
+/// One attribute: its type (flags masked off), whether it is nested, and its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attribute<'a> {
+    pub kind: u16,
+    pub nested: bool,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Attribute<'a> {
+    /// The nested attributes inside this one.
+    pub fn attributes(&self) -> Attributes<'a> {
+        Attributes::new(self.payload)
+    }
+
+    fn fixed<const N: usize>(&self) -> Result<[u8; N], ParseError> {
+        self.payload.try_into().map_err(|_| ParseError::BadPayload {
+            attribute: self.kind,
+            length: self.payload.len(),
+        })
+    }
+
+    /// An 8-bit payload.
+    pub fn u8(&self) -> Result<u8, ParseError> {
+        Ok(self.fixed::<1>()?[0])
+    }
+
+    /// A big-endian 16-bit payload (ctnetlink sends integers in network order).
+    pub fn be16(&self) -> Result<u16, ParseError> {
+        Ok(u16::from_be_bytes(self.fixed()?))
+    }
+
+    /// A big-endian 32-bit payload.
+    pub fn be32(&self) -> Result<u32, ParseError> {
+        Ok(u32::from_be_bytes(self.fixed()?))
+    }
+
+    /// A big-endian 64-bit payload.
+    pub fn be64(&self) -> Result<u64, ParseError> {
+        Ok(u64::from_be_bytes(self.fixed()?))
+    }
+
+    /// A 4-byte payload (IPv4 address).
+    pub fn bytes4(&self) -> Result<[u8; 4], ParseError> {
+        self.fixed()
+    }
+
+    /// A 16-byte payload (IPv6 address).
+    pub fn bytes16(&self) -> Result<[u8; 16], ParseError> {
+        self.fixed()
+    }
+}
+
+/// Iterates attributes without allocating.
+#[derive(Debug, Clone)]
+pub struct Attributes<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Attributes<'a> {
+    /// Attributes in `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            rest: bytes,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for Attributes<'a> {
+    type Item = Result<Attribute<'a>, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.rest.len() < 4 {
+            return None;
+        }
+        let b = self.rest;
+        let length = u16::from_ne_bytes([b[0], b[1]]);
+        let kind = u16::from_ne_bytes([b[2], b[3]]);
+        let len = usize::from(length);
+        if len < 4 || len > b.len() {
+            self.failed = true;
+            return Some(Err(ParseError::BadAttributeLength {
+                length,
+                available: b.len(),
+            }));
+        }
+        self.rest = &b[align4(len).min(b.len())..];
+        Some(Ok(Attribute {
+            kind: kind & NLA_TYPE_MASK,
+            nested: kind & NLA_F_NESTED != 0,
+            payload: &b[4..len],
+        }))
+    }
+}
+
+/// Writes a netlink request into a buffer: header, nfgenmsg, then attributes; nested
+/// attributes are opened and closed explicitly. Lengths are patched at the end.
+pub struct RequestBuilder<'b> {
+    buf: &'b mut Vec<u8>,
+    open: [usize; 4],
+    depth: usize,
+}
+
+impl<'b> RequestBuilder<'b> {
+    /// Starts a netfilter request of `kind` (subsystem << 8 | message) for `family`.
+    pub fn new(buf: &'b mut Vec<u8>, kind: u16, flags: u16, sequence: u32, family: u8) -> Self {
+        buf.clear();
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&sequence.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        // nfgenmsg: family, version 0, resource id 0
+        buf.extend_from_slice(&[family, 0, 0, 0]);
+        Self {
+            buf,
+            open: [0; 4],
+            depth: 0,
+        }
+    }
+
+    /// Appends an attribute with `payload`.
+    pub fn attribute(&mut self, kind: u16, payload: &[u8]) -> &mut Self {
+        let length = (4 + payload.len()) as u16;
+        self.buf.extend_from_slice(&length.to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        self.buf.resize(align4(self.buf.len()), 0);
+        self
+    }
+
+    /// Opens a nested attribute; close it with [`RequestBuilder::end_nested`].
+    pub fn begin_nested(&mut self, kind: u16) -> &mut Self {
+        self.open[self.depth] = self.buf.len();
+        self.depth += 1;
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self
+    }
+
+    /// Closes the innermost nested attribute.
+    pub fn end_nested(&mut self) -> &mut Self {
+        self.depth -= 1;
+        let start = self.open[self.depth];
+        let length = (self.buf.len() - start) as u16;
+        self.buf[start..start + 2].copy_from_slice(&length.to_ne_bytes());
+        self
+    }
+
+    /// Patches the message length and returns the request bytes.
+    pub fn finish(self) -> &'b [u8] {
+        let length = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&length.to_ne_bytes());
+        self.buf
+    }
+}
+
+/// The error code of an NLMSG_ERROR payload (0 is an acknowledgement).
+pub fn error_code(payload: &[u8]) -> Result<i32, ParseError> {
+    let code: [u8; 4] =
+        payload
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(ParseError::Truncated {
+                needed: 4,
+                available: payload.len(),
+            })?;
+    Ok(i32::from_ne_bytes(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_walks_nested_attributes() {
+        let mut buf = Vec::new();
+        let mut request = RequestBuilder::new(&mut buf, 0x0101, NLM_F_REQUEST, 7, 2);
+        request.begin_nested(1).attribute(2, &[9]).end_nested();
+        request.attribute(18, &5u16.to_be_bytes());
+        let bytes = request.finish().to_vec();
+        assert_eq!(bytes.len(), 16 + 4 + 12 + 8);
+        let (header, payload) = Messages::new(&bytes).next().unwrap().unwrap();
+        assert_eq!(
+            (header.kind, header.sequence, header.length),
+            (0x0101, 7, 40)
+        );
+        let attrs: Vec<_> = Attributes::new(&payload[NFGEN_LEN..])
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(attrs.len(), 2);
+        assert!(attrs[0].nested);
+        assert_eq!(attrs[0].kind, 1);
+        let inner: Vec<_> = attrs[0].attributes().map(Result::unwrap).collect();
+        assert_eq!(inner[0].u8().unwrap(), 9);
+        assert_eq!(attrs[1].be16().unwrap(), 5);
+    }
+
+    #[test]
+    fn bad_lengths_are_errors() {
+        let bytes = [3u8, 0, 1, 0];
+        assert!(matches!(
+            Attributes::new(&bytes).next(),
+            Some(Err(ParseError::BadAttributeLength { length: 3, .. }))
+        ));
+        let mut message = vec![0u8; 16];
+        message[0] = 200;
+        assert!(Messages::new(&message).next().unwrap().is_err());
+    }
+}
