@@ -363,10 +363,8 @@ mod properties {
         fn parsing_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let mut entry = ConntrackEntry::default();
             let _ = parse_entry(&bytes, &mut entry);
-            for message in crate::netlink::Messages::new(&bytes) {
-                if let Ok((_, payload)) = message {
-                    let _ = parse_entry(payload, &mut entry);
-                }
+            for (_, payload) in crate::netlink::Messages::new(&bytes).flatten() {
+                let _ = parse_entry(payload, &mut entry);
             }
         }
     }
