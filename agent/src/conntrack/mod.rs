@@ -2,9 +2,11 @@
 //! the table (with kernel-side zone and mark filters) and reads its statistics.
 
 mod entry;
+mod events;
 mod socket;
 
 pub use entry::{
     ConntrackEntry, Counters, IPS_CONFIRMED, IPS_DYING, Tuple, parse_entry, tcp_state_name,
 };
+pub use events::{ConntrackEvents, DEFAULT_EVENT_BUFFER, EventGroups, EventKind, Received};
 pub use socket::{ConntrackError, ConntrackSocket, DumpFilter, DumpStats, TableStats};

@@ -2,10 +2,11 @@
 //! entry by entry into a callback, and the table statistics queries.
 
 use std::io;
+use std::net::IpAddr;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::entry::{ConntrackEntry, parse_entry};
+use super::entry::{ConntrackEntry, Tuple, parse_entry};
 use crate::netlink::{
     Attributes, Messages, NFGEN_LEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_FILTERED, NLM_F_DUMP_INTR,
     NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, ParseError, RequestBuilder,
@@ -18,6 +19,16 @@ const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
 const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
 
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_MARK: u16 = 8;
 const CTA_ZONE: u16 = 18;
 const CTA_MARK_MASK: u16 = 21;
@@ -230,6 +241,97 @@ impl ConntrackSocket {
                         }
                         stats.entries += 1;
                         on_entry(&entry);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Fetches the one entry whose original tuple is `tuple` in `zone` into `out`; returns
+    /// false when the kernel has no such entry. Used to read final counters at once when a
+    /// TCP connection reaches TIME_WAIT/CLOSE (UPDATE events carry no counters).
+    pub fn get(
+        &mut self,
+        tuple: &Tuple,
+        zone: u16,
+        out: &mut ConntrackEntry,
+    ) -> Result<bool, ConntrackError> {
+        let sequence = self.next_sequence();
+        let family = if tuple.source.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        } as u8;
+        let mut request = RequestBuilder::new(
+            &mut self.request,
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+            NLM_F_REQUEST | NLM_F_ACK,
+            sequence,
+            family,
+        );
+        request.begin_nested(CTA_TUPLE_ORIG);
+        request.begin_nested(CTA_TUPLE_IP);
+        match (tuple.source, tuple.destination) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                request.attribute(CTA_IP_V4_SRC, &src.octets());
+                request.attribute(CTA_IP_V4_DST, &dst.octets());
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                request.attribute(CTA_IP_V6_SRC, &src.octets());
+                request.attribute(CTA_IP_V6_DST, &dst.octets());
+            }
+            _ => {
+                return Err(ConntrackError::Kernel(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "tuple mixes IPv4 and IPv6 addresses",
+                )));
+            }
+        }
+        request.end_nested();
+        request.begin_nested(CTA_TUPLE_PROTO);
+        request.attribute(CTA_PROTO_NUM, &[tuple.protocol]);
+        match tuple.protocol {
+            1 | 58 => {
+                let v6 = tuple.protocol == 58;
+                request.attribute(if v6 { 7 } else { 4 }, &tuple.icmp_id.to_be_bytes());
+                request.attribute(if v6 { 8 } else { 5 }, &[tuple.icmp_type]);
+                request.attribute(if v6 { 9 } else { 6 }, &[tuple.icmp_code]);
+            }
+            _ => {
+                request.attribute(CTA_PROTO_SRC_PORT, &tuple.source_port.to_be_bytes());
+                request.attribute(CTA_PROTO_DST_PORT, &tuple.destination_port.to_be_bytes());
+            }
+        }
+        request.end_nested();
+        request.end_nested();
+        request.attribute(CTA_ZONE, &zone.to_be_bytes());
+        let request = request.finish();
+        self.socket.send(request, 0)?;
+
+        let mut found = false;
+        loop {
+            self.receive()?;
+            for message in Messages::new(&self.receive) {
+                let (header, payload) = message?;
+                if header.sequence != sequence {
+                    continue;
+                }
+                match header.kind {
+                    NLMSG_ERROR => {
+                        let code = error_code(payload)?;
+                        return match -code {
+                            0 => Ok(found),
+                            libc::ENOENT => Ok(false),
+                            errno => {
+                                Err(ConntrackError::Kernel(io::Error::from_raw_os_error(errno)))
+                            }
+                        };
+                    }
+                    NLMSG_DONE => return Ok(found),
+                    kind if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
+                        parse_entry(payload, out)?;
+                        found = true;
                     }
                     _ => {}
                 }

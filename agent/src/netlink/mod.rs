@@ -304,6 +304,42 @@ pub fn error_code(payload: &[u8]) -> Result<i32, ParseError> {
     Ok(i32::from_ne_bytes(code))
 }
 
+/// Asks for a receive buffer of `bytes` on a socket: `SO_RCVBUFFORCE` first (needs
+/// CAP_NET_ADMIN, ignores net.core.rmem_max), then `SO_RCVBUF`. Returns the size the kernel
+/// reports and whether the forced form was accepted.
+pub fn set_receive_buffer(fd: std::os::fd::RawFd, bytes: usize) -> (usize, bool) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: fd is a live socket; value outlives the call and its size is passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    let forced = set(libc::SO_RCVBUFFORCE) == 0;
+    if !forced {
+        set(libc::SO_RCVBUF);
+    }
+    let mut actual: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: actual and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut actual as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (if rc == 0 { actual as usize } else { 0 }, forced)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

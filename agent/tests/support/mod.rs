@@ -68,6 +68,18 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered this namespace.
     pub fn enter<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        self.enter_async(f)
+            .join()
+            .expect("thread in namespace panicked")
+    }
+}
+
+impl Netns {
+    /// Like [`Netns::enter`], but returns at once with the thread's handle.
+    pub fn enter_async<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> std::thread::JoinHandle<R> {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -76,8 +88,6 @@ impl Netns {
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             f()
         })
-        .join()
-        .expect("thread in namespace panicked")
     }
 }
 
