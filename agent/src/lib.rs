@@ -1,6 +1,7 @@
-//! The flowex node agent. Built so far: the conntrack source (ctnetlink parser, table dumps
-//! with kernel-side filters, table statistics). Events, NFLOG, the connection store and the
-//! exporting process are still to come.
+//! The flowex node agent. Built so far: the kernel sources, conntrack (ctnetlink parser,
+//! dumps with kernel-side filters, events, targeted get, table statistics) and the NFLOG
+//! deny source. The connection store and the exporting process are still to come.
 
 pub mod conntrack;
+pub mod deny;
 pub mod netlink;

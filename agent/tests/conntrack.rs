@@ -240,3 +240,35 @@ fn cli_lists_entries_as_json_lines() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a 32-bit number"));
 }
+
+#[test]
+fn startup_checks_report_and_set_the_sysctls_of_the_agents_namespace() {
+    use flowex_agent::conntrack::{check_settings, default_root};
+    let ns = Netns::new("k");
+    ns.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=0"]);
+    ns.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=2"]);
+    let checks = ns.enter(|| check_settings(&default_root(), false));
+    let by_name = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.setting.name == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_name("nf_conntrack_acct").value, Some(0));
+    assert!(!by_name("nf_conntrack_acct").ok());
+    assert!(
+        by_name("nf_conntrack_acct")
+            .describe()
+            .contains("no packet or byte counters")
+    );
+    assert_eq!(by_name("nf_conntrack_events").value, Some(2));
+    assert!(by_name("nf_conntrack_timestamp").ok());
+
+    let set = ns.enter(|| check_settings(&default_root(), true));
+    assert!(set.iter().all(|c| c.ok()), "{set:?}");
+    assert!(set.iter().filter(|c| c.changed).count() == 2);
+    // Only this namespace changed: the sysctl is per namespace.
+    let out = ns.exec(&["sysctl", "-n", "net.netfilter.nf_conntrack_acct"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+}
