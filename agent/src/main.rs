@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use flowex_agent::conntrack::{ConntrackEntry, ConntrackSocket, DumpFilter, tcp_state_name};
+use flowex_agent::conntrack::{
+    ConntrackEntry, ConntrackSocket, DumpFilter, check_settings, default_root, tcp_state_name,
+};
 use serde_json::json;
 
 /// flowex: an IPFIX flow exporter for Kubernetes nodes.
@@ -132,6 +134,12 @@ fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
         zone: args.zone,
         mark: args.mark,
     };
+    // Say on stderr what this namespace's settings hide from the listing.
+    for check in check_settings(&default_root(), false) {
+        if !check.ok() {
+            eprintln!("flowex: warning: {}", check.describe());
+        }
+    }
     let mut socket =
         ConntrackSocket::open().context("opening a ctnetlink socket (needs CAP_NET_ADMIN)")?;
     let started = Instant::now();

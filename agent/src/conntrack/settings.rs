@@ -62,7 +62,7 @@ impl Check {
                 self.setting.cost_when_missing
             ),
             (false, _, None, value) => format!(
-                "net.netfilter.{name} is {}, not 1: {} (set it, or let flowex set it with conntrack.setSysctls)",
+                "net.netfilter.{name} is {}, not 1: {} (fix: sysctl -w net.netfilter.{name}=1 in this network namespace)",
                 value.map_or("unreadable".to_owned(), |v| v.to_string()),
                 self.setting.cost_when_missing
             ),

@@ -248,6 +248,36 @@ impl ConntrackSocket {
         }
     }
 
+    /// Runs the same dump as [`ConntrackSocket::dump`] but only receives and counts bytes,
+    /// reading no more than the message headers needed to find the end: the kernel's cost
+    /// of a dump, the floor a parser is measured against.
+    pub fn dump_bytes(&mut self, filter: &DumpFilter) -> Result<u64, ConntrackError> {
+        let sequence = self.next_sequence();
+        let mut request = RequestBuilder::new(
+            &mut self.request,
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            sequence,
+            filter.family,
+        );
+        if let Some(zone) = filter.zone {
+            request.attribute(CTA_ZONE, &zone.to_be_bytes());
+        }
+        let request = request.finish();
+        self.socket.send(request, 0)?;
+        let mut bytes = 0u64;
+        loop {
+            self.receive()?;
+            bytes += self.receive.len() as u64;
+            for message in Messages::new(&self.receive) {
+                let (header, _) = message?;
+                if header.kind == NLMSG_DONE || header.kind == NLMSG_ERROR {
+                    return Ok(bytes);
+                }
+            }
+        }
+    }
+
     /// Fetches the one entry whose original tuple is `tuple` in `zone` into `out`; returns
     /// false when the kernel has no such entry. Used to read final counters at once when a
     /// TCP connection reaches TIME_WAIT/CLOSE (UPDATE events carry no counters).
