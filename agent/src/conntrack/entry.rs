@@ -3,49 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::attributes::*;
 use crate::netlink::{Attribute, Attributes, NFGEN_LEN, ParseError};
-
-// ctnetlink attribute numbers (linux/netfilter/nfnetlink_conntrack.h).
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
-const CTA_STATUS: u16 = 3;
-const CTA_PROTOINFO: u16 = 4;
-const CTA_TIMEOUT: u16 = 7;
-const CTA_MARK: u16 = 8;
-const CTA_COUNTERS_ORIG: u16 = 9;
-const CTA_COUNTERS_REPLY: u16 = 10;
-const CTA_USE: u16 = 11;
-const CTA_ID: u16 = 12;
-const CTA_ZONE: u16 = 18;
-const CTA_TIMESTAMP: u16 = 20;
-const CTA_LABELS: u16 = 22;
-
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_TUPLE_ZONE: u16 = 3;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_IP_V6_SRC: u16 = 3;
-const CTA_IP_V6_DST: u16 = 4;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
-const CTA_PROTO_ICMP_ID: u16 = 4;
-const CTA_PROTO_ICMP_TYPE: u16 = 5;
-const CTA_PROTO_ICMP_CODE: u16 = 6;
-const CTA_PROTO_ICMPV6_ID: u16 = 7;
-const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
-const CTA_PROTO_ICMPV6_CODE: u16 = 9;
-const CTA_COUNTERS_PACKETS: u16 = 1;
-const CTA_COUNTERS_BYTES: u16 = 2;
-const CTA_COUNTERS32_PACKETS: u16 = 3;
-const CTA_COUNTERS32_BYTES: u16 = 4;
-const CTA_PROTOINFO_TCP: u16 = 1;
-const CTA_PROTOINFO_SCTP: u16 = 3;
-const CTA_PROTOINFO_TCP_STATE: u16 = 1;
-const CTA_PROTOINFO_SCTP_STATE: u16 = 1;
-const CTA_TIMESTAMP_START: u16 = 1;
-const CTA_TIMESTAMP_STOP: u16 = 2;
 
 /// Conntrack status bit: the entry is being destroyed.
 pub const IPS_DYING: u32 = 1 << 9;

@@ -1,6 +1,7 @@
 //! Conntrack over ctnetlink: an allocation-free parser for entries, and a socket that dumps
 //! the table (with kernel-side zone and mark filters) and reads its statistics.
 
+mod attributes;
 mod entry;
 mod events;
 mod settings;

@@ -6,43 +6,13 @@ use std::net::IpAddr;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
+use super::attributes::*;
 use super::entry::{ConntrackEntry, Tuple, parse_entry};
 use crate::netlink::{
     Attributes, Messages, NFGEN_LEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_FILTERED, NLM_F_DUMP_INTR,
     NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, ParseError, RequestBuilder,
     error_code,
 };
-
-const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-const IPCTNL_MSG_CT_NEW: u16 = 0;
-const IPCTNL_MSG_CT_GET: u16 = 1;
-const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
-const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
-
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_IP_V6_SRC: u16 = 3;
-const CTA_IP_V6_DST: u16 = 4;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
-const CTA_MARK: u16 = 8;
-const CTA_ZONE: u16 = 18;
-const CTA_MARK_MASK: u16 = 21;
-
-const CTA_STATS_FOUND: u16 = 2;
-const CTA_STATS_INVALID: u16 = 4;
-const CTA_STATS_INSERT: u16 = 8;
-const CTA_STATS_INSERT_FAILED: u16 = 9;
-const CTA_STATS_DROP: u16 = 10;
-const CTA_STATS_EARLY_DROP: u16 = 11;
-const CTA_STATS_ERROR: u16 = 12;
-const CTA_STATS_SEARCH_RESTART: u16 = 13;
-const CTA_STATS_GLOBAL_ENTRIES: u16 = 1;
-const CTA_STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
 
 /// A dump datagram is at most 32 KiB on this kernel; a little more leaves headroom.
 const RECEIVE_BUFFER: usize = 64 * 1024;
@@ -180,13 +150,8 @@ impl ConntrackSocket {
         }
     }
 
-    /// Dumps the table, calling `on_entry` for each entry that passes `filter`. Entries are
-    /// parsed into one reused struct: nothing is allocated per entry.
-    pub fn dump(
-        &mut self,
-        filter: &DumpFilter,
-        mut on_entry: impl FnMut(&ConntrackEntry),
-    ) -> Result<DumpStats, ConntrackError> {
+    /// Sends a dump request carrying the filter's kernel-side attributes; returns its sequence.
+    fn send_dump_request(&mut self, filter: &DumpFilter) -> Result<u32, ConntrackError> {
         let sequence = self.next_sequence();
         let mut request = RequestBuilder::new(
             &mut self.request,
@@ -204,6 +169,17 @@ impl ConntrackSocket {
         }
         let request = request.finish();
         self.socket.send(request, 0)?;
+        Ok(sequence)
+    }
+
+    /// Dumps the table, calling `on_entry` for each entry that passes `filter`. Entries are
+    /// parsed into one reused struct: nothing is allocated per entry.
+    pub fn dump(
+        &mut self,
+        filter: &DumpFilter,
+        mut on_entry: impl FnMut(&ConntrackEntry),
+    ) -> Result<DumpStats, ConntrackError> {
+        let sequence = self.send_dump_request(filter)?;
 
         let mut stats = DumpStats::default();
         let mut entry = ConntrackEntry::default();
@@ -252,26 +228,16 @@ impl ConntrackSocket {
     /// reading no more than the message headers needed to find the end: the kernel's cost
     /// of a dump, the floor a parser is measured against.
     pub fn dump_bytes(&mut self, filter: &DumpFilter) -> Result<u64, ConntrackError> {
-        let sequence = self.next_sequence();
-        let mut request = RequestBuilder::new(
-            &mut self.request,
-            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            sequence,
-            filter.family,
-        );
-        if let Some(zone) = filter.zone {
-            request.attribute(CTA_ZONE, &zone.to_be_bytes());
-        }
-        let request = request.finish();
-        self.socket.send(request, 0)?;
+        let sequence = self.send_dump_request(filter)?;
         let mut bytes = 0u64;
         loop {
             self.receive()?;
             bytes += self.receive.len() as u64;
             for message in Messages::new(&self.receive) {
                 let (header, _) = message?;
-                if header.kind == NLMSG_DONE || header.kind == NLMSG_ERROR {
+                if header.sequence == sequence
+                    && (header.kind == NLMSG_DONE || header.kind == NLMSG_ERROR)
+                {
                     return Ok(bytes);
                 }
             }
