@@ -2,6 +2,7 @@
 //! dumps with kernel-side filters, events, targeted get, table statistics) and the NFLOG
 //! deny source. The connection store and the exporting process are still to come.
 
+pub mod config;
 pub mod conntrack;
 pub mod deny;
 pub mod netlink;

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use flowex_agent::config::Config;
 use flowex_agent::conntrack::{
     ConntrackEntry, ConntrackSocket, DumpFilter, check_settings, default_root, tcp_state_name,
 };
@@ -26,6 +27,13 @@ struct Args {
 enum Command {
     /// List the conntrack table of this network namespace (needs CAP_NET_ADMIN).
     Conntrack(ConntrackArgs),
+    /// Check a configuration file: prints "ok" and exits 0, or prints the error and exits 1.
+    CheckConfig {
+        /// The YAML file.
+        file: std::path::PathBuf,
+    },
+    /// Print the default configuration as YAML.
+    PrintDefaultConfig,
 }
 
 #[derive(clap::Args, Debug)]
@@ -181,6 +189,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.command {
         Command::Conntrack(conntrack_args) => conntrack(conntrack_args),
+        Command::CheckConfig { file } => Config::load(file)
+            .map(|_| println!("ok"))
+            .map_err(anyhow::Error::from),
+        Command::PrintDefaultConfig => {
+            print!("{}", Config::default().to_yaml());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

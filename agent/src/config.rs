@@ -1,0 +1,484 @@
+//! The agent's YAML configuration: typed, with defaults for every key, unknown keys
+//! refused (the error names the key's path), and every value validated with one clear line.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written as `500ms`, `5s`, `10m` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    const fn secs(secs: u64) -> Self {
+        Self(Duration::from_secs(secs))
+    }
+}
+
+/// Parses `500ms`, `5s`, `10m`, `1h` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m or h, e.g. \"5s\")"))?;
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let millis = match unit {
+        "ms" => Some(value),
+        "s" => value.checked_mul(1_000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        other => {
+            return Err(format!(
+                "{text:?} has unknown unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = self.0.as_millis();
+        if millis.is_multiple_of(3_600_000) && millis > 0 {
+            write!(f, "{}h", millis / 3_600_000)
+        } else if millis.is_multiple_of(60_000) && millis > 0 {
+            write!(f, "{}m", millis / 60_000)
+        } else if millis.is_multiple_of(1_000) {
+            write!(f, "{}s", millis / 1_000)
+        } else {
+            write!(f, "{millis}ms")
+        }
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name; empty: $NODE_NAME, else the host name.
+    pub node_name: String,
+    pub conntrack: ConntrackConfig,
+    pub export: ExportConfig,
+    pub deny: DenyConfig,
+    pub metrics: MetricsConfig,
+    pub logging: LoggingConfig,
+}
+
+/// Where connections come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    /// Interval between full dumps.
+    pub poll_interval: HumanDuration,
+    /// Zones to watch; empty: all.
+    pub zones: Vec<u16>,
+    /// Subscribe to conntrack events (NEW/UPDATE/DESTROY).
+    pub events: bool,
+    /// Receive buffer for events, in bytes.
+    pub event_buffer_bytes: usize,
+    /// Set nf_conntrack_acct/timestamp/events to 1 at startup when they are not.
+    pub set_sysctls: bool,
+}
+
+/// How records are built and where they go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Export active connections this often (flowEndReason 2).
+    pub active_timeout: HumanDuration,
+    /// Export and forget connections idle this long (flowEndReason 1).
+    pub idle_timeout: HumanDuration,
+    /// null: FNV-32 of the node name.
+    pub observation_domain_id: Option<u32>,
+    /// Pod CIDRs of the cluster, to compute flowType.
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<String>,
+    /// Private enterprise number of flowex's own information elements.
+    pub enterprise_number: u32,
+    pub collectors: Vec<CollectorConfig>,
+}
+
+/// Transport to a collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// One collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub name: String,
+    /// HOST:PORT; HOST may be a DNS name, resolved when connecting.
+    pub address: String,
+    #[serde(default = "default_transport")]
+    pub transport: Transport,
+    /// Largest message in bytes (UDP: at most 65507; TCP: at most 65535).
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// Re-send templates this often (UDP).
+    #[serde(default = "default_template_refresh")]
+    pub template_refresh: HumanDuration,
+    /// Records queued for this collector before new ones are dropped (and counted).
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+fn default_transport() -> Transport {
+    Transport::Udp
+}
+fn default_max_message_size() -> usize {
+    flowex_ipfix::DEFAULT_UDP_MESSAGE_SIZE
+}
+fn default_template_refresh() -> HumanDuration {
+    HumanDuration::secs(600)
+}
+fn default_queue_capacity() -> usize {
+    65_536
+}
+
+/// Connections denied by policy, from NFLOG.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DenyConfig {
+    pub enabled: bool,
+    pub nflog_group: u16,
+    /// Export and forget a denied connection after this long without a new denial.
+    pub idle_timeout: HumanDuration,
+}
+
+/// Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// HOST:PORT serving /metrics and /healthz.
+    pub listen: String,
+}
+
+/// Log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub level: Level,
+    pub format: LogFormat,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: HumanDuration::secs(5),
+            zones: Vec::new(),
+            events: true,
+            event_buffer_bytes: 8 << 20,
+            set_sysctls: false,
+        }
+    }
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            active_timeout: HumanDuration::secs(5),
+            idle_timeout: HumanDuration::secs(15),
+            observation_domain_id: None,
+            pod_cidrs: Vec::new(),
+            enterprise_number: flowex_ipfix::registry::FLOWEX_DEFAULT_PEN,
+            collectors: vec![CollectorConfig {
+                name: "default".into(),
+                address: "127.0.0.1:4739".into(),
+                transport: default_transport(),
+                max_message_size: default_max_message_size(),
+                template_refresh: default_template_refresh(),
+                queue_capacity: default_queue_capacity(),
+            }],
+        }
+    }
+}
+
+impl Default for DenyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            nflog_group: 5,
+            idle_timeout: HumanDuration::secs(15),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9400".into(),
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: Level::Info,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, message: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {message}"))
+}
+
+/// Checks `HOST:PORT` (IPv6 hosts in brackets) without resolving the host.
+fn check_host_port(key: &str, text: &str) -> Result<(), ConfigError> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, format!("{text:?} is not HOST:PORT")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid(key, format!("{text:?} has an invalid port")))?;
+    if port == 0 {
+        return Err(invalid(key, format!("{text:?}: port 0 is not allowed")));
+    }
+    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && !host.contains(':')
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    if !host_ok {
+        return Err(invalid(key, format!("{text:?} has an invalid host")));
+    }
+    Ok(())
+}
+
+/// Parses `ADDRESS/PREFIX`.
+pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not ADDRESS/PREFIX"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{text:?} has an invalid address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .map_err(|_| format!("{text:?} has an invalid prefix length"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(format!("{text:?}: prefix length above {max}"));
+    }
+    Ok((addr, prefix))
+}
+
+impl Config {
+    /// Parses and validates YAML.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError(e.to_string()))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Self::from_yaml(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// The configuration as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks every value; the first problem is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &str, d: HumanDuration| {
+            if d.0.is_zero() {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("conntrack.pollInterval", self.conntrack.poll_interval)?;
+        if self.conntrack.event_buffer_bytes < 64 * 1024 {
+            return Err(invalid(
+                "conntrack.eventBufferBytes",
+                format!("{} is below 65536", self.conntrack.event_buffer_bytes),
+            ));
+        }
+        positive("export.activeTimeout", self.export.active_timeout)?;
+        positive("export.idleTimeout", self.export.idle_timeout)?;
+        positive("deny.idleTimeout", self.deny.idle_timeout)?;
+        flowex_ipfix::Registry::new(self.export.enterprise_number)
+            .map_err(|e| invalid("export.enterpriseNumber", e))?;
+        for (i, cidr) in self.export.pod_cidrs.iter().enumerate() {
+            parse_cidr(cidr).map_err(|e| invalid(&format!("export.podCIDRs[{i}]"), e))?;
+        }
+        if self.export.collectors.is_empty() {
+            return Err(invalid(
+                "export.collectors",
+                "at least one collector is needed",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, collector) in self.export.collectors.iter().enumerate() {
+            let key = |field: &str| format!("export.collectors[{i}].{field}");
+            if collector.name.is_empty() {
+                return Err(invalid(&key("name"), "must not be empty"));
+            }
+            if !names.insert(collector.name.as_str()) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is used by another collector", collector.name),
+                ));
+            }
+            check_host_port(&key("address"), &collector.address)?;
+            let max = match collector.transport {
+                Transport::Udp => 65_507,
+                Transport::Tcp => flowex_ipfix::MAX_MESSAGE_SIZE,
+            };
+            if !(flowex_ipfix::encoder::MIN_MESSAGE_SIZE..=max)
+                .contains(&collector.max_message_size)
+            {
+                return Err(invalid(
+                    &key("maxMessageSize"),
+                    format!(
+                        "{} is outside {}..={max}",
+                        collector.max_message_size,
+                        flowex_ipfix::encoder::MIN_MESSAGE_SIZE
+                    ),
+                ));
+            }
+            positive(&key("templateRefresh"), collector.template_refresh)?;
+            if collector.queue_capacity == 0 {
+                return Err(invalid(&key("queueCapacity"), "must be greater than 0"));
+            }
+        }
+        check_host_port("metrics.listen", &self.metrics.listen)?;
+        Ok(())
+    }
+
+    /// The node name: the configured one, else $NODE_NAME, else the host name.
+    pub fn resolved_node_name(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        if let Ok(name) = std::env::var("NODE_NAME")
+            && !name.is_empty()
+        {
+            return name;
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The observation domain id: configured, else FNV-32 of the node name (as Antrea does).
+    pub fn observation_domain_id(&self) -> u32 {
+        self.export
+            .observation_domain_id
+            .unwrap_or_else(|| fnv32(self.resolved_node_name().as_bytes()))
+    }
+}
+
+/// FNV-1 32-bit hash (Go's hash/fnv New32, which Antrea uses for the domain id).
+pub fn fnv32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |hash, b| {
+        hash.wrapping_mul(0x0100_0193) ^ u32::from(*b)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_yaml() {
+        let config = Config::default();
+        let yaml = config.to_yaml();
+        assert_eq!(Config::from_yaml(&yaml).unwrap(), config);
+        assert!(yaml.contains("activeTimeout: 5s"));
+        assert!(yaml.contains("podCIDRs: []"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert_eq!(HumanDuration(Duration::from_secs(3600)).to_string(), "1h");
+        assert_eq!(
+            HumanDuration(Duration::from_millis(1500)).to_string(),
+            "1500ms"
+        );
+    }
+
+    #[test]
+    fn fnv32_matches_go() {
+        // hash/fnv New32 of "" is the offset basis; of "a" is 0x050c5d7e.
+        assert_eq!(fnv32(b""), 0x811c_9dc5);
+        assert_eq!(fnv32(b"a"), 0x050c_5d7e);
+    }
+}

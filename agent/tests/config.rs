@@ -1,0 +1,166 @@
+//! The configuration file: defaults, and a table of invalid configs with their messages.
+
+use std::process::Command;
+
+use flowex_agent::config::Config;
+
+#[test]
+fn invalid_configs_are_rejected_with_one_clear_line() {
+    let cases: &[(&str, &str)] = &[
+        ("exprot: {}", "unknown field `exprot`"),
+        (
+            "export: {activeTimout: 5s}",
+            "export: unknown field `activeTimout`",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"127.0.0.1:4739\", colour: red}]}",
+            "export.collectors[0]: unknown field `colour`",
+        ),
+        (
+            "export: {activeTimeout: 0s}",
+            "export.activeTimeout: must be greater than 0",
+        ),
+        ("export: {idleTimeout: 5}", "has no unit"),
+        ("export: {idleTimeout: 5d}", "unknown unit"),
+        (
+            "conntrack: {pollInterval: 0ms}",
+            "conntrack.pollInterval: must be greater than 0",
+        ),
+        (
+            "deny: {idleTimeout: 0s}",
+            "deny.idleTimeout: must be greater than 0",
+        ),
+        ("deny: {nflogGroup: 70000}", "deny.nflogGroup"),
+        (
+            "export: {collectors: [{name: a, address: \"nonsense\"}]}",
+            "export.collectors[0].address: \"nonsense\" is not HOST:PORT",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"10.0.0.1:99999\"}]}",
+            "export.collectors[0].address: \"10.0.0.1:99999\" has an invalid port",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", maxMessageSize: 40}]}",
+            "export.collectors[0].maxMessageSize: 40 is outside 64..=65507",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tcp, maxMessageSize: 70000}]}",
+            "export.collectors[0].maxMessageSize: 70000 is outside 64..=65535",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\"}, {name: a, address: \"b:2\"}]}",
+            "export.collectors[1].name: \"a\" is used by another collector",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: sctp}]}",
+            "unknown variant `sctp`",
+        ),
+        (
+            "export: {collectors: []}",
+            "export.collectors: at least one collector is needed",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", queueCapacity: 0}]}",
+            "export.collectors[0].queueCapacity: must be greater than 0",
+        ),
+        (
+            "export: {podCIDRs: [\"10.244.0.0/33\"]}",
+            "export.podCIDRs[0]: \"10.244.0.0/33\": prefix length above 32",
+        ),
+        (
+            "export: {enterpriseNumber: 56506}",
+            "export.enterpriseNumber: enterprise number 56506 is reserved",
+        ),
+        (
+            "metrics: {listen: \"127.0.0.1\"}",
+            "metrics.listen: \"127.0.0.1\" is not HOST:PORT",
+        ),
+        ("logging: {level: loud}", "unknown variant `loud`"),
+        (
+            "conntrack: {eventBufferBytes: 1024}",
+            "conntrack.eventBufferBytes: 1024 is below 65536",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let error = Config::from_yaml(yaml)
+            .err()
+            .unwrap_or_else(|| panic!("{yaml} was accepted"))
+            .to_string();
+        assert!(
+            error.contains(expected),
+            "{yaml}\n  gave: {error}\n  want: {expected}"
+        );
+        assert!(!error.contains('\n'), "{yaml}: error spans lines: {error}");
+    }
+}
+
+#[test]
+fn a_full_config_is_read_with_every_value() {
+    let config = Config::from_yaml(
+        r#"
+nodeName: worker-7
+conntrack: { pollInterval: 2s, zones: [0, 5], events: false, setSysctls: true }
+export:
+  activeTimeout: 1m
+  idleTimeout: 500ms
+  observationDomainId: 42
+  podCIDRs: ["10.244.0.0/16", "fd00:10:244::/56"]
+  collectors:
+    - { name: aggregator, address: "flow-aggregator.flow-aggregator.svc:4739", transport: tcp, maxMessageSize: 65535 }
+    - { name: local, address: "[::1]:2055", templateRefresh: 30s, queueCapacity: 1024 }
+deny: { enabled: false, nflogGroup: 9, idleTimeout: 30s }
+metrics: { listen: "0.0.0.0:9400" }
+logging: { level: debug, format: json }
+"#,
+    )
+    .unwrap();
+    assert_eq!(config.observation_domain_id(), 42);
+    assert_eq!(config.conntrack.zones, [0, 5]);
+    assert_eq!(config.export.active_timeout.0.as_secs(), 60);
+    assert_eq!(config.export.idle_timeout.0.as_millis(), 500);
+    assert_eq!(config.export.collectors[1].max_message_size, 1472);
+    assert_eq!(config.export.collectors[1].queue_capacity, 1024);
+    assert_eq!(config.deny.nflog_group, 9);
+    // Without an explicit id: FNV-32 (FNV-1, as Go's fnv.New32) of the node name.
+    let derived = Config::from_yaml("nodeName: worker-7").unwrap();
+    assert_eq!(
+        derived.observation_domain_id(),
+        flowex_agent::config::fnv32(b"worker-7")
+    );
+}
+
+#[test]
+fn cli_check_config_and_print_default_config() {
+    let flowex = env!("CARGO_BIN_EXE_flowex");
+    let default = Command::new(flowex)
+        .arg("print-default-config")
+        .output()
+        .unwrap();
+    assert!(default.status.success());
+    let dir = std::env::temp_dir().join(format!("flowex-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, &default.stdout).unwrap();
+    let ok = Command::new(flowex)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "ok");
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "export: {activeTimeout: 0s}\n").unwrap();
+    let rejected = Command::new(flowex)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(rejected.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
+    assert!(
+        stderr.contains("export.activeTimeout: must be greater than 0"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
