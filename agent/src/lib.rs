@@ -5,4 +5,5 @@
 pub mod config;
 pub mod conntrack;
 pub mod deny;
+pub mod export;
 pub mod netlink;

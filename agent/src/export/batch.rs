@@ -1,0 +1,80 @@
+//! Data records encoded once, shared by every collector.
+
+use bytes::{Bytes, BytesMut};
+use flowex_ipfix::{FieldWriter, Record};
+
+/// Encoded data records: one buffer and, per record, its template id and byte range.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedBatch {
+    bytes: Bytes,
+    records: Vec<(u16, u32, u32)>,
+}
+
+impl EncodedBatch {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when the batch has no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Each record's template id and bytes.
+    pub fn records(&self) -> impl Iterator<Item = (u16, &[u8])> + '_ {
+        self.records.iter().map(|(template_id, start, len)| {
+            let start = *start as usize;
+            (*template_id, &self.bytes[start..start + *len as usize])
+        })
+    }
+
+    /// The record at `index`.
+    pub fn record(&self, index: usize) -> Option<(u16, &[u8])> {
+        let (template_id, start, len) = *self.records.get(index)?;
+        let start = start as usize;
+        Some((template_id, &self.bytes[start..start + len as usize]))
+    }
+}
+
+/// Encodes records into a batch; the buffers are reused between batches.
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    buffer: BytesMut,
+    records: Vec<(u16, u32, u32)>,
+}
+
+impl BatchBuilder {
+    /// Appends one record for template `template_id`.
+    pub fn push<R: Record + ?Sized>(&mut self, template_id: u16, record: &R) {
+        let len = record.encoded_len();
+        let start = self.buffer.len();
+        self.buffer.resize(start + len, 0);
+        let mut writer = FieldWriter::new(&mut self.buffer[start..]);
+        record.emit(&mut writer);
+        if writer.overflowed() || writer.position() != len {
+            // A record that misreports its length is dropped rather than corrupting others.
+            self.buffer.truncate(start);
+            return;
+        }
+        self.records.push((template_id, start as u32, len as u32));
+    }
+
+    /// Records pushed since the last `finish`.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when nothing was pushed since the last `finish`.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Takes the records pushed so far as a shareable batch.
+    pub fn finish(&mut self) -> EncodedBatch {
+        EncodedBatch {
+            bytes: self.buffer.split().freeze(),
+            records: std::mem::take(&mut self.records),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The exporting process: records are encoded once into shared batches; each collector has
+//! its own bounded queue, encoder (message packing, sequence numbers) and transport task,
+//! so a slow or absent collector never blocks the others or the sources.
+
+mod batch;
+mod collector;
+
+pub use batch::{BatchBuilder, EncodedBatch};
+pub use collector::{CollectorHandle, CollectorStats, CollectorTarget, ExportingProcess};
