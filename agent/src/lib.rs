@@ -7,3 +7,4 @@ pub mod conntrack;
 pub mod deny;
 pub mod export;
 pub mod netlink;
+pub mod store;

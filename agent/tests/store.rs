@@ -1,0 +1,206 @@
+//! Connection store and expiry: exact reasons, deltas and deletion.
+
+use std::net::IpAddr;
+
+use flowex_agent::conntrack::{ConntrackEntry, Counters as CtCounters, Tuple};
+use flowex_agent::deny::{DenyEvent, PacketTuple};
+use flowex_agent::store::{ConnKey, ConnectionStore, Counters, EndReason, Timeouts};
+
+const ACTIVE: u64 = 5_000;
+const IDLE: u64 = 15_000;
+const DENY_IDLE: u64 = 10_000;
+
+fn store() -> ConnectionStore {
+    ConnectionStore::new(Timeouts {
+        active_ms: ACTIVE,
+        idle_ms: IDLE,
+        deny_idle_ms: DENY_IDLE,
+    })
+}
+
+fn entry(port: u16, packets: u64, bytes: u64) -> ConntrackEntry {
+    let tuple = |src: [u8; 4], dst: [u8; 4], sport, dport| Tuple {
+        source: IpAddr::from(src),
+        destination: IpAddr::from(dst),
+        protocol: 6,
+        source_port: sport,
+        destination_port: dport,
+        ..Tuple::default()
+    };
+    ConntrackEntry {
+        family: 2,
+        original: tuple([10, 0, 0, 1], [10, 0, 0, 2], port, 80),
+        reply: tuple([10, 0, 0, 2], [10, 0, 0, 1], 80, port),
+        original_counters: Some(CtCounters { packets, bytes }),
+        reply_counters: Some(CtCounters {
+            packets: packets / 2,
+            bytes: bytes * 3,
+        }),
+        tcp_state: Some(3),
+        ..ConntrackEntry::default()
+    }
+}
+
+fn expire(store: &ConnectionStore, now: u64) -> Vec<(u16, EndReason, Counters)> {
+    let mut out = Vec::new();
+    store.expire(now, true, |e| {
+        out.push((e.key.source_port, e.reason, e.delta))
+    });
+    out
+}
+
+fn counters(packets: u64, bytes: u64) -> Counters {
+    Counters {
+        packets,
+        bytes,
+        reply_packets: packets / 2,
+        reply_bytes: bytes * 3,
+    }
+}
+
+#[test]
+fn active_connections_are_exported_every_active_timeout_with_deltas() {
+    let store = store();
+    let g = store.begin_poll();
+    store.update(&entry(1000, 10, 1000), g, 0);
+    assert!(expire(&store, ACTIVE - 1).is_empty());
+    assert_eq!(
+        expire(&store, ACTIVE),
+        [(1000, EndReason::ActiveTimeout, counters(10, 1000))]
+    );
+    let g = store.begin_poll();
+    store.update(&entry(1000, 30, 4000), g, ACTIVE + 100);
+    assert!(expire(&store, 2 * ACTIVE - 1).is_empty());
+    let delta = Counters {
+        packets: 20,
+        bytes: 3000,
+        reply_packets: 10,
+        reply_bytes: 9000,
+    };
+    assert_eq!(
+        expire(&store, 2 * ACTIVE),
+        [(1000, EndReason::ActiveTimeout, delta)]
+    );
+    assert_eq!(store.len(), 1);
+}
+
+#[test]
+fn an_idle_connection_is_reported_once_then_again_when_it_resumes() {
+    let store = store();
+    let mut now = 0;
+    store.update(&entry(2000, 5, 500), store.begin_poll(), now);
+    // Exported at the active timeouts (5 s, 10 s); at 15 s the idle timeout wins.
+    let mut reasons = Vec::new();
+    while now <= IDLE + ACTIVE {
+        now += 1_000;
+        let g = store.begin_poll();
+        store.update(&entry(2000, 5, 500), g, now); // unchanged counters, still present
+        reasons.extend(expire(&store, now).into_iter().map(|(_, r, _)| r));
+    }
+    assert_eq!(
+        reasons,
+        [
+            EndReason::ActiveTimeout,
+            EndReason::ActiveTimeout,
+            EndReason::IdleTimeout
+        ]
+    );
+    // It resumes: active reports again, with the new bytes only.
+    store.update(&entry(2000, 6, 800), store.begin_poll(), now);
+    let resumed = expire(&store, now + IDLE);
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].2.bytes, 300);
+}
+
+#[test]
+fn an_ended_connection_is_exported_once_with_final_counters_then_deleted() {
+    let store = store();
+    store.update(&entry(3000, 4, 400), store.begin_poll(), 0);
+    let mut ended = entry(3000, 9, 900);
+    ended.tcp_state = Some(7); // TIME_WAIT, read by the targeted get
+    store.end(&ended, 100);
+    assert_eq!(
+        expire(&store, 100),
+        [(3000, EndReason::EndOfFlow, counters(9, 900))]
+    );
+    assert!(store.is_empty());
+    assert!(expire(&store, 100_000).is_empty());
+}
+
+#[test]
+fn a_connection_missing_from_two_polls_is_ended() {
+    let store = store();
+    store.update(&entry(4000, 1, 100), store.begin_poll(), 0);
+    store.update(&entry(4001, 1, 100), store.begin_poll(), 0);
+    // Two polls in which 4000 does not appear.
+    let g = store.begin_poll();
+    store.update(&entry(4001, 2, 200), g, 1_000);
+    let g = store.begin_poll();
+    store.update(&entry(4001, 3, 300), g, 2_000);
+    let out = expire(&store, ACTIVE);
+    let ended: Vec<_> = out
+        .iter()
+        .filter(|(_, r, _)| *r == EndReason::EndOfFlow)
+        .collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].0, 4000);
+    assert!(
+        store
+            .get(&ConnKey::from_tuple(0, &entry(4000, 0, 0).original))
+            .is_none()
+    );
+    assert_eq!(store.len(), 1);
+}
+
+#[test]
+fn denials_of_one_tuple_aggregate_and_export_after_their_idle_timeout() {
+    let store = store();
+    let tuple = PacketTuple {
+        source: IpAddr::from([10, 0, 0, 9]),
+        destination: IpAddr::from([10, 0, 0, 2]),
+        protocol: 6,
+        source_port: 5555,
+        destination_port: 22,
+        icmp_type: 0,
+        icmp_code: 0,
+        icmp_id: 0,
+        ip_length: 60,
+    };
+    let event = DenyEvent {
+        tuple,
+        hook: 1,
+        in_ifindex: Some(2),
+        out_ifindex: None,
+        mark: 0,
+        timestamp: None,
+        prefix: "flowex:shop/deny-ssh/ingress-0",
+        policy: None,
+    };
+    for t in [0, 1_000, 2_000] {
+        store.deny(&event, t);
+    }
+    assert!(expire(&store, DENY_IDLE).is_empty()); // the last denial was at 2 s
+    let out = expire(&store, 2_000 + DENY_IDLE);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1, EndReason::IdleTimeout);
+    assert_eq!((out[0].2.packets, out[0].2.bytes), (3, 180));
+    assert!(store.is_empty());
+    assert_eq!(store.prefix(1), "flowex:shop/deny-ssh/ingress-0");
+}
+
+#[test]
+fn drain_exports_everything_as_forced_end() {
+    let store = store();
+    let g = store.begin_poll();
+    for port in 0..100 {
+        store.update(&entry(port, 2, 200), g, 0);
+    }
+    let mut forced = 0;
+    store.drain(10, |e| {
+        assert_eq!(e.reason, EndReason::ForcedEnd);
+        assert_eq!(e.delta, counters(2, 200));
+        forced += 1;
+    });
+    assert_eq!(forced, 100);
+    assert!(store.is_empty());
+}
