@@ -7,4 +7,6 @@ pub mod conntrack;
 pub mod deny;
 pub mod export;
 pub mod netlink;
+pub mod records;
+pub mod run;
 pub mod store;

@@ -2,11 +2,11 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use flowex_agent::config::Config;
+use flowex_agent::config::{CollectorConfig, Config, Transport};
 use flowex_agent::conntrack::{
     ConntrackEntry, ConntrackSocket, DumpFilter, check_settings, default_root, tcp_state_name,
 };
@@ -14,8 +14,7 @@ use serde_json::json;
 
 /// flowex: an IPFIX flow exporter for Kubernetes nodes.
 ///
-/// The exporting agent (`flowex run`) is still under construction; the conntrack
-/// inspection command below works today.
+/// `flowex run` exports conntrack connections and NFLOG denials as IPFIX records.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
@@ -25,6 +24,8 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the agent: watch conntrack and NFLOG, export IPFIX records to the collectors.
+    Run(RunArgs),
     /// List the conntrack table of this network namespace (needs CAP_NET_ADMIN).
     Conntrack(ConntrackArgs),
     /// Check a configuration file: prints "ok" and exits 0, or prints the error and exits 1.
@@ -34,6 +35,20 @@ enum Command {
     },
     /// Print the default configuration as YAML.
     PrintDefaultConfig,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// YAML configuration file (defaults for every key left out).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Collector as udp://HOST:PORT or tcp://HOST:PORT; repeat for several. Replaces the
+    /// configured collectors.
+    #[arg(long = "collector", value_name = "URL")]
+    collectors: Vec<String>,
+    /// Stop gracefully (with the shutdown flush) after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -185,9 +200,67 @@ fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !args.collectors.is_empty() {
+        let template = config.export.collectors[0].clone();
+        config.export.collectors = args
+            .collectors
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let (transport, address) = match url.split_once("://") {
+                    Some(("udp", rest)) => (Transport::Udp, rest),
+                    Some(("tcp", rest)) => (Transport::Tcp, rest),
+                    _ => bail!("--collector {url:?}: expected udp://HOST:PORT or tcp://HOST:PORT"),
+                };
+                Ok(CollectorConfig {
+                    name: format!("collector-{i}"),
+                    address: address.to_owned(),
+                    transport,
+                    max_message_size: match transport {
+                        Transport::Udp => template.max_message_size.min(65_507),
+                        Transport::Tcp => flowex_ipfix::MAX_MESSAGE_SIZE,
+                    },
+                    ..template.clone()
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        config.validate()?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let duration = args.duration.map(Duration::from_secs_f64);
+    runtime.block_on(async move {
+        let stop = async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            let sleep = async {
+                match duration {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                _ = sleep => {}
+            }
+        };
+        flowex_agent::run::run(config, stop).await
+    })
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match &args.command {
+        Command::Run(run_args) => run(run_args),
         Command::Conntrack(conntrack_args) => conntrack(conntrack_args),
         Command::CheckConfig { file } => Config::load(file)
             .map(|_| println!("ok"))

@@ -123,8 +123,21 @@ fn an_ended_connection_is_exported_once_with_final_counters_then_deleted() {
         expire(&store, 100),
         [(3000, EndReason::EndOfFlow, counters(9, 900))]
     );
+    // Later dumps still list it in TIME_WAIT: it is not exported again.
+    let g = store.begin_poll();
+    store.update(&ended, g, 1_000);
+    assert!(expire(&store, IDLE + 200).is_empty());
+    assert_eq!(store.len(), 1);
+    // Once two polls no longer list it, it is forgotten without another record.
+    store.begin_poll();
+    store.begin_poll();
+    assert!(expire(&store, 3 * IDLE).is_empty());
     assert!(store.is_empty());
-    assert!(expire(&store, 100_000).is_empty());
+    // A drain at shutdown does not report it again either.
+    let store2 = self::store();
+    store2.end(&ended, 0);
+    assert_eq!(expire(&store2, 0).len(), 1);
+    assert_eq!(store2.drain(1, |_| {}), 0);
 }
 
 #[test]
@@ -185,7 +198,7 @@ fn denials_of_one_tuple_aggregate_and_export_after_their_idle_timeout() {
     assert_eq!(out[0].1, EndReason::IdleTimeout);
     assert_eq!((out[0].2.packets, out[0].2.bytes), (3, 180));
     assert!(store.is_empty());
-    assert_eq!(store.prefix(1), "flowex:shop/deny-ssh/ingress-0");
+    assert_eq!(&*store.prefix(1), "flowex:shop/deny-ssh/ingress-0");
 }
 
 #[test]

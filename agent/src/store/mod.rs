@@ -36,6 +36,11 @@ pub mod flags {
     pub const DYING: u8 = 1;
     /// Built from NFLOG denials rather than conntrack.
     pub const DENY: u8 = 2;
+    /// A denial logged on the output path (egress policy) rather than input.
+    pub const EGRESS: u8 = 8;
+    /// The final record was exported; the entry stays (no more exports) until conntrack
+    /// drops the connection, so a TIME_WAIT entry seen by later dumps is not counted again.
+    pub const ENDED: u8 = 16;
     /// Exported once for idle timeout; not exported again until it changes.
     pub const IDLE: u8 = 4;
 }
@@ -111,7 +116,7 @@ pub struct ConnectionStore {
     expiry: Mutex<BinaryHeap<Reverse<(u64, ConnKey)>>>,
     timeouts: Timeouts,
     generation: AtomicU32,
-    prefixes: Mutex<Vec<String>>,
+    prefixes: Mutex<Vec<std::sync::Arc<str>>>,
 }
 
 fn mapped(addr: std::net::IpAddr) -> [u8; 16] {
@@ -129,7 +134,7 @@ impl ConnectionStore {
             expiry: Mutex::new(BinaryHeap::new()),
             timeouts,
             generation: AtomicU32::new(1),
-            prefixes: Mutex::new(vec![String::new()]),
+            prefixes: Mutex::new(vec![std::sync::Arc::from("")]),
         }
     }
 
@@ -148,15 +153,15 @@ impl ConnectionStore {
         self.map.get(key).map(|c| *c)
     }
 
-    /// The deny prefix interned as `id`.
-    pub fn prefix(&self, id: u32) -> String {
+    /// The deny prefix interned as `id` (a shared string: no copy).
+    pub fn prefix(&self, id: u32) -> std::sync::Arc<str> {
         self.lock_prefixes()
             .get(id as usize)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_else(|| std::sync::Arc::from(""))
     }
 
-    fn lock_prefixes(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn lock_prefixes(&self) -> std::sync::MutexGuard<'_, Vec<std::sync::Arc<str>>> {
         self.prefixes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -189,6 +194,12 @@ impl ConnectionStore {
         let dying = entry.is_dying() || matches!(entry.tcp_state, Some(7) | Some(8));
         if let Some(mut connection) = self.map.get_mut(&key) {
             let c = &mut *connection;
+            if generation != 0 {
+                c.seen_generation = generation;
+            }
+            if c.flags & flags::ENDED != 0 {
+                return;
+            }
             if has_counters && counters != c.counters {
                 c.counters = counters;
                 c.last_change_ms = now_ms;
@@ -199,9 +210,6 @@ impl ConnectionStore {
             }
             c.mark = entry.mark;
             c.status = entry.status;
-            if generation != 0 {
-                c.seen_generation = generation;
-            }
             if dying && c.flags & flags::DYING == 0 {
                 c.flags |= flags::DYING;
                 drop(connection);
@@ -257,10 +265,10 @@ impl ConnectionStore {
         }
         let prefix = {
             let mut prefixes = self.lock_prefixes();
-            match prefixes.iter().position(|p| p == event.prefix) {
+            match prefixes.iter().position(|p| &**p == event.prefix) {
                 Some(id) => id as u32,
                 None => {
-                    prefixes.push(event.prefix.to_owned());
+                    prefixes.push(std::sync::Arc::from(event.prefix));
                     (prefixes.len() - 1) as u32
                 }
             }
@@ -274,7 +282,12 @@ impl ConnectionStore {
                 reply_source: key.destination,
                 reply_source_port: key.destination_port,
                 tcp_state: 0,
-                flags: flags::DENY,
+                // hooks 3 (output) and 4 (postrouting) are the egress path
+                flags: if event.hook >= 3 {
+                    flags::DENY | flags::EGRESS
+                } else {
+                    flags::DENY
+                },
                 mark: event.mark,
                 status: 0,
                 conntrack_id: 0,
@@ -323,10 +336,10 @@ impl ConnectionStore {
             let c = &mut *entry;
             let t = self.timeouts;
             // A connection two polls have not seen is gone from conntrack.
-            if polled
+            let gone = polled
                 && c.flags & flags::DENY == 0
-                && generation.wrapping_sub(c.seen_generation) >= 2
-            {
+                && generation.wrapping_sub(c.seen_generation) >= 2;
+            if gone {
                 c.flags |= flags::DYING;
             }
             let mut emit = |c: &mut Connection, reason: EndReason| {
@@ -342,10 +355,14 @@ impl ConnectionStore {
                 c.last_export_ms = now_ms;
                 exported += 1;
             };
-            let next = if c.flags & flags::DYING != 0 {
+            let next = if c.flags & flags::ENDED != 0 {
+                // Reported already: forget it once conntrack has, else look again later.
+                if gone { None } else { Some(now_ms + t.idle_ms) }
+            } else if c.flags & flags::DYING != 0 {
                 // The final record, with whatever was counted since the last export.
                 emit(c, EndReason::EndOfFlow);
-                None
+                c.flags |= flags::ENDED;
+                if gone { None } else { Some(now_ms + t.idle_ms) }
             } else if c.flags & flags::DENY != 0 {
                 if now_ms >= c.last_change_ms + t.deny_idle_ms {
                     emit(c, EndReason::IdleTimeout);
@@ -384,6 +401,9 @@ impl ConnectionStore {
         for mut entry in self.map.iter_mut() {
             let key = *entry.key();
             let c = entry.value_mut();
+            if c.flags & flags::ENDED != 0 {
+                continue;
+            }
             let delta = c.counters.since(&c.exported);
             out(Expired {
                 key: &key,

@@ -1,0 +1,223 @@
+//! Flow records: Antrea's information elements (so the Flow Aggregator ingests them), plus
+//! flowStartMilliseconds and flowEndMilliseconds, built from the store without allocating.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use flowex_ipfix::antrea::{self, Counters as AntreaCounters, FlowRecord, PolicyRule};
+use flowex_ipfix::{FieldWriter, Record, Registry, Template, TemplateError};
+
+use crate::conntrack::tcp_state_name;
+use crate::deny::parse_prefix;
+use crate::store::{Expired, flags};
+
+/// Names of the extra elements appended to Antrea's.
+const EXTRA: [&str; 2] = ["flowStartMilliseconds", "flowEndMilliseconds"];
+
+/// flowex's IPv4 (id 256) and IPv6 (id 257) templates.
+pub fn templates(registry: &Registry) -> Result<Vec<Template>, TemplateError> {
+    let mut v4 = antrea::ipv4_element_names();
+    v4.extend(EXTRA);
+    let mut v6 = antrea::ipv6_element_names();
+    v6.extend(EXTRA);
+    Ok(vec![
+        Template::from_names(registry, antrea::IPV4_TEMPLATE_ID, &v4)?,
+        Template::from_names(registry, antrea::IPV6_TEMPLATE_ID, &v6)?,
+    ])
+}
+
+/// An Antrea flow record followed by the millisecond timestamps.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentRecord<'a> {
+    pub flow: FlowRecord<'a>,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+impl Record for AgentRecord<'_> {
+    fn encoded_len(&self) -> usize {
+        self.flow.encoded_len() + 16
+    }
+
+    fn emit(&self, w: &mut FieldWriter<'_>) {
+        self.flow.emit(w);
+        w.u64(self.start_ms);
+        w.u64(self.end_ms);
+    }
+}
+
+/// Pod CIDRs, to tell pod traffic from external traffic.
+#[derive(Debug, Clone, Default)]
+pub struct PodNetworks {
+    cidrs: Vec<(IpAddr, u8)>,
+}
+
+impl PodNetworks {
+    /// From parsed CIDRs.
+    pub fn new(cidrs: Vec<(IpAddr, u8)>) -> Self {
+        Self { cidrs }
+    }
+
+    /// True when `addr` is inside one of the CIDRs.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.cidrs.iter().any(|(net, len)| match (net, addr) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                u32::from(*n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+                u128::from(*n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        })
+    }
+
+    /// Antrea's flowType from addresses alone: 3 pod to external, 4 external to pod,
+    /// 0 (unspecified) when both or neither are pods — telling intra- from inter-node
+    /// needs pod metadata.
+    pub fn flow_type(&self, source: IpAddr, destination: IpAddr) -> u8 {
+        match (self.contains(source), self.contains(destination)) {
+            (true, false) => 3,
+            (false, true) => 4,
+            _ => 0,
+        }
+    }
+}
+
+fn unspecified(ipv6: bool) -> IpAddr {
+    if ipv6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+fn address(octets: [u8; 16], ipv6: bool) -> IpAddr {
+    let v6 = Ipv6Addr::from(octets);
+    if ipv6 {
+        IpAddr::V6(v6)
+    } else {
+        IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+/// Builds the record for one expired connection. `prefix` is the connection's deny prefix
+/// (empty for conntrack connections).
+pub fn build<'a>(
+    expired: &Expired<'_>,
+    prefix: &'a str,
+    networks: &PodNetworks,
+) -> AgentRecord<'a> {
+    let key = expired.key;
+    let c = expired.connection;
+    let source = key.source_addr();
+    let original_destination = key.destination_addr();
+    let reply_source = address(c.reply_source, key.ipv6);
+    // Behind a DNAT (a Service) the real destination is the reply's source.
+    let translated = reply_source != original_destination && c.flags & flags::DENY == 0;
+    let destination = if translated {
+        reply_source
+    } else {
+        original_destination
+    };
+    let mut flow = FlowRecord {
+        flow_start_seconds: (c.start_ms / 1_000) as u32,
+        flow_end_seconds: (expired.end_ms / 1_000) as u32,
+        flow_end_reason: expired.reason as u8,
+        source_port: key.source_port,
+        destination_port: if translated {
+            c.reply_source_port
+        } else {
+            key.destination_port
+        },
+        protocol: key.protocol,
+        forward: AntreaCounters {
+            packet_total: c.counters.packets,
+            octet_total: c.counters.bytes,
+            packet_delta: expired.delta.packets,
+            octet_delta: expired.delta.bytes,
+        },
+        reverse: AntreaCounters {
+            packet_total: c.counters.reply_packets,
+            octet_total: c.counters.reply_bytes,
+            packet_delta: expired.delta.reply_packets,
+            octet_delta: expired.delta.reply_bytes,
+        },
+        source_address: source,
+        destination_address: destination,
+        tcp_state: if key.protocol == 6 && c.flags & flags::DENY == 0 {
+            tcp_state_name(c.tcp_state)
+        } else {
+            ""
+        },
+        flow_type: networks.flow_type(source, destination),
+        destination_cluster_ip: unspecified(key.ipv6),
+        proxy_snat_ip: unspecified(key.ipv6),
+        destination_service_ip: unspecified(key.ipv6),
+        ..FlowRecord::default()
+    };
+    if translated {
+        flow.destination_cluster_ip = original_destination;
+        flow.destination_service_ip = original_destination;
+        flow.destination_service_port = key.destination_port;
+    }
+    if c.flags & flags::DENY != 0 {
+        let policy = parse_prefix(prefix);
+        let rule = PolicyRule {
+            name: policy.map_or(prefix, |p| p.name),
+            namespace: policy.map_or("", |p| p.namespace),
+            // Antrea's policy types: without metadata, a namespaced policy is reported as a
+            // K8s NetworkPolicy (1) and a cluster-scoped one as an Antrea
+            // ClusterNetworkPolicy (3).
+            policy_type: match policy {
+                Some(p) if p.namespace.is_empty() => 3,
+                Some(_) => 1,
+                None => 0,
+            },
+            rule_name: policy.map_or("", |p| p.rule),
+            rule_action: 2,
+        };
+        if c.flags & flags::EGRESS != 0 {
+            flow.egress = rule;
+        } else {
+            flow.ingress = rule;
+        }
+    }
+    AgentRecord {
+        flow,
+        start_ms: c.start_ms,
+        end_ms: expired.end_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_extend_antreas() {
+        let templates = templates(&Registry::default()).unwrap();
+        assert_eq!(templates[0].fields().len(), 45);
+        assert_eq!(templates[1].id(), 257);
+        assert_eq!(templates[0].position("flowEndMilliseconds"), Some(44));
+    }
+
+    #[test]
+    fn pod_networks() {
+        let networks = PodNetworks::new(vec![
+            ("10.244.0.0".parse().unwrap(), 16),
+            ("fd00:10:244::".parse().unwrap(), 56),
+        ]);
+        assert!(networks.contains("10.244.3.7".parse().unwrap()));
+        assert!(!networks.contains("10.245.0.1".parse().unwrap()));
+        assert!(networks.contains("fd00:10:244::9".parse().unwrap()));
+        assert_eq!(
+            networks.flow_type("10.244.1.1".parse().unwrap(), "8.8.8.8".parse().unwrap()),
+            3
+        );
+        assert_eq!(
+            networks.flow_type("1.1.1.1".parse().unwrap(), "10.244.1.1".parse().unwrap()),
+            4
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! End to end: `flowex run` in a "node" namespace exports real TCP, UDP and denied traffic
+//! to collector-sim there; deltas sum exactly to conntrack's final counters.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use collector_sim::{Collector, CollectorConfig};
+use serde_json::Value;
+use support::{CliEntry, Pair, conntrack_cli};
+
+fn records_for(
+    records: &[Value],
+    protocol: u64,
+    source_port: u16,
+    destination_port: u16,
+) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|r| {
+            r["protocolIdentifier"] == protocol
+                && r["sourceTransportPort"] == source_port
+                && r["destinationTransportPort"] == destination_port
+        })
+        .collect()
+}
+
+fn sums(records: &[&Value]) -> ((u64, u64), (u64, u64)) {
+    let sum = |key: &str| {
+        records
+            .iter()
+            .map(|r| r[key].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    (
+        (sum("packetDeltaCount"), sum("octetDeltaCount")),
+        (
+            sum("reversePacketDeltaCount"),
+            sum("reverseOctetDeltaCount"),
+        ),
+    )
+}
+
+fn reasons(records: &[&Value]) -> Vec<u64> {
+    records
+        .iter()
+        .map(|r| r["flowEndReason"].as_u64().unwrap())
+        .collect()
+}
+
+fn cli_entry(cli: &[CliEntry], protocol: u8, source_port: u16, destination_port: u16) -> &CliEntry {
+    cli.iter()
+        .find(|e| {
+            e.protocol == protocol
+                && e.original.2 == source_port
+                && e.original.3 == destination_port
+        })
+        .unwrap_or_else(|| {
+            panic!("no conntrack entry for {protocol} {source_port}->{destination_port}")
+        })
+}
+
+#[test]
+fn the_agent_exports_real_traffic_with_exact_counters() {
+    let pair = Pair::new();
+    pair.server
+        .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);
+    pair.server.exec(&[
+        "nft",
+        "insert rule inet fx in tcp dport 7303 log group 7 prefix \"flowex:test/deny-it/ingress-0\" drop",
+    ]);
+    let collector = pair.server.enter(|| {
+        let mut config = CollectorConfig::new(vec!["udp://127.0.0.1:0".parse().unwrap()]);
+        config.keep_records = true;
+        Collector::start(config).unwrap()
+    });
+    let port = collector.udp_endpoint().unwrap().addr().port();
+    let config_path = std::env::temp_dir().join(format!("{}.yaml", pair.server.name));
+    std::fs::write(
+        &config_path,
+        "conntrack: {pollInterval: 500ms}\n\
+         export: {activeTimeout: 1s, idleTimeout: 3s}\n\
+         deny: {nflogGroup: 7, idleTimeout: 1s}\n",
+    )
+    .unwrap();
+    let agent = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.server.name,
+            env!("CARGO_BIN_EXE_flowex"),
+            "run",
+        ])
+        .arg("--config")
+        .arg(&config_path)
+        .args([
+            "--collector",
+            &format!("udp://127.0.0.1:{port}"),
+            "--duration",
+            "7",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_000));
+
+    // Servers in the node namespace.
+    let (short, long, udp) = pair.server.enter(|| {
+        (
+            TcpListener::bind("10.200.0.2:7300").unwrap(),
+            TcpListener::bind("10.200.0.2:7301").unwrap(),
+            UdpSocket::bind("10.200.0.2:7302").unwrap(),
+        )
+    });
+    let servers = std::thread::spawn(move || {
+        for _ in 0..5 {
+            let (mut s, _) = short.accept().unwrap();
+            let mut request = [0u8; 100];
+            s.read_exact(&mut request).unwrap();
+            s.write_all(&[5u8; 1000]).unwrap();
+        }
+        let (mut s, _) = long.accept().unwrap();
+        let mut buf = [0u8; 100];
+        for _ in 0..12 {
+            s.read_exact(&mut buf).unwrap();
+        }
+        let mut datagram = [0u8; 64];
+        for _ in 0..3 {
+            let (_, peer) = udp.recv_from(&mut datagram).unwrap();
+            udp.send_to(&[1u8; 30], peer).unwrap();
+        }
+        s
+    });
+    // Clients.
+    let (short_ports, long_stream, udp_port) = pair.client.enter(|| {
+        let mut ports = Vec::new();
+        for _ in 0..5 {
+            let mut s = TcpStream::connect("10.200.0.2:7300").unwrap();
+            ports.push(s.local_addr().unwrap().port());
+            s.write_all(&[1u8; 100]).unwrap();
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply).unwrap();
+        }
+        let mut long = TcpStream::connect("10.200.0.2:7301").unwrap();
+        for _ in 0..12 {
+            long.write_all(&[2u8; 100]).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let udp = UdpSocket::bind("10.200.0.1:0").unwrap();
+        udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            udp.send_to(&[3u8; 20], "10.200.0.2:7302").unwrap();
+            udp.recv(&mut buf).unwrap();
+        }
+        let denied = TcpStream::connect_timeout(
+            &"10.200.0.2:7303".parse().unwrap(),
+            Duration::from_millis(300),
+        );
+        assert!(denied.is_err());
+        (ports, long, udp.local_addr().unwrap().port())
+    });
+    let long_server = servers.join().unwrap();
+    let long_port = long_stream.local_addr().unwrap().port();
+
+    let status = wait(agent, Duration::from_secs(30));
+    assert!(status.success(), "flowex run failed: {status}");
+    let cli = conntrack_cli(&pair.server);
+    drop((long_stream, long_server));
+    let summary = collector.wait_until_quiet(Duration::from_millis(300), Duration::from_secs(10));
+    let records = collector.records();
+    assert_eq!(summary.sequence_gaps, 0);
+    assert_eq!(summary.decode_error_total(), 0);
+
+    for port in &short_ports {
+        let found = records_for(&records, 6, *port, 7300);
+        assert!(
+            reasons(&found).contains(&3),
+            "short connection {port}: {:?}",
+            reasons(&found)
+        );
+        let entry = cli_entry(&cli, 6, *port, 7300);
+        assert_eq!(
+            sums(&found),
+            (entry.original_counters, entry.reply_counters),
+            "port {port}"
+        );
+    }
+    let found = records_for(&records, 6, long_port, 7301);
+    let long_reasons = reasons(&found);
+    assert!(long_reasons.contains(&2), "{long_reasons:?}");
+    assert_eq!(long_reasons.last(), Some(&4), "{long_reasons:?}");
+    let entry = cli_entry(&cli, 6, long_port, 7301);
+    assert_eq!(
+        sums(&found),
+        (entry.original_counters, entry.reply_counters)
+    );
+
+    let found = records_for(&records, 17, udp_port, 7302);
+    let entry = cli_entry(&cli, 17, udp_port, 7302);
+    assert_eq!(
+        sums(&found),
+        (entry.original_counters, entry.reply_counters)
+    );
+
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|r| r["destinationTransportPort"] == 7303)
+        .collect();
+    assert!(!denied.is_empty(), "no deny record");
+    let d = denied[0];
+    assert_eq!(d["ingressNetworkPolicyRuleAction"], 2);
+    assert_eq!(d["ingressNetworkPolicyName"], "deny-it");
+    assert_eq!(d["ingressNetworkPolicyNamespace"], "test");
+    assert_eq!(d["ingressNetworkPolicyRuleName"], "ingress-0");
+    assert_eq!(d["sourceIPv4Address"], "10.200.0.1");
+    let denied_packets: u64 = denied
+        .iter()
+        .map(|r| r["packetDeltaCount"].as_u64().unwrap())
+        .sum();
+    assert!(denied_packets >= 1);
+    let _ = std::fs::remove_file(config_path);
+}
+
+fn wait(mut child: std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("flowex run did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
