@@ -101,6 +101,9 @@ pub struct ConntrackConfig {
     pub event_buffer_bytes: usize,
     /// Set nf_conntrack_acct/timestamp/events to 1 at startup when they are not.
     pub set_sysctls: bool,
+    /// Also track loopback connections (127.0.0.0/8, ::1): off by default, as they are not
+    /// pod traffic and include the agent's own export to a local collector.
+    pub include_loopback: bool,
 }
 
 /// How records are built and where they go.
@@ -215,6 +218,7 @@ impl Default for ConntrackConfig {
             events: true,
             event_buffer_bytes: 8 << 20,
             set_sysctls: false,
+            include_loopback: false,
         }
     }
 }

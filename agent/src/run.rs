@@ -103,9 +103,12 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         let store = Arc::clone(&store);
         let stopping = Arc::clone(&stopping);
         let zones = config.conntrack.zones.clone();
+        let loopback = config.conntrack.include_loopback;
         let interval = config.conntrack.poll_interval.0;
         threads.push(std::thread::spawn(move || {
-            conntrack_source(socket, events, &store, &zones, interval, &stopping)
+            conntrack_source(
+                socket, events, &store, &zones, loopback, interval, &stopping,
+            )
         }));
     }
     if let Some(mut listener) = deny {
@@ -179,10 +182,16 @@ fn conntrack_source(
     mut events: Option<ConntrackEvents>,
     store: &ConnectionStore,
     zones: &[u16],
+    include_loopback: bool,
     interval: Duration,
     stopping: &AtomicBool,
 ) {
-    let wanted_zone = |zone: u16| zones.is_empty() || zones.contains(&zone);
+    let wanted = |entry: &crate::conntrack::ConntrackEntry| {
+        (zones.is_empty() || zones.contains(&entry.zone))
+            && (include_loopback
+                || !(entry.original.source.is_loopback()
+                    || entry.original.destination.is_loopback()))
+    };
     let poll = |socket: &mut ConntrackSocket| {
         let generation = store.begin_poll();
         let now = now_ms();
@@ -198,7 +207,11 @@ fn conntrack_source(
                 .collect()
         };
         for filter in &filters {
-            if let Err(error) = socket.dump(filter, |entry| store.update(entry, generation, now)) {
+            if let Err(error) = socket.dump(filter, |entry| {
+                if wanted(entry) {
+                    store.update(entry, generation, now)
+                }
+            }) {
                 log("error", format_args!("conntrack dump: {error}"));
             }
         }
@@ -225,7 +238,7 @@ fn conntrack_source(
         ended.clear();
         let now = now_ms();
         match events.receive(Some(wait), |kind, entry| {
-            if !wanted_zone(entry.zone) {
+            if !wanted(entry) {
                 return;
             }
             match kind {
