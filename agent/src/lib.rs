@@ -6,6 +6,7 @@ pub mod config;
 pub mod conntrack;
 pub mod deny;
 pub mod export;
+pub mod metrics;
 pub mod netlink;
 pub mod records;
 pub mod run;

@@ -17,6 +17,7 @@ use crate::conntrack::{
 };
 use crate::deny::{DEFAULT_COPY_RANGE, DenyListener};
 use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess};
+use crate::metrics::Metrics;
 use crate::records::{self, PodNetworks};
 use crate::store::{ConnectionStore, Timeouts};
 
@@ -55,7 +56,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         .iter()
         .map(CollectorTarget::from)
         .collect();
-    let process = ExportingProcess::start(&targets, templates, domain);
+    let process = Arc::new(ExportingProcess::start(&targets, templates, domain));
+    let metrics = Arc::new(Metrics::new());
     let store = Arc::new(ConnectionStore::new(Timeouts {
         active_ms: config.export.active_timeout.0.as_millis() as u64,
         idle_ms: config.export.idle_timeout.0.as_millis() as u64,
@@ -72,7 +74,10 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let stopping = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
 
-    // Open every kernel source before saying we run, so errors show at once.
+    // Bind and open everything before saying we run, so errors show at once.
+    let metrics_listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+        .await
+        .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
     let socket = ConntrackSocket::open().context("opening ctnetlink")?;
     let events = if config.conntrack.events {
         let events =
@@ -105,18 +110,26 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         let zones = config.conntrack.zones.clone();
         let loopback = config.conntrack.include_loopback;
         let interval = config.conntrack.poll_interval.0;
+        let metrics = Arc::clone(&metrics);
         threads.push(std::thread::spawn(move || {
-            conntrack_source(
-                socket, events, &store, &zones, loopback, interval, &stopping,
-            )
+            let source = ConntrackSource {
+                store: &store,
+                metrics: &metrics,
+                zones: &zones,
+                include_loopback: loopback,
+                interval,
+            };
+            source.run(socket, events, &stopping)
         }));
     }
     if let Some(mut listener) = deny {
         let store = Arc::clone(&store);
         let stopping = Arc::clone(&stopping);
+        let metrics = Arc::clone(&metrics);
         threads.push(std::thread::spawn(move || {
             while !stopping.load(Ordering::Acquire) {
                 if let Err(error) = listener.receive(Some(Duration::from_millis(100)), |event| {
+                    metrics.deny_packets.inc();
                     store.deny(event, now_ms())
                 }) {
                     log("error", format_args!("deny source: {error}"));
@@ -134,6 +147,12 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         ),
     );
 
+    let server = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        Arc::clone(&metrics),
+        Arc::clone(&store),
+        Arc::clone(&process),
+    ));
     let mut builder = BatchBuilder::default();
     let mut ticker = tokio::time::interval(EXPIRY_TICK);
     tokio::pin!(stop);
@@ -168,6 +187,19 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         builder.push(record.flow.template_id(), &record);
     });
     process.export(builder.finish());
+    server.abort();
+    let _ = server.await;
+    // The server's handlers may still hold the process for a moment.
+    let mut process = process;
+    let process = loop {
+        match Arc::try_unwrap(process) {
+            Ok(process) => break process,
+            Err(shared) => {
+                process = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     process.shutdown(SHUTDOWN_DEADLINE).await;
     log(
         "info",
@@ -176,29 +208,31 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     Ok(())
 }
 
-/// Polls the table every `interval` and applies events in between.
-fn conntrack_source(
-    mut socket: ConntrackSocket,
-    mut events: Option<ConntrackEvents>,
-    store: &ConnectionStore,
-    zones: &[u16],
+/// The conntrack source: polls the table every `interval` and applies events in between.
+struct ConntrackSource<'a> {
+    store: &'a ConnectionStore,
+    metrics: &'a Metrics,
+    zones: &'a [u16],
     include_loopback: bool,
     interval: Duration,
-    stopping: &AtomicBool,
-) {
-    let wanted = |entry: &crate::conntrack::ConntrackEntry| {
-        (zones.is_empty() || zones.contains(&entry.zone))
-            && (include_loopback
+}
+
+impl ConntrackSource<'_> {
+    fn wanted(&self, entry: &crate::conntrack::ConntrackEntry) -> bool {
+        (self.zones.is_empty() || self.zones.contains(&entry.zone))
+            && (self.include_loopback
                 || !(entry.original.source.is_loopback()
                     || entry.original.destination.is_loopback()))
-    };
-    let poll = |socket: &mut ConntrackSocket| {
-        let generation = store.begin_poll();
+    }
+
+    fn poll(&self, socket: &mut ConntrackSocket) {
+        let started = Instant::now();
+        let generation = self.store.begin_poll();
         let now = now_ms();
-        let filters: Vec<DumpFilter> = if zones.is_empty() {
+        let filters: Vec<DumpFilter> = if self.zones.is_empty() {
             vec![DumpFilter::default()]
         } else {
-            zones
+            self.zones
                 .iter()
                 .map(|zone| DumpFilter {
                     zone: Some(*zone),
@@ -207,72 +241,90 @@ fn conntrack_source(
                 .collect()
         };
         for filter in &filters {
-            if let Err(error) = socket.dump(filter, |entry| {
-                if wanted(entry) {
-                    store.update(entry, generation, now)
+            let result = socket.dump(filter, |entry| {
+                if self.wanted(entry) {
+                    self.store.update(entry, generation, now)
                 }
-            }) {
+            });
+            if let Err(error) = result {
                 log("error", format_args!("conntrack dump: {error}"));
             }
         }
-    };
-    poll(&mut socket);
-    let mut next_poll = Instant::now() + interval;
-    let mut ended = Vec::new();
-    while !stopping.load(Ordering::Acquire) {
-        if Instant::now() >= next_poll {
-            poll(&mut socket);
-            next_poll = Instant::now() + interval;
+        self.metrics
+            .poll_duration
+            .observe(started.elapsed().as_secs_f64());
+        if let Ok(table) = socket.table_stats() {
+            self.metrics.conntrack_entries.set(i64::from(table.entries));
+            self.metrics.conntrack_max.set(i64::from(table.max_entries));
         }
-        let Some(events) = events.as_mut() else {
-            std::thread::sleep(
-                next_poll
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(100)),
-            );
-            continue;
-        };
-        let wait = next_poll
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(100));
-        ended.clear();
-        let now = now_ms();
-        match events.receive(Some(wait), |kind, entry| {
-            if !wanted(entry) {
-                return;
+    }
+
+    fn run(
+        &self,
+        mut socket: ConntrackSocket,
+        mut events: Option<ConntrackEvents>,
+        stopping: &AtomicBool,
+    ) {
+        self.poll(&mut socket);
+        let mut next_poll = Instant::now() + self.interval;
+        let mut ended = Vec::new();
+        while !stopping.load(Ordering::Acquire) {
+            if Instant::now() >= next_poll {
+                self.poll(&mut socket);
+                next_poll = Instant::now() + self.interval;
             }
-            match kind {
-                EventKind::Destroy => store.end(entry, now),
-                EventKind::New => store.update(entry, 0, now),
-                EventKind::Update => {
-                    // UPDATE carries no counters: read the final ones of an ended TCP
-                    // connection at once instead of waiting for the kernel's reaping.
-                    if matches!(entry.tcp_state, Some(7) | Some(8)) {
-                        ended.push(*entry);
-                    } else {
-                        store.update(entry, 0, now);
+            let wait = next_poll
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            let Some(events) = events.as_mut() else {
+                std::thread::sleep(wait);
+                continue;
+            };
+            ended.clear();
+            let now = now_ms();
+            let mut received = 0;
+            let result = events.receive(Some(wait), |kind, entry| {
+                received += 1;
+                if !self.wanted(entry) {
+                    return;
+                }
+                match kind {
+                    EventKind::Destroy => self.store.end(entry, now),
+                    EventKind::New => self.store.update(entry, 0, now),
+                    EventKind::Update => {
+                        // UPDATE carries no counters: read the final ones of an ended TCP
+                        // connection at once instead of waiting for the kernel's reaping.
+                        if matches!(entry.tcp_state, Some(7) | Some(8)) {
+                            ended.push(*entry);
+                        } else {
+                            self.store.update(entry, 0, now);
+                        }
                     }
                 }
+            });
+            self.metrics.events_received.inc_by(received);
+            match result {
+                Ok(Received::Lost) => {
+                    self.metrics.events_lost.inc();
+                    self.metrics.resyncs.inc();
+                    log(
+                        "warn",
+                        "conntrack events were lost (ENOBUFS): resyncing with a dump",
+                    );
+                    self.poll(&mut socket);
+                    next_poll = Instant::now() + self.interval;
+                }
+                Ok(_) => {}
+                Err(error) => log("error", format_args!("conntrack events: {error}")),
             }
-        }) {
-            Ok(Received::Lost) => {
-                log(
-                    "warn",
-                    "conntrack events were lost (ENOBUFS): resyncing with a dump",
-                );
-                poll(&mut socket);
-                next_poll = Instant::now() + interval;
-            }
-            Ok(_) => {}
-            Err(error) => log("error", format_args!("conntrack events: {error}")),
-        }
-        for entry in &ended {
-            let mut fresh = *entry;
-            match socket.get(&entry.original, entry.zone, &mut fresh) {
-                Ok(true) => store.end(&fresh, now),
-                // Already gone: its DESTROY event brings the final counters.
-                Ok(false) => {}
-                Err(error) => log("error", format_args!("conntrack get: {error}")),
+            for entry in &ended {
+                let mut fresh = *entry;
+                match socket.get(&entry.original, entry.zone, &mut fresh) {
+                    Ok(true) => self.store.end(&fresh, now),
+                    // Already gone: its DESTROY event brings the final counters.
+                    Ok(false) => {}
+                    Err(error) => log("error", format_args!("conntrack get: {error}")),
+                }
             }
         }
     }

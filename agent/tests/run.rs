@@ -165,6 +165,45 @@ fn the_agent_exports_real_traffic_with_exact_counters() {
     let long_server = servers.join().unwrap();
     let long_port = long_stream.local_addr().unwrap().port();
 
+    // While the agent runs: its metrics and health endpoints answer.
+    // (NFLOG delivers in batches: scrape until the denied packet has been counted.)
+    let (metrics, health) = pair.server.enter(|| {
+        let mut metrics = http_get("/metrics");
+        for _ in 0..30 {
+            if metrics
+                .lines()
+                .any(|l| l.starts_with("flowex_deny_packets_total ") && !l.ends_with(" 0"))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            metrics = http_get("/metrics");
+        }
+        (metrics, http_get("/healthz"))
+    });
+    assert!(health.ends_with("ok\n"), "{health}");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    assert!(value("flowex_records_exported_total{collector=\"collector-0\"}") >= 5.0);
+    assert_eq!(
+        value("flowex_records_dropped_total{collector=\"collector-0\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("flowex_collector_connected{collector=\"collector-0\"}"),
+        1.0
+    );
+    assert!(value("flowex_tracked_connections") >= 2.0);
+    assert!(value("flowex_conntrack_events_received_total") > 0.0);
+    assert!(value("flowex_poll_duration_seconds_count") >= 2.0);
+    assert!(value("flowex_deny_packets_total") >= 1.0);
+
     let status = wait(agent, Duration::from_secs(30));
     assert!(status.success(), "flowex run failed: {status}");
     let cli = conntrack_cli(&pair.server);
@@ -222,6 +261,15 @@ fn the_agent_exports_real_traffic_with_exact_counters() {
         .sum();
     assert!(denied_packets >= 1);
     let _ = std::fs::remove_file(config_path);
+}
+
+fn http_get(path: &str) -> String {
+    let mut stream = TcpStream::connect("127.0.0.1:9400").unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 fn wait(mut child: std::process::Child, limit: Duration) -> std::process::ExitStatus {

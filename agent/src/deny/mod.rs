@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_netfilter::NetfilterProtoFamily;
-use netlink_packet_netfilter::nflog::{ConfigCmd, ConfigMode, config_request};
+use netlink_packet_netfilter::nflog::{ConfigCmd, ConfigMode, Timeout, config_request};
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 pub use packet::{PacketError, PacketTuple, parse_packet};
@@ -150,9 +150,13 @@ impl DenyListener {
             buffer: Vec::with_capacity(64 * 1024),
             stats: DenyStats::default(),
         };
+        // The kernel batches logged packets for up to 1 s by default; 100 ms keeps deny
+        // records prompt without a message per packet under a flood.
+        let flush: Timeout = Duration::from_millis(100).into();
         listener.configure(vec![
             ConfigCmd::Bind.into(),
             ConfigMode::new_packet(copy_range).into(),
+            flush.into(),
         ])?;
         Ok(listener)
     }

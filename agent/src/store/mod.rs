@@ -116,6 +116,7 @@ pub struct ConnectionStore {
     expiry: Mutex<BinaryHeap<Reverse<(u64, ConnKey)>>>,
     timeouts: Timeouts,
     generation: AtomicU32,
+    deny_count: std::sync::atomic::AtomicUsize,
     prefixes: Mutex<Vec<std::sync::Arc<str>>>,
 }
 
@@ -134,6 +135,7 @@ impl ConnectionStore {
             expiry: Mutex::new(BinaryHeap::new()),
             timeouts,
             generation: AtomicU32::new(1),
+            deny_count: std::sync::atomic::AtomicUsize::new(0),
             prefixes: Mutex::new(vec![std::sync::Arc::from("")]),
         }
     }
@@ -141,6 +143,11 @@ impl ConnectionStore {
     /// Connections tracked (conntrack and deny).
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Denied connections tracked.
+    pub fn deny_len(&self) -> usize {
+        self.deny_count.load(Ordering::Relaxed)
     }
 
     /// True when nothing is tracked.
@@ -305,6 +312,7 @@ impl ConnectionStore {
                 deny_prefix: prefix,
             },
         );
+        self.deny_count.fetch_add(1, Ordering::Relaxed);
         self.schedule(now_ms + self.timeouts.deny_idle_ms, key);
     }
 
@@ -387,7 +395,11 @@ impl ConnectionStore {
             match next {
                 Some(deadline) => self.schedule(deadline.max(now_ms + 1), key),
                 None => {
-                    self.map.remove(&key);
+                    if let Some((_, removed)) = self.map.remove(&key)
+                        && removed.flags & flags::DENY != 0
+                    {
+                        self.deny_count.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -416,6 +428,7 @@ impl ConnectionStore {
             exported += 1;
         }
         self.map.clear();
+        self.deny_count.store(0, Ordering::Relaxed);
         self.expiry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

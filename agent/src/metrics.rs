@@ -1,0 +1,228 @@
+//! Prometheus metrics on `metrics.listen`: `/metrics` (text format) and `/healthz`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::export::ExportingProcess;
+use crate::store::ConnectionStore;
+
+/// Every metric the agent exposes.
+pub struct Metrics {
+    registry: Registry,
+    pub tracked_connections: IntGauge,
+    pub deny_connections: IntGauge,
+    pub conntrack_entries: IntGauge,
+    pub conntrack_max: IntGauge,
+    pub poll_duration: Histogram,
+    pub events_received: IntCounter,
+    pub events_lost: IntCounter,
+    pub resyncs: IntCounter,
+    pub deny_packets: IntCounter,
+    records_exported: IntCounterVec,
+    records_dropped: IntCounterVec,
+    send_errors: IntCounterVec,
+    reconnects: IntCounterVec,
+    messages: IntCounterVec,
+    bytes: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    connected: IntGaugeVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Names are constants and unique: registration cannot fail.
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let gauge =
+            |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
+        let counter = |name: &str, help: &str| {
+            register(&r, IntCounter::new(name, help).expect("valid metric"))
+        };
+        let per_collector = |name: &str, help: &str| {
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), &["collector"]).expect("valid metric"),
+            )
+        };
+        let per_collector_gauge = |name: &str, help: &str| {
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), &["collector"]).expect("valid metric"),
+            )
+        };
+        Self {
+            tracked_connections: gauge(
+                "flowex_tracked_connections",
+                "Connections in the store (conntrack and deny).",
+            ),
+            deny_connections: gauge(
+                "flowex_deny_connections",
+                "Denied connections in the store.",
+            ),
+            conntrack_entries: gauge(
+                "flowex_conntrack_entries",
+                "Entries in the kernel's conntrack table (global count).",
+            ),
+            conntrack_max: gauge(
+                "flowex_conntrack_max_entries",
+                "The kernel's nf_conntrack_max.",
+            ),
+            poll_duration: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "flowex_poll_duration_seconds",
+                        "Time of one full conntrack dump into the store.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ]),
+                )
+                .expect("valid metric"),
+            ),
+            events_received: counter(
+                "flowex_conntrack_events_received_total",
+                "Conntrack events received.",
+            ),
+            events_lost: counter(
+                "flowex_conntrack_events_lost_total",
+                "Times the kernel dropped conntrack events (ENOBUFS).",
+            ),
+            resyncs: counter(
+                "flowex_conntrack_resyncs_total",
+                "Full dumps made to recover from lost events.",
+            ),
+            deny_packets: counter(
+                "flowex_deny_packets_total",
+                "Denied packets received from NFLOG.",
+            ),
+            records_exported: per_collector(
+                "flowex_records_exported_total",
+                "Data records sent to the collector.",
+            ),
+            records_dropped: per_collector(
+                "flowex_records_dropped_total",
+                "Data records dropped for the collector (queue full, send failure, shutdown).",
+            ),
+            send_errors: per_collector(
+                "flowex_send_errors_total",
+                "Failed sends and connection attempts.",
+            ),
+            reconnects: per_collector(
+                "flowex_reconnects_total",
+                "TCP connections re-established after a failure.",
+            ),
+            messages: per_collector("flowex_messages_sent_total", "IPFIX messages sent."),
+            bytes: per_collector("flowex_bytes_sent_total", "Bytes of IPFIX messages sent."),
+            queue_depth: per_collector_gauge(
+                "flowex_queue_depth_records",
+                "Records waiting in the collector's queue.",
+            ),
+            connected: per_collector_gauge(
+                "flowex_collector_connected",
+                "1 while the collector's transport is up.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// Copies the live counters of the store and collectors into the metrics.
+    pub fn refresh(&self, store: &ConnectionStore, process: &ExportingProcess) {
+        self.tracked_connections.set(store.len() as i64);
+        self.deny_connections.set(store.deny_len() as i64);
+        for collector in process.collectors() {
+            let stats = &collector.stats;
+            let name = [collector.name.as_str()];
+            let set = |vec: &IntCounterVec, value: u64| {
+                let counter = vec.with_label_values(&name);
+                counter.inc_by(value.saturating_sub(counter.get()));
+            };
+            set(
+                &self.records_exported,
+                stats.records_exported.load(Ordering::Relaxed),
+            );
+            set(
+                &self.records_dropped,
+                stats.records_dropped.load(Ordering::Relaxed),
+            );
+            set(&self.send_errors, stats.send_errors.load(Ordering::Relaxed));
+            set(&self.reconnects, stats.reconnects.load(Ordering::Relaxed));
+            set(&self.messages, stats.messages.load(Ordering::Relaxed));
+            set(&self.bytes, stats.bytes.load(Ordering::Relaxed));
+            self.queue_depth
+                .with_label_values(&name)
+                .set(stats.queued.load(Ordering::Relaxed) as i64);
+            self.connected
+                .with_label_values(&name)
+                .set(i64::from(stats.connected.load(Ordering::Relaxed)));
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    store: Arc<ConnectionStore>,
+    process: Arc<ExportingProcess>,
+) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        let store = Arc::clone(&store);
+        let process = Arc::clone(&process);
+        tokio::spawn(async move {
+            let mut request = [0u8; 2048];
+            let Ok(Ok(read)) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request))
+                    .await
+            else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&request[..read]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (status, content_type, body) = match path {
+                "/metrics" => {
+                    metrics.refresh(&store, &process);
+                    ("200 OK", "text/plain; version=0.0.4", metrics.render())
+                }
+                "/healthz" => ("200 OK", "text/plain", b"ok\n".to_vec()),
+                _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
+            };
+            let header = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(header.as_bytes()).await;
+            let _ = stream.write_all(&body).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
