@@ -231,6 +231,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         config.validate()?;
     }
+    flowex_agent::run::init_logging(&config.logging);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -33,7 +33,32 @@ fn now_ms() -> u64 {
 }
 
 fn log(level: &str, message: impl std::fmt::Display) {
-    eprintln!("flowex: {level}: {message}");
+    match level {
+        "error" => tracing::error!("{message}"),
+        "warn" => tracing::warn!("{message}"),
+        _ => tracing::info!("{message}"),
+    }
+}
+
+/// Sends logs to stderr at `level`, as text or one JSON object per line.
+pub fn init_logging(config: &crate::config::LoggingConfig) {
+    use crate::config::{Level, LogFormat};
+    let level = match config.level {
+        Level::Error => tracing::Level::ERROR,
+        Level::Warn => tracing::Level::WARN,
+        Level::Info => tracing::Level::INFO,
+        Level::Debug => tracing::Level::DEBUG,
+        Level::Trace => tracing::Level::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    let _ = match config.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Runs the agent until `stop` resolves.
@@ -175,6 +200,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     for thread in threads {
         let _ = thread.join();
     }
+    tracing::debug!("sources stopped");
     let now = now_ms();
     store.expire(now, true, |expired| {
         let prefix = store.prefix(expired.connection.deny_prefix);
@@ -200,6 +226,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             }
         }
     };
+    tracing::debug!("flushing the collector queues");
     process.shutdown(SHUTDOWN_DEADLINE).await;
     log(
         "info",
