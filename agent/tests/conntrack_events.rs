@@ -270,12 +270,16 @@ fn lost_events_are_recovered_by_a_resync_dump() {
         tx.send(()).unwrap();
         go_rx.recv().unwrap(); // the burst has been loaded
         // The mirror of the table, as an agent keeps it: events add, a loss resyncs.
-        let mut mirror: HashSet<u32> = HashSet::new();
+        // Keyed by source address and port: unique per loaded entry (conntrack ids are
+        // 32-bit hashes and may collide among 10k entries).
+        let mut mirror: HashSet<(std::net::IpAddr, u16)> = HashSet::new();
         let mut resyncs = 0;
         loop {
             let mut seen = Vec::new();
             match events
-                .receive(Some(Duration::from_millis(300)), |_, e| seen.push(e.id))
+                .receive(Some(Duration::from_millis(300)), |_, e| {
+                    seen.push((e.original.source, e.original.source_port))
+                })
                 .unwrap()
             {
                 Received::Events(_) => mirror.extend(seen),
@@ -284,7 +288,7 @@ fn lost_events_are_recovered_by_a_resync_dump() {
                     mirror.clear();
                     socket
                         .dump(&DumpFilter::default(), |e| {
-                            mirror.insert(e.id);
+                            mirror.insert((e.original.source, e.original.source_port));
                         })
                         .unwrap();
                 }
@@ -294,7 +298,7 @@ fn lost_events_are_recovered_by_a_resync_dump() {
         let mut live = HashSet::new();
         socket
             .dump(&DumpFilter::default(), |e| {
-                live.insert(e.id);
+                live.insert((e.original.source, e.original.source_port));
             })
             .unwrap();
         (mirror, live, resyncs, events.lost())
