@@ -1,6 +1,12 @@
-//! The connection store: every tracked connection, shared by all collectors, in a sharded
-//! map; and the expiry queue, a heap keyed by each connection's next deadline, so expiry
-//! never scans the store.
+//! The connection store: every tracked connection, shared by all collectors, in
+//! [`SHARDS`] shards, each behind its own lock; and per shard an expiry heap keyed by each
+//! connection's next deadline, so expiry never scans the store.
+//!
+//! Memory is what the design is about. A shard keeps connections in a slab of fixed-size
+//! chunks (no doubling slack) and finds them through a hash table of 4-byte slot numbers,
+//! so when the table doubles only the slot numbers double, not the 176-byte entries.
+//! Heap entries are (deadline, slot, slot generation): 16 bytes, and a freed slot's stale
+//! entries are recognised by the generation.
 //!
 //! Each live connection has exactly one heap entry. Updates do not touch the heap: when an
 //! entry comes due, the connection's real deadline is recomputed and, if it moved, the
@@ -10,10 +16,11 @@ mod key;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use dashmap::DashMap;
+use hashbrown::HashTable;
 
 pub use key::{ConnKey, FxBuild, FxHasher};
 
@@ -66,7 +73,7 @@ impl Counters {
     }
 }
 
-/// One tracked connection.
+/// One tracked connection (128 bytes: fields ordered so nothing is padded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connection {
     /// Source of the reply direction: the real server behind a DNAT (service) address.
@@ -79,6 +86,8 @@ pub struct Connection {
     pub conntrack_id: u32,
     /// Last poll generation whose dump contained the connection.
     pub seen_generation: u32,
+    /// Interned deny log prefix (0: none); see [`ConnectionStore::prefix`].
+    pub deny_prefix: u32,
     pub counters: Counters,
     /// Counters at the last export, for deltas.
     pub exported: Counters,
@@ -86,8 +95,6 @@ pub struct Connection {
     pub start_ms: u64,
     pub last_change_ms: u64,
     pub last_export_ms: u64,
-    /// Interned deny log prefix (0: none); see [`ConnectionStore::prefix`].
-    pub deny_prefix: u32,
 }
 
 /// Why and what to export, handed to the caller of [`ConnectionStore::expire`].
@@ -110,14 +117,130 @@ pub struct Timeouts {
     pub deny_idle_ms: u64,
 }
 
+/// Number of shards (independent locks).
+pub const SHARDS: usize = 16;
+/// Slots per slab chunk.
+const CHUNK: usize = 1024;
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    key: ConnKey,
+    generation: u32,
+    connection: Connection,
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Slot {
+            key: ConnKey {
+                zone: 0,
+                protocol: 0,
+                ipv6: false,
+                source_port: 0,
+                destination_port: 0,
+                source: [0; 16],
+                destination: [0; 16],
+            },
+            generation: 0,
+            connection: Connection {
+                reply_source: [0; 16],
+                reply_source_port: 0,
+                tcp_state: 0,
+                flags: 0,
+                mark: 0,
+                status: 0,
+                conntrack_id: 0,
+                seen_generation: 0,
+                deny_prefix: 0,
+                counters: Counters::default(),
+                exported: Counters::default(),
+                start_ms: 0,
+                last_change_ms: 0,
+                last_export_ms: 0,
+            },
+        }
+    }
+}
+
+fn hash_key(key: &ConnKey) -> u64 {
+    FxBuild.hash_one(key)
+}
+
+fn slot_in(chunks: &[Box<[Slot]>], slot: u32) -> &Slot {
+    &chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+}
+
+#[derive(Default)]
+struct Shard {
+    index: HashTable<u32>,
+    chunks: Vec<Box<[Slot]>>,
+    allocated: u32,
+    free: Vec<u32>,
+    heap: BinaryHeap<Reverse<(u64, u32, u32)>>,
+}
+
+impl Shard {
+    fn find(&self, hash: u64, key: &ConnKey) -> Option<u32> {
+        let chunks = &self.chunks;
+        self.index
+            .find(hash, |&slot| slot_in(chunks, slot).key == *key)
+            .copied()
+    }
+
+    fn slot(&self, slot: u32) -> &Slot {
+        slot_in(&self.chunks, slot)
+    }
+
+    fn slot_mut(&mut self, slot: u32) -> &mut Slot {
+        &mut self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+    }
+
+    fn insert(&mut self, hash: u64, key: ConnKey, connection: Connection) -> u32 {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                if self.allocated as usize == self.chunks.len() * CHUNK {
+                    let chunk: Vec<Slot> = (0..CHUNK).map(|_| Slot::empty()).collect();
+                    self.chunks.push(chunk.into_boxed_slice());
+                }
+                self.allocated += 1;
+                self.allocated - 1
+            }
+        };
+        let entry = self.slot_mut(slot);
+        entry.key = key;
+        entry.connection = connection;
+        let chunks = &self.chunks;
+        self.index
+            .insert_unique(hash, slot, |&s| hash_key(&slot_in(chunks, s).key));
+        slot
+    }
+
+    fn remove(&mut self, hash: u64, slot: u32) -> Connection {
+        if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
+            entry.remove();
+        }
+        let entry = self.slot_mut(slot);
+        entry.generation = entry.generation.wrapping_add(1);
+        let connection = entry.connection;
+        self.free.push(slot);
+        connection
+    }
+
+    fn schedule(&mut self, deadline_ms: u64, slot: u32) {
+        let generation = self.slot(slot).generation;
+        self.heap.push(Reverse((deadline_ms, slot, generation)));
+    }
+}
+
 /// The store. All methods take `&self`: sources and the expiry task share it.
 pub struct ConnectionStore {
-    map: DashMap<ConnKey, Connection, FxBuild>,
-    expiry: Mutex<BinaryHeap<Reverse<(u64, ConnKey)>>>,
+    shards: Box<[Mutex<Shard>]>,
     timeouts: Timeouts,
     generation: AtomicU32,
-    deny_count: std::sync::atomic::AtomicUsize,
-    prefixes: Mutex<Vec<std::sync::Arc<str>>>,
+    len: AtomicUsize,
+    deny_count: AtomicUsize,
+    prefixes: Mutex<Vec<Arc<str>>>,
 }
 
 fn mapped(addr: std::net::IpAddr) -> [u8; 16] {
@@ -127,22 +250,31 @@ fn mapped(addr: std::net::IpAddr) -> [u8; 16] {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl ConnectionStore {
     /// An empty store.
     pub fn new(timeouts: Timeouts) -> Self {
         Self {
-            map: DashMap::with_hasher(FxBuild),
-            expiry: Mutex::new(BinaryHeap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             timeouts,
             generation: AtomicU32::new(1),
-            deny_count: std::sync::atomic::AtomicUsize::new(0),
-            prefixes: Mutex::new(vec![std::sync::Arc::from("")]),
+            len: AtomicUsize::new(0),
+            deny_count: AtomicUsize::new(0),
+            prefixes: Mutex::new(vec![Arc::from("")]),
         }
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        // Middle bits: the table itself uses the low bits (bucket) and the top 7 (tag).
+        lock(&self.shards[(hash >> 32) as usize % SHARDS])
     }
 
     /// Connections tracked (conntrack and deny).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     /// Denied connections tracked.
@@ -152,33 +284,24 @@ impl ConnectionStore {
 
     /// True when nothing is tracked.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// A copy of one connection.
     pub fn get(&self, key: &ConnKey) -> Option<Connection> {
-        self.map.get(key).map(|c| *c)
+        let hash = hash_key(key);
+        let shard = self.shard(hash);
+        shard
+            .find(hash, key)
+            .map(|slot| shard.slot(slot).connection)
     }
 
     /// The deny prefix interned as `id` (a shared string: no copy).
-    pub fn prefix(&self, id: u32) -> std::sync::Arc<str> {
-        self.lock_prefixes()
+    pub fn prefix(&self, id: u32) -> Arc<str> {
+        lock(&self.prefixes)
             .get(id as usize)
             .cloned()
-            .unwrap_or_else(|| std::sync::Arc::from(""))
-    }
-
-    fn lock_prefixes(&self) -> std::sync::MutexGuard<'_, Vec<std::sync::Arc<str>>> {
-        self.prefixes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn schedule(&self, deadline_ms: u64, key: ConnKey) {
-        self.expiry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Reverse((deadline_ms, key)));
+            .unwrap_or_else(|| Arc::from(""))
     }
 
     /// Starts a poll: entries seen by the dump that follows carry the returned generation.
@@ -199,8 +322,10 @@ impl ConnectionStore {
         };
         let has_counters = entry.original_counters.is_some();
         let dying = entry.is_dying() || matches!(entry.tcp_state, Some(7) | Some(8));
-        if let Some(mut connection) = self.map.get_mut(&key) {
-            let c = &mut *connection;
+        let hash = hash_key(&key);
+        let mut shard = self.shard(hash);
+        if let Some(slot) = shard.find(hash, &key) {
+            let c = &mut shard.slot_mut(slot).connection;
             if generation != 0 {
                 c.seen_generation = generation;
             }
@@ -219,8 +344,7 @@ impl ConnectionStore {
             c.status = entry.status;
             if dying && c.flags & flags::DYING == 0 {
                 c.flags |= flags::DYING;
-                drop(connection);
-                self.schedule(now_ms, key);
+                shard.schedule(now_ms, slot);
             }
             return;
         }
@@ -237,20 +361,21 @@ impl ConnectionStore {
             } else {
                 self.generation.load(Ordering::Acquire)
             },
+            deny_prefix: 0,
             counters,
             exported: Counters::default(),
             start_ms: entry.start_ns.map_or(now_ms, |ns| ns / 1_000_000),
             last_change_ms: now_ms,
             last_export_ms: now_ms,
-            deny_prefix: 0,
         };
-        self.map.insert(key, connection);
+        let slot = shard.insert(hash, key, connection);
         let deadline = if dying {
             now_ms
         } else {
             now_ms + self.timeouts.active_ms.min(self.timeouts.idle_ms)
         };
-        self.schedule(deadline, key);
+        shard.schedule(deadline, slot);
+        self.len.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a connection's end with its final counters (DESTROY event, or the targeted
@@ -264,18 +389,23 @@ impl ConnectionStore {
     /// Adds one denied packet: packets and bytes of the same 5-tuple aggregate.
     pub fn deny(&self, event: &DenyEvent<'_>, now_ms: u64) {
         let key = ConnKey::from_packet(&event.tuple);
-        if let Some(mut connection) = self.map.get_mut(&key) {
-            connection.counters.packets += 1;
-            connection.counters.bytes += u64::from(event.tuple.ip_length);
-            connection.last_change_ms = now_ms;
-            return;
+        let hash = hash_key(&key);
+        {
+            let mut shard = self.shard(hash);
+            if let Some(slot) = shard.find(hash, &key) {
+                let c = &mut shard.slot_mut(slot).connection;
+                c.counters.packets += 1;
+                c.counters.bytes += u64::from(event.tuple.ip_length);
+                c.last_change_ms = now_ms;
+                return;
+            }
         }
         let prefix = {
-            let mut prefixes = self.lock_prefixes();
+            let mut prefixes = lock(&self.prefixes);
             match prefixes.iter().position(|p| &**p == event.prefix) {
                 Some(id) => id as u32,
                 None => {
-                    prefixes.push(std::sync::Arc::from(event.prefix));
+                    prefixes.push(Arc::from(event.prefix));
                     (prefixes.len() - 1) as u32
                 }
             }
@@ -283,122 +413,121 @@ impl ConnectionStore {
         let start_ms = event
             .timestamp
             .map_or(now_ms, |(s, us)| s * 1_000 + us / 1_000);
-        self.map.insert(
-            key,
-            Connection {
-                reply_source: key.destination,
-                reply_source_port: key.destination_port,
-                tcp_state: 0,
-                // hooks 3 (output) and 4 (postrouting) are the egress path
-                flags: if event.hook >= 3 {
-                    flags::DENY | flags::EGRESS
-                } else {
-                    flags::DENY
-                },
-                mark: event.mark,
-                status: 0,
-                conntrack_id: 0,
-                seen_generation: 0,
-                counters: Counters {
-                    packets: 1,
-                    bytes: u64::from(event.tuple.ip_length),
-                    reply_packets: 0,
-                    reply_bytes: 0,
-                },
-                exported: Counters::default(),
-                start_ms,
-                last_change_ms: now_ms,
-                last_export_ms: now_ms,
-                deny_prefix: prefix,
+        let connection = Connection {
+            reply_source: key.destination,
+            reply_source_port: key.destination_port,
+            tcp_state: 0,
+            // hooks 3 (output) and 4 (postrouting) are the egress path
+            flags: if event.hook >= 3 {
+                flags::DENY | flags::EGRESS
+            } else {
+                flags::DENY
             },
-        );
+            mark: event.mark,
+            status: 0,
+            conntrack_id: 0,
+            seen_generation: 0,
+            deny_prefix: prefix,
+            counters: Counters {
+                packets: 1,
+                bytes: u64::from(event.tuple.ip_length),
+                reply_packets: 0,
+                reply_bytes: 0,
+            },
+            exported: Counters::default(),
+            start_ms,
+            last_change_ms: now_ms,
+            last_export_ms: now_ms,
+        };
+        let mut shard = self.shard(hash);
+        if shard.find(hash, &key).is_some() {
+            // Another denial of the same tuple won the race while the prefix was interned.
+            drop(shard);
+            return self.deny(event, now_ms);
+        }
+        let slot = shard.insert(hash, key, connection);
+        shard.schedule(now_ms + self.timeouts.deny_idle_ms, slot);
+        self.len.fetch_add(1, Ordering::Relaxed);
         self.deny_count.fetch_add(1, Ordering::Relaxed);
-        self.schedule(now_ms + self.timeouts.deny_idle_ms, key);
     }
 
-    /// Exports what is due at `now_ms`: ended connections (then deleted), active ones
-    /// every active timeout, idle ones once, deny connections after their idle timeout
-    /// (then deleted), and connections a completed poll no longer saw (then deleted).
-    /// `polled` says whether `generation` reflects complete dumps.
+    /// Exports what is due at `now_ms`: ended connections (exported once, forgotten when
+    /// conntrack forgets them), active ones every active timeout, idle ones once, deny
+    /// connections after their idle timeout (then deleted), and connections two polls no
+    /// longer saw. `polled` says whether poll generations reflect complete dumps.
     pub fn expire(&self, now_ms: u64, polled: bool, mut out: impl FnMut(Expired<'_>)) -> usize {
         let generation = self.generation.load(Ordering::Acquire);
+        let t = self.timeouts;
         let mut exported = 0;
-        loop {
-            let key = {
-                let mut heap = self
-                    .expiry
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                match heap.peek() {
-                    Some(Reverse((deadline, _))) if *deadline <= now_ms => {}
-                    _ => break,
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            while let Some(&Reverse((deadline, slot, slot_generation))) = shard.heap.peek() {
+                if deadline > now_ms {
+                    break;
                 }
-                match heap.pop() {
-                    Some(Reverse((_, key))) => key,
-                    None => break,
+                shard.heap.pop();
+                let entry = shard.slot_mut(slot);
+                if entry.generation != slot_generation {
+                    continue; // the slot was freed since
                 }
-            };
-            let Some(mut entry) = self.map.get_mut(&key) else {
-                continue;
-            };
-            let c = &mut *entry;
-            let t = self.timeouts;
-            // A connection two polls have not seen is gone from conntrack.
-            let gone = polled
-                && c.flags & flags::DENY == 0
-                && generation.wrapping_sub(c.seen_generation) >= 2;
-            if gone {
-                c.flags |= flags::DYING;
-            }
-            let mut emit = |c: &mut Connection, reason: EndReason| {
-                let delta = c.counters.since(&c.exported);
-                out(Expired {
-                    key: &key,
-                    connection: c,
-                    reason,
-                    delta,
-                    end_ms: now_ms,
-                });
-                c.exported = c.counters;
-                c.last_export_ms = now_ms;
-                exported += 1;
-            };
-            let next = if c.flags & flags::ENDED != 0 {
-                // Reported already: forget it once conntrack has, else look again later.
-                if gone { None } else { Some(now_ms + t.idle_ms) }
-            } else if c.flags & flags::DYING != 0 {
-                // The final record, with whatever was counted since the last export.
-                emit(c, EndReason::EndOfFlow);
-                c.flags |= flags::ENDED;
-                if gone { None } else { Some(now_ms + t.idle_ms) }
-            } else if c.flags & flags::DENY != 0 {
-                if now_ms >= c.last_change_ms + t.deny_idle_ms {
+                let key = entry.key;
+                let c = &mut entry.connection;
+                // A connection two polls have not seen is gone from conntrack.
+                let gone = polled
+                    && c.flags & flags::DENY == 0
+                    && generation.wrapping_sub(c.seen_generation) >= 2;
+                if gone {
+                    c.flags |= flags::DYING;
+                }
+                let mut emit = |c: &mut Connection, reason: EndReason| {
+                    let delta = c.counters.since(&c.exported);
+                    out(Expired {
+                        key: &key,
+                        connection: c,
+                        reason,
+                        delta,
+                        end_ms: now_ms,
+                    });
+                    c.exported = c.counters;
+                    c.last_export_ms = now_ms;
+                    exported += 1;
+                };
+                let next = if c.flags & flags::ENDED != 0 {
+                    // Reported already: forget it once conntrack has, else look again later.
+                    if gone { None } else { Some(now_ms + t.idle_ms) }
+                } else if c.flags & flags::DYING != 0 {
+                    // The final record, with whatever was counted since the last export.
+                    emit(c, EndReason::EndOfFlow);
+                    c.flags |= flags::ENDED;
+                    if gone { None } else { Some(now_ms + t.idle_ms) }
+                } else if c.flags & flags::DENY != 0 {
+                    if now_ms >= c.last_change_ms + t.deny_idle_ms {
+                        emit(c, EndReason::IdleTimeout);
+                        None
+                    } else {
+                        Some(c.last_change_ms + t.deny_idle_ms)
+                    }
+                } else if c.flags & flags::IDLE == 0 && now_ms >= c.last_change_ms + t.idle_ms {
                     emit(c, EndReason::IdleTimeout);
-                    None
+                    c.flags |= flags::IDLE;
+                    Some(now_ms + t.idle_ms)
+                } else if c.flags & flags::IDLE == 0 && now_ms >= c.last_export_ms + t.active_ms {
+                    emit(c, EndReason::ActiveTimeout);
+                    Some((now_ms + t.active_ms).min(c.last_change_ms + t.idle_ms))
+                } else if c.flags & flags::IDLE != 0 {
+                    // Idle and already reported: look again later (it may resume or vanish).
+                    Some(now_ms + t.idle_ms)
                 } else {
-                    Some(c.last_change_ms + t.deny_idle_ms)
-                }
-            } else if c.flags & flags::IDLE == 0 && now_ms >= c.last_change_ms + t.idle_ms {
-                emit(c, EndReason::IdleTimeout);
-                c.flags |= flags::IDLE;
-                Some(now_ms + t.idle_ms)
-            } else if c.flags & flags::IDLE == 0 && now_ms >= c.last_export_ms + t.active_ms {
-                emit(c, EndReason::ActiveTimeout);
-                Some((now_ms + t.active_ms).min(c.last_change_ms + t.idle_ms))
-            } else if c.flags & flags::IDLE != 0 {
-                // Idle and already reported: look again later (it may resume or vanish).
-                Some(now_ms + t.idle_ms)
-            } else {
-                Some((c.last_export_ms + t.active_ms).min(c.last_change_ms + t.idle_ms))
-            };
-            drop(entry);
-            match next {
-                Some(deadline) => self.schedule(deadline.max(now_ms + 1), key),
-                None => {
-                    if let Some((_, removed)) = self.map.remove(&key)
-                        && removed.flags & flags::DENY != 0
-                    {
-                        self.deny_count.fetch_sub(1, Ordering::Relaxed);
+                    Some((c.last_export_ms + t.active_ms).min(c.last_change_ms + t.idle_ms))
+                };
+                match next {
+                    Some(deadline) => shard.schedule(deadline.max(now_ms + 1), slot),
+                    None => {
+                        let removed = shard.remove(hash_key(&key), slot);
+                        self.len.fetch_sub(1, Ordering::Relaxed);
+                        if removed.flags & flags::DENY != 0 {
+                            self.deny_count.fetch_sub(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -406,33 +535,35 @@ impl ConnectionStore {
         exported
     }
 
-    /// Exports every connection with flowEndReason 4 (forced end) and empties the store:
-    /// the shutdown flush, so a restart loses no counted bytes.
+    /// Exports every connection not yet reported as ended with flowEndReason 4 (forced end)
+    /// and empties the store: the shutdown flush, so a restart loses no counted bytes.
     pub fn drain(&self, now_ms: u64, mut out: impl FnMut(Expired<'_>)) -> usize {
         let mut exported = 0;
-        for mut entry in self.map.iter_mut() {
-            let key = *entry.key();
-            let c = entry.value_mut();
-            if c.flags & flags::ENDED != 0 {
-                continue;
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let slots: Vec<u32> = shard.index.iter().copied().collect();
+            for slot in slots {
+                let entry = shard.slot_mut(slot);
+                let key = entry.key;
+                let c = &mut entry.connection;
+                if c.flags & flags::ENDED != 0 {
+                    continue;
+                }
+                let delta = c.counters.since(&c.exported);
+                out(Expired {
+                    key: &key,
+                    connection: c,
+                    reason: EndReason::ForcedEnd,
+                    delta,
+                    end_ms: now_ms,
+                });
+                c.exported = c.counters;
+                exported += 1;
             }
-            let delta = c.counters.since(&c.exported);
-            out(Expired {
-                key: &key,
-                connection: c,
-                reason: EndReason::ForcedEnd,
-                delta,
-                end_ms: now_ms,
-            });
-            c.exported = c.counters;
-            exported += 1;
+            *shard = Shard::default();
         }
-        self.map.clear();
+        self.len.store(0, Ordering::Relaxed);
         self.deny_count.store(0, Ordering::Relaxed);
-        self.expiry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
         exported
     }
 }
