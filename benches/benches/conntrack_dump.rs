@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flowex_agent::conntrack::{ConntrackSocket, DumpFilter};
+use flowex_agent::store::{ConnectionStore, Timeouts};
 use flowex_benches::{CountingAllocator, alloc_snapshot};
 
 #[global_allocator]
@@ -133,6 +134,33 @@ fn dump(c: &mut Criterion) {
                 octets
             })
         });
+        // The agent's poll: dump + parse + store update (entries already known after the
+        // first round, as in steady state). CPU time is read from getrusage.
+        let store = ConnectionStore::new(Timeouts {
+            active_ms: 5_000,
+            idle_ms: 15_000,
+            deny_idle_ms: 15_000,
+        });
+        let poll = |socket: &mut ConntrackSocket| {
+            let generation = store.begin_poll();
+            socket
+                .dump(&filter, |e| store.update(e, generation, 0))
+                .expect("dump");
+        };
+        poll(&mut socket);
+        let (user0, sys0) = cpu_seconds();
+        let rounds = 5;
+        for _ in 0..rounds {
+            poll(&mut socket);
+        }
+        let (user1, sys1) = cpu_seconds();
+        println!(
+            "conntrack_dump/{entries}/poll_into_store: {:.1} ms user + {:.1} ms system CPU per poll, {} connections in the store",
+            (user1 - user0) * 1e3 / f64::from(rounds),
+            (sys1 - sys0) * 1e3 / f64::from(rounds),
+            store.len()
+        );
+        group.bench_function("poll_into_store", |b| b.iter(|| poll(&mut socket)));
         let name = table.name.clone();
         group.bench_function("conntrack_cli", |b| {
             b.iter_custom(|iterations| {
@@ -156,6 +184,15 @@ fn dump(c: &mut Criterion) {
         drop(socket);
         drop(table);
     }
+}
+
+/// User and system CPU seconds of this process so far.
+fn cpu_seconds() -> (f64, f64) {
+    // SAFETY: rusage is plain data, written whole by getrusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (seconds(usage.ru_utime), seconds(usage.ru_stime))
 }
 
 criterion_group!(benches, dump);
