@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
@@ -64,7 +64,19 @@ fn cli_entry(cli: &[CliEntry], protocol: u8, source_port: u16, destination_port:
 }
 
 #[test]
-fn the_agent_exports_real_traffic_with_exact_counters() {
+fn the_agent_exports_real_ipv4_traffic_with_exact_counters() {
+    exports_real_traffic("10.200.0.1".parse().unwrap(), "10.200.0.2".parse().unwrap());
+}
+
+#[test]
+fn the_agent_exports_real_ipv6_traffic_with_exact_counters() {
+    exports_real_traffic(
+        "fd00:200::1".parse().unwrap(),
+        "fd00:200::2".parse().unwrap(),
+    );
+}
+
+fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr) {
     let pair = Pair::new();
     pair.server
         .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);
@@ -107,11 +119,12 @@ fn the_agent_exports_real_traffic_with_exact_counters() {
     std::thread::sleep(Duration::from_millis(1_000));
 
     // Servers in the node namespace.
-    let (short, long, udp) = pair.server.enter(|| {
+    let at = move |port: u16| SocketAddr::new(server_ip, port);
+    let (short, long, udp) = pair.server.enter(move || {
         (
-            TcpListener::bind("10.200.0.2:7300").unwrap(),
-            TcpListener::bind("10.200.0.2:7301").unwrap(),
-            UdpSocket::bind("10.200.0.2:7302").unwrap(),
+            TcpListener::bind(at(7300)).unwrap(),
+            TcpListener::bind(at(7301)).unwrap(),
+            UdpSocket::bind(at(7302)).unwrap(),
         )
     });
     let servers = std::thread::spawn(move || {
@@ -134,31 +147,28 @@ fn the_agent_exports_real_traffic_with_exact_counters() {
         s
     });
     // Clients.
-    let (short_ports, long_stream, udp_port) = pair.client.enter(|| {
+    let (short_ports, long_stream, udp_port) = pair.client.enter(move || {
         let mut ports = Vec::new();
         for _ in 0..5 {
-            let mut s = TcpStream::connect("10.200.0.2:7300").unwrap();
+            let mut s = TcpStream::connect(at(7300)).unwrap();
             ports.push(s.local_addr().unwrap().port());
             s.write_all(&[1u8; 100]).unwrap();
             let mut reply = Vec::new();
             s.read_to_end(&mut reply).unwrap();
         }
-        let mut long = TcpStream::connect("10.200.0.2:7301").unwrap();
+        let mut long = TcpStream::connect(at(7301)).unwrap();
         for _ in 0..12 {
             long.write_all(&[2u8; 100]).unwrap();
             std::thread::sleep(Duration::from_millis(200));
         }
-        let udp = UdpSocket::bind("10.200.0.1:0").unwrap();
+        let udp = UdpSocket::bind(SocketAddr::new(client_ip, 0)).unwrap();
         udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 64];
         for _ in 0..3 {
-            udp.send_to(&[3u8; 20], "10.200.0.2:7302").unwrap();
+            udp.send_to(&[3u8; 20], at(7302)).unwrap();
             udp.recv(&mut buf).unwrap();
         }
-        let denied = TcpStream::connect_timeout(
-            &"10.200.0.2:7303".parse().unwrap(),
-            Duration::from_millis(300),
-        );
+        let denied = TcpStream::connect_timeout(&at(7303), Duration::from_millis(300));
         assert!(denied.is_err());
         (ports, long, udp.local_addr().unwrap().port())
     });
@@ -254,7 +264,13 @@ fn the_agent_exports_real_traffic_with_exact_counters() {
     assert_eq!(d["ingressNetworkPolicyName"], "deny-it");
     assert_eq!(d["ingressNetworkPolicyNamespace"], "test");
     assert_eq!(d["ingressNetworkPolicyRuleName"], "ingress-0");
-    assert_eq!(d["sourceIPv4Address"], "10.200.0.1");
+    let source_key = if client_ip.is_ipv4() {
+        "sourceIPv4Address"
+    } else {
+        "sourceIPv6Address"
+    };
+    assert_eq!(d[source_key], client_ip.to_string());
+    assert!(records.iter().all(|r| r.get(source_key).is_some()));
     let denied_packets: u64 = denied
         .iter()
         .map(|r| r["packetDeltaCount"].as_u64().unwrap())
