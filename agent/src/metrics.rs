@@ -199,13 +199,16 @@ pub async fn serve(
         let store = Arc::clone(&store);
         let process = Arc::clone(&process);
         tokio::spawn(async move {
+            // Read until the end of the request head (a request may arrive in pieces).
             let mut request = [0u8; 2048];
-            let Ok(Ok(read)) =
-                tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request))
-                    .await
-            else {
-                return;
-            };
+            let mut read = 0;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while read < request.len() && !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout_at(deadline, stream.read(&mut request[read..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                    Ok(Ok(n)) => read += n,
+                }
+            }
             let head = String::from_utf8_lossy(&request[..read]);
             let path = head.split_whitespace().nth(1).unwrap_or("");
             let (status, content_type, body) = match path {

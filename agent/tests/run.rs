@@ -281,7 +281,8 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr) {
 
 fn http_get(path: &str) -> String {
     let mut stream = TcpStream::connect("127.0.0.1:9400").unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
