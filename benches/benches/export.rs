@@ -1,0 +1,267 @@
+//! Mirrors Antrea's ExportConntrackConns and ExportDenyConns: 20,000 connections (2,000 of
+//! them dying) or 20,000 deny connections, exported through the real exporting process over
+//! UDP on loopback to collector-sim, every iteration exporting all of them (Antrea's
+//! benchmark drained its queue in the first iteration only). The timed region is expiry,
+//! record building, encoding and sending until the exporter has handed every message to the
+//! socket; setting up the store is not timed. Loss is read from collector-sim's counters,
+//! which come from parsing messages.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use collector_sim::{Collector, CollectorConfig};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flowex_agent::config::Transport;
+use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
+use flowex_agent::deny::{DenyEvent, PacketTuple};
+use flowex_agent::export::{BatchBuilder, CollectorStats, CollectorTarget, ExportingProcess};
+use flowex_agent::records::{self, PodNetworks};
+use flowex_agent::store::{ConnectionStore, Timeouts};
+use flowex_benches::{CountingAllocator, alloc_snapshot};
+use flowex_ipfix::Registry;
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+const CONNECTIONS: usize = 20_000;
+const DYING: usize = 2_000;
+
+fn entry(i: u32) -> ConntrackEntry {
+    let src = IpAddr::from([10, 244, (i >> 8) as u8, i as u8]);
+    let dst = IpAddr::from([10, 96, (i >> 16) as u8, (i % 200) as u8]);
+    ConntrackEntry {
+        family: 2,
+        original: Tuple {
+            source: src,
+            destination: dst,
+            protocol: 6,
+            source_port: 1024 + (i % 60_000) as u16,
+            destination_port: 8080,
+            ..Tuple::default()
+        },
+        reply: Tuple {
+            source: dst,
+            destination: src,
+            protocol: 6,
+            source_port: 8080,
+            destination_port: 1024 + (i % 60_000) as u16,
+            ..Tuple::default()
+        },
+        original_counters: Some(Counters {
+            packets: 10,
+            bytes: 1_500,
+        }),
+        reply_counters: Some(Counters {
+            packets: 9,
+            bytes: 12_000,
+        }),
+        tcp_state: Some(3),
+        ..ConntrackEntry::default()
+    }
+}
+
+struct Bench {
+    runtime: tokio::runtime::Runtime,
+    process: ExportingProcess,
+    collector: Collector,
+    store: ConnectionStore,
+    networks: PodNetworks,
+    builder: BatchBuilder,
+    sent: u64,
+    now_ms: u64,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let collector = Collector::start(CollectorConfig::new(vec![
+            "udp://127.0.0.1:0".parse().expect("endpoint"),
+        ]))
+        .expect("collector");
+        let target = CollectorTarget {
+            name: "bench".into(),
+            address: collector.udp_endpoint().expect("udp").addr().to_string(),
+            transport: Transport::Udp,
+            max_message_size: 1472,
+            template_refresh: Duration::from_secs(600),
+            queue_capacity: 1 << 22,
+        };
+        let templates = Arc::new(records::templates(&Registry::default()).expect("templates"));
+        let process = {
+            let _guard = runtime.enter();
+            ExportingProcess::start(&[target], templates, 1)
+        };
+        Self {
+            runtime,
+            process,
+            collector,
+            store: ConnectionStore::new(Timeouts {
+                active_ms: 1_000,
+                idle_ms: 600_000,
+                deny_idle_ms: 1_000,
+            }),
+            networks: PodNetworks::new(vec![("10.244.0.0".parse().expect("ip"), 16)]),
+            builder: BatchBuilder::default(),
+            sent: 0,
+            now_ms: 1_764_000_000_000,
+        }
+    }
+
+    fn stats(&self) -> &CollectorStats {
+        &self.process.collectors()[0].stats
+    }
+
+    /// Expires everything due, builds and encodes the records, queues them, and waits
+    /// until the exporter has sent all of them. Returns the records exported.
+    fn export(&mut self) -> u64 {
+        let store = &self.store;
+        let networks = &self.networks;
+        let builder = &mut self.builder;
+        let exported = store.expire(self.now_ms, true, |expired| {
+            let prefix = store.prefix(expired.connection.deny_prefix);
+            let record = records::build(&expired, &prefix, networks);
+            builder.push(record.flow.template_id(), &record);
+        }) as u64;
+        self.process.export(self.builder.finish());
+        self.sent += exported;
+        while self.stats().records_exported.load(Ordering::Acquire)
+            + self.stats().records_dropped.load(Ordering::Acquire)
+            < self.sent
+        {
+            std::hint::spin_loop();
+        }
+        exported
+    }
+
+    fn report(self, name: &str, allocations: (u64, u64)) {
+        let summary = self
+            .collector
+            .wait_until_quiet(Duration::from_millis(300), Duration::from_secs(30));
+        let stats = self.stats();
+        println!(
+            "{name}: sent {} records in {} messages ({:.1} records/message), collector-sim received {}, \
+             missing by sequence {}, dropped {}; {:.3} allocations and {:.1} bytes allocated per record",
+            self.sent,
+            stats.messages.load(Ordering::Acquire),
+            self.sent as f64 / stats.messages.load(Ordering::Acquire).max(1) as f64,
+            summary.records,
+            summary.missing_records,
+            stats.records_dropped.load(Ordering::Acquire),
+            allocations.0 as f64 / self.sent.max(1) as f64,
+            allocations.1 as f64 / self.sent.max(1) as f64,
+        );
+        drop(self.runtime);
+    }
+}
+
+fn export_conntrack(c: &mut Criterion) {
+    let mut bench = Bench::new();
+    let active: Vec<ConntrackEntry> = (0..(CONNECTIONS - DYING) as u32).map(entry).collect();
+    let mut next_dying = 1_000_000u32;
+    // Untimed first round: the connections enter the store and become due a second later.
+    let generation = bench.store.begin_poll();
+    for e in &active {
+        bench.store.update(e, generation, bench.now_ms);
+    }
+    bench.export();
+    let mut group = c.benchmark_group("export_conntrack");
+    group.throughput(Throughput::Elements(CONNECTIONS as u64));
+    let before = alloc_snapshot();
+    group.bench_function("20k_conns_2k_dying", |b| {
+        b.iter_custom(|iterations| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iterations {
+                // Untimed: the poll that made them due, and 2,000 connections ending.
+                bench.now_ms += 1_000;
+                let generation = bench.store.begin_poll();
+                for e in &active {
+                    bench.store.update(e, generation, bench.now_ms);
+                }
+                for _ in 0..DYING {
+                    let mut ended = entry(next_dying);
+                    ended.tcp_state = Some(7);
+                    bench.store.end(&ended, bench.now_ms);
+                    next_dying = next_dying.wrapping_add(1);
+                }
+                let started = Instant::now();
+                let exported = bench.export();
+                timed += started.elapsed();
+                assert_eq!(exported, CONNECTIONS as u64);
+            }
+            timed
+        })
+    });
+    group.finish();
+    let after = alloc_snapshot();
+    let _ = bench.runtime.handle();
+    bench.report(
+        "export_conntrack",
+        (after.allocations - before.allocations, after.bytes - before.bytes),
+    );
+}
+
+fn export_deny(c: &mut Criterion) {
+    let mut bench = Bench::new();
+    let tuples: Vec<PacketTuple> = (0..CONNECTIONS as u32)
+        .map(|i| PacketTuple {
+            source: IpAddr::from([10, 244, (i >> 8) as u8, i as u8]),
+            destination: IpAddr::from([10, 244, 200, (i % 250) as u8]),
+            protocol: 6,
+            source_port: 1024 + (i % 60_000) as u16,
+            destination_port: 22,
+            icmp_type: 0,
+            icmp_code: 0,
+            icmp_id: 0,
+            ip_length: 60,
+        })
+        .collect();
+    let mut group = c.benchmark_group("export_deny");
+    group.throughput(Throughput::Elements(CONNECTIONS as u64));
+    let before = alloc_snapshot();
+    group.bench_function("20k_deny_conns", |b| {
+        b.iter_custom(|iterations| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iterations {
+                // Untimed: the denials arrive.
+                for tuple in &tuples {
+                    let event = DenyEvent {
+                        tuple: *tuple,
+                        hook: 1,
+                        in_ifindex: Some(2),
+                        out_ifindex: None,
+                        mark: 0,
+                        timestamp: None,
+                        prefix: "flowex:shop/deny-ssh/ingress-0",
+                        policy: None,
+                    };
+                    bench.store.deny(&event, bench.now_ms);
+                }
+                bench.now_ms += 1_000;
+                let started = Instant::now();
+                let exported = bench.export();
+                timed += started.elapsed();
+                assert_eq!(exported, CONNECTIONS as u64);
+            }
+            timed
+        })
+    });
+    group.finish();
+    let after = alloc_snapshot();
+    bench.report(
+        "export_deny",
+        (after.allocations - before.allocations, after.bytes - before.bytes),
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = export_conntrack, export_deny
+}
+criterion_main!(benches);
