@@ -202,7 +202,10 @@ fn export_conntrack(c: &mut Criterion) {
     let _ = bench.runtime.handle();
     bench.report(
         "export_conntrack",
-        (after.allocations - before.allocations, after.bytes - before.bytes),
+        (
+            after.allocations - before.allocations,
+            after.bytes - before.bytes,
+        ),
     );
 }
 
@@ -255,7 +258,10 @@ fn export_deny(c: &mut Criterion) {
     let after = alloc_snapshot();
     bench.report(
         "export_deny",
-        (after.allocations - before.allocations, after.bytes - before.bytes),
+        (
+            after.allocations - before.allocations,
+            after.bytes - before.bytes,
+        ),
     );
 }
 
