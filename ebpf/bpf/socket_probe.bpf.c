@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0)
+/* flowex socket probe: which process owns each TCP/UDP/SCTP socket.
+ *
+ * sock_send_length and sock_recv_length fire in the context of the process that sends or
+ * receives, with the socket at hand. The first time a socket is seen from a process, the
+ * probe writes the socket's 5-tuple -> (tgid, cgroup id, process name) into an LRU hash map;
+ * every later call on the same socket from the same process is one map lookup and returns.
+ * No per-packet events leave the kernel: the agent looks owners up by tuple when it
+ * exports a flow, and conntrack, not this probe, counts the bytes.
+ *
+ * Entries are not removed when a socket closes: a connection's final record is exported
+ * after the close (TIME_WAIT), and must still find its owner. The LRU map bounds memory,
+ * and a later socket with the same tuple overwrites the entry on its first call.
+ *
+ * The license string must be GPL-compatible for bpf_probe_read_kernel, which CO-RE reads use.
+ */
+#include "probe_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_SCTP 132
+#define COMM_LEN 16
+
+/* Addresses are 16 bytes: IPv4 as ::ffff:a.b.c.d, and any unspecified address (0.0.0.0
+ * or ::) as sixteen zero bytes, so dual-stack sockets and wildcard binds have one form.
+ * Ports in host byte order. 40 bytes, no holes. */
+struct socket_key {
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 local_port;
+	__u16 remote_port;
+	__u8 protocol;
+	__u8 pad[3];
+};
+
+/* 40 bytes. */
+struct socket_owner {
+	__u32 tgid;
+	__u32 pad;
+	__u64 cgroup_id;
+	__u64 recorded_ns; /* CLOCK_MONOTONIC when this owner was written */
+	char comm[COMM_LEN]; /* the thread group leader's name */
+};
+
+/* Layout of the sock_send_length / sock_recv_length context, from
+ * /sys/kernel/tracing/events/sock/sock_send_length/format. */
+struct sock_length_args {
+	__u64 common;
+	const void *sk;
+	__u16 family;
+	__u16 protocol;
+	__s32 ret;
+	__s32 flags;
+};
+
+struct task_struct {
+	struct task_struct *group_leader;
+	char comm[COMM_LEN];
+} __attribute__((preserve_access_index));
+
+enum probe_stat {
+	STAT_CALLS = 0,      /* send/recv calls on inet TCP/UDP/SCTP sockets */
+	STAT_RECORDED = 1,   /* owners written (new socket, or a new process on it) */
+	STAT_MAP_ERRORS = 2, /* map updates that failed */
+	STAT_COUNT = 3,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); /* the loader sets the configured size */
+	__type(key, struct socket_key);
+	__type(value, struct socket_owner);
+} SOCKET_OWNERS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} PROBE_STATS SEC(".maps");
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *value = bpf_map_lookup_elem(&PROBE_STATS, &stat);
+
+	if (value)
+		*value += 1; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void put_ipv4(__u8 *out, __be32 address)
+{
+	if (address == 0)
+		return; /* unspecified: stays all zero */
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(&out[12], &address, 4);
+}
+
+static __always_inline int is_zero16(const __u8 *a)
+{
+	__u64 lo, hi;
+
+	__builtin_memcpy(&lo, a, 8);
+	__builtin_memcpy(&hi, a + 8, 8);
+	return (lo | hi) == 0;
+}
+
+static __always_inline int record_owner(struct sock_length_args *args)
+{
+	__u16 family = args->family;
+	__u16 protocol = args->protocol;
+	struct sock *sk = (struct sock *)args->sk;
+	struct socket_key key = {};
+	struct socket_owner owner = {};
+	struct socket_owner *known;
+	struct task_struct *task;
+	__u32 tgid;
+
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP && protocol != IPPROTO_SCTP)
+		return 0;
+	count(STAT_CALLS);
+
+	key.protocol = (__u8)protocol;
+	key.local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	key.remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		put_ipv4(key.local, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		put_ipv4(key.remote, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	} else {
+		BPF_CORE_READ_INTO(&key.local, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&key.remote, sk, __sk_common.skc_v6_daddr);
+		/* ::ffff:0.0.0.0 is a dual-stack socket's unspecified IPv4 address */
+		if (key.local[10] == 0xff && key.local[11] == 0xff &&
+		    key.local[12] == 0 && key.local[13] == 0 && key.local[14] == 0 && key.local[15] == 0)
+			__builtin_memset(key.local, 0, 16);
+		if (key.remote[10] == 0xff && key.remote[11] == 0xff &&
+		    key.remote[12] == 0 && key.remote[13] == 0 && key.remote[14] == 0 && key.remote[15] == 0)
+			__builtin_memset(key.remote, 0, 16);
+	}
+	if (key.local_port == 0 && is_zero16(key.local))
+		return 0; /* not bound yet: nothing a flow could be matched with */
+
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	known = bpf_map_lookup_elem(&SOCKET_OWNERS, &key);
+	if (known && known->tgid == tgid)
+		return 0;
+
+	owner.tgid = tgid;
+	owner.cgroup_id = bpf_get_current_cgroup_id();
+	owner.recorded_ns = bpf_ktime_get_ns();
+	task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_STR_INTO(&owner.comm, task, group_leader, comm);
+	if (bpf_map_update_elem(&SOCKET_OWNERS, &key, &owner, BPF_ANY) == 0)
+		count(STAT_RECORDED);
+	else
+		count(STAT_MAP_ERRORS);
+	return 0;
+}
+
+SEC("tracepoint/sock/sock_send_length")
+int sock_send_length(struct sock_length_args *args)
+{
+	return record_owner(args);
+}
+
+SEC("tracepoint/sock/sock_recv_length")
+int sock_recv_length(struct sock_length_args *args)
+{
+	return record_owner(args);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

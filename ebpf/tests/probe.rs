@@ -1,0 +1,128 @@
+//! The probe loaded for real: sockets used by this process are attributed to it, with its
+//! name and cgroup, whichever end (client, accepted server socket, unconnected UDP server).
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::MetadataExt;
+
+use flowex_ebpf::{OwnerMap, SocketKey, SocketOwner, SocketProbe};
+
+fn own_name() -> String {
+    // The thread group leader's name: what the probe records, whatever thread sends.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", std::process::id())).unwrap();
+    comm.trim_end().to_string()
+}
+
+fn own_cgroup_id() -> u64 {
+    let line = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = line
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    std::fs::metadata(format!("/sys/fs/cgroup{path}"))
+        .unwrap()
+        .ino()
+}
+
+fn assert_owned_by_us(owner: Option<SocketOwner>, what: &str) {
+    let owner = owner.unwrap_or_else(|| panic!("no owner recorded for {what}"));
+    assert_eq!(owner.pid, std::process::id(), "{what}: pid");
+    assert_eq!(owner.name(), own_name(), "{what}: name");
+    assert_eq!(owner.cgroup_id, own_cgroup_id(), "{what}: cgroup id");
+    assert!(owner.recorded_ns > 0, "{what}: recorded_ns");
+}
+
+fn tcp_exchange(listen: &str) -> (SocketKey, SocketKey) {
+    let listener = TcpListener::bind(listen).unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let mut client = TcpStream::connect(server_addr).unwrap();
+    let (mut accepted, _) = listener.accept().unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    accepted.read_exact(&mut buf).unwrap();
+    accepted.write_all(b"pong").unwrap();
+    client.read_exact(&mut buf).unwrap();
+    let c_local = client.local_addr().unwrap();
+    let client_key = SocketKey::new(
+        6,
+        c_local.ip(),
+        c_local.port(),
+        server_addr.ip(),
+        server_addr.port(),
+    );
+    let server_key = SocketKey::new(
+        6,
+        server_addr.ip(),
+        server_addr.port(),
+        c_local.ip(),
+        c_local.port(),
+    );
+    (client_key, server_key)
+}
+
+#[test]
+fn tcp_client_and_server_sockets_are_attributed_ipv4_and_ipv6() {
+    let probe = SocketProbe::load(4096, None).expect("loading the probe (run as root)");
+    let before = probe.stats();
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let (client, server) = tcp_exchange(listen);
+        assert_owned_by_us(probe.owners().get(&client), &format!("{listen} client"));
+        assert_owned_by_us(
+            probe.owners().get(&server),
+            &format!("{listen} accepted socket"),
+        );
+        assert_owned_by_us(probe.owners().find(&server), &format!("{listen} find"));
+    }
+    let after = probe.stats();
+    // 2 families x (client + accepted socket), each recorded once; 2 x 4 calls at least.
+    assert!(
+        after.recorded >= before.recorded + 4,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.calls >= before.calls + 8, "{before:?} -> {after:?}");
+    assert_eq!(after.map_errors, before.map_errors);
+}
+
+#[test]
+fn unconnected_udp_server_is_found_through_the_wildcard() {
+    let probe = SocketProbe::load(4096, None).unwrap();
+    let server = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.send_to(b"hello", ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 16];
+    let (_, from) = server.recv_from(&mut buf).unwrap();
+    let localhost: IpAddr = "127.0.0.1".parse().unwrap();
+    // The flow's server end: local 127.0.0.1:port, remote the client. The socket itself is
+    // bound to any address and not connected, so only the wildcard entry exists.
+    let flow_end = SocketKey::new(17, localhost, port, from.ip(), from.port());
+    assert_eq!(probe.owners().get(&flow_end), None);
+    assert_owned_by_us(probe.owners().find(&flow_end), "UDP server");
+    // The client is bound to 127.0.0.1 and not connected.
+    let client_end = SocketKey::new(17, localhost, from.port(), localhost, port);
+    assert_owned_by_us(probe.owners().find(&client_end), "UDP client");
+}
+
+#[test]
+fn a_pinned_map_is_readable_by_another_handle_and_removed_on_drop() {
+    let path = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/flowex-test-{}/socket_owners",
+        std::process::id()
+    ));
+    let probe = SocketProbe::load(1024, Some(&path)).unwrap();
+    let (client, _) = tcp_exchange("127.0.0.1:0");
+    let reader = OwnerMap::open_pinned(&path).unwrap();
+    assert_owned_by_us(reader.get(&client), "through the pin");
+    assert!(reader.entries().any(|(key, _)| key == client));
+    drop(probe);
+    assert!(!path.exists());
+    let _ = std::fs::remove_dir(path.parent().unwrap());
+}
+
+#[test]
+fn a_zero_sized_map_is_refused() {
+    assert!(matches!(
+        SocketProbe::load(0, None),
+        Err(flowex_ebpf::ProbeError::ZeroSize)
+    ));
+}
