@@ -83,6 +83,7 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     pub export: ExportConfig,
     pub deny: DenyConfig,
+    pub attribution: AttributionConfig,
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
 }
@@ -173,6 +174,31 @@ pub struct DenyConfig {
     pub nflog_group: u16,
     /// Export and forget a denied connection after this long without a new denial.
     pub idle_timeout: HumanDuration,
+}
+
+/// Process and container attribution from the eBPF socket probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AttributionConfig {
+    /// Load the probe; when it cannot be loaded the agent runs without attribution.
+    pub enabled: bool,
+    /// Sockets the probe remembers before evicting the least recently used.
+    pub max_sockets: u32,
+    /// Where the socket-owner map is pinned for `flowex conntrack`; empty: not pinned.
+    pub pin_path: String,
+    /// Root of the host's /proc, to read a process's cgroup path (container ids).
+    pub proc_root: String,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_sockets: 65_536,
+            pin_path: "/sys/fs/bpf/flowex/socket_owners".into(),
+            proc_root: "/proc".into(),
+        }
+    }
 }
 
 /// Prometheus endpoint.
@@ -373,6 +399,12 @@ impl Config {
         positive("export.activeTimeout", self.export.active_timeout)?;
         positive("export.idleTimeout", self.export.idle_timeout)?;
         positive("deny.idleTimeout", self.deny.idle_timeout)?;
+        if self.attribution.max_sockets == 0 {
+            return Err(invalid("attribution.maxSockets", "must be greater than 0"));
+        }
+        if self.attribution.proc_root.is_empty() {
+            return Err(invalid("attribution.procRoot", "must not be empty"));
+        }
         flowex_ipfix::Registry::new(self.export.enterprise_number)
             .map_err(|e| invalid("export.enterpriseNumber", e))?;
         for (i, cidr) in self.export.pod_cidrs.iter().enumerate() {

@@ -1,7 +1,8 @@
-//! The flowex node agent. Built so far: the kernel sources, conntrack (ctnetlink parser,
-//! dumps with kernel-side filters, events, targeted get, table statistics) and the NFLOG
-//! deny source. The connection store and the exporting process are still to come.
+//! The flowex node agent: the kernel sources (conntrack dumps and events, NFLOG denials),
+//! the connection store and its expiry, process attribution from the eBPF socket probe,
+//! record building, and the exporting process that sends IPFIX to the collectors.
 
+pub mod attribution;
 pub mod config;
 pub mod conntrack;
 pub mod deny;

@@ -68,6 +68,29 @@ struct ConntrackArgs {
     /// Print only {"entries":N,"elapsed_ms":T} for a full dump with the filters.
     #[arg(long)]
     count: bool,
+    /// The socket-owner map pinned by a running agent (attribution.pinPath): with --json,
+    /// each entry gets the process owning each end ("source_owner", "destination_owner").
+    #[arg(long, value_name = "PATH", default_value = flowex_ebpf::DEFAULT_PIN_PATH)]
+    owners: std::path::PathBuf,
+}
+
+/// The owners of both ends of an entry, from the pinned map.
+fn owners_json(owners: &flowex_ebpf::OwnerMap, entry: &ConntrackEntry) -> [serde_json::Value; 2] {
+    use flowex_ebpf::SocketKey;
+    let end = |t: &flowex_agent::conntrack::Tuple| {
+        let key = SocketKey::new(
+            t.protocol,
+            t.source,
+            t.source_port,
+            t.destination,
+            t.destination_port,
+        );
+        owners.find(&key).map_or(
+            serde_json::Value::Null,
+            |o| json!({"pid": o.pid, "name": o.name(), "cgroup_id": o.cgroup_id}),
+        )
+    };
+    [end(&entry.original), end(&entry.reply)]
 }
 
 fn parse_number(text: &str) -> Result<u32, String> {
@@ -165,6 +188,20 @@ fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
     }
     let mut socket =
         ConntrackSocket::open().context("opening a ctnetlink socket (needs CAP_NET_ADMIN)")?;
+    let owners = if args.json && !args.count {
+        match flowex_ebpf::OwnerMap::open_pinned(&args.owners) {
+            Ok(map) => Some(map),
+            Err(error) => {
+                eprintln!(
+                    "flowex: note: no socket owners ({}: {error}); is an agent running with attribution enabled?",
+                    args.owners.display()
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     let started = Instant::now();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -175,7 +212,13 @@ fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
                 return;
             }
             let line = if args.json {
-                entry_json(entry).to_string()
+                let mut value = entry_json(entry);
+                if let Some(owners) = &owners {
+                    let [source, destination] = owners_json(owners, entry);
+                    value["source_owner"] = source;
+                    value["destination_owner"] = destination;
+                }
+                value.to_string()
             } else {
                 entry_line(entry)
             };

@@ -33,6 +33,13 @@ pub struct Metrics {
     bytes: IntCounterVec,
     queue_depth: IntGaugeVec,
     connected: IntGaugeVec,
+    pub probe_loaded: IntGauge,
+    probe_calls: IntCounter,
+    probe_recorded: IntCounter,
+    probe_map_errors: IntCounter,
+    /// Per end (source, destination): records whose owner was found / not found.
+    owner_found: [IntCounter; 2],
+    owner_missing: [IntCounter; 2],
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -62,6 +69,17 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new(name, help), &["collector"]).expect("valid metric"),
             )
         };
+        let attributed = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "flowex_records_attributed_total",
+                    "Records by flow end and whether the end's owning process was found.",
+                ),
+                &["end", "result"],
+            )
+            .expect("valid metric"),
+        );
         Self {
             tracked_connections: gauge(
                 "flowex_tracked_connections",
@@ -134,7 +152,54 @@ impl Metrics {
                 "flowex_collector_connected",
                 "1 while the collector's transport is up.",
             ),
+            probe_loaded: gauge(
+                "flowex_probe_loaded",
+                "1 when the eBPF socket probe is attached (process attribution on).",
+            ),
+            probe_calls: counter(
+                "flowex_probe_socket_calls_total",
+                "send/recv calls on TCP/UDP/SCTP sockets seen by the probe.",
+            ),
+            probe_recorded: counter(
+                "flowex_probe_owners_recorded_total",
+                "Socket owners written by the probe (new socket or new process on it).",
+            ),
+            probe_map_errors: counter(
+                "flowex_probe_map_errors_total",
+                "Owner map updates that failed in the probe.",
+            ),
+            owner_found: [
+                attributed.with_label_values(&["source", "found"]),
+                attributed.with_label_values(&["destination", "found"]),
+            ],
+            owner_missing: [
+                attributed.with_label_values(&["source", "missing"]),
+                attributed.with_label_values(&["destination", "missing"]),
+            ],
             registry: r,
+        }
+    }
+
+    /// Counts, per end, whether a record found its owner.
+    pub fn observe_owners(&self, owners: &crate::attribution::FlowOwners) {
+        for (end, owner) in [owners.source, owners.destination].iter().enumerate() {
+            if owner.is_some() {
+                self.owner_found[end].inc();
+            } else {
+                self.owner_missing[end].inc();
+            }
+        }
+    }
+
+    /// Copies the probe's counters into the metrics.
+    pub fn observe_probe(&self, stats: Option<flowex_ebpf::ProbeStats>) {
+        let Some(stats) = stats else { return };
+        for (counter, value) in [
+            (&self.probe_calls, stats.calls),
+            (&self.probe_recorded, stats.recorded),
+            (&self.probe_map_errors, stats.map_errors),
+        ] {
+            counter.inc_by(value.saturating_sub(counter.get()));
         }
     }
 

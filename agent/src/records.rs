@@ -1,17 +1,35 @@
 //! Flow records: Antrea's information elements (so the Flow Aggregator ingests them), plus
-//! flowStartMilliseconds and flowEndMilliseconds, built from the store without allocating.
+//! flowStartMilliseconds and flowEndMilliseconds, and flowex's owner elements (process id,
+//! name, cgroup id and container id of each end), built from the store without allocating.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flowex_ipfix::antrea::{self, Counters as AntreaCounters, FlowRecord, PolicyRule};
+use flowex_ipfix::encoder::variable_len;
 use flowex_ipfix::{FieldWriter, Record, Registry, Template, TemplateError};
+
+use crate::attribution::{EndOwner, FlowOwners};
 
 use crate::conntrack::tcp_state_name;
 use crate::deny::parse_prefix;
 use crate::store::{Expired, flags};
 
-/// Names of the extra elements appended to Antrea's.
-const EXTRA: [&str; 2] = ["flowStartMilliseconds", "flowEndMilliseconds"];
+/// Names of the extra elements appended to Antrea's, in template order.
+const EXTRA: [&str; 10] = [
+    "flowStartMilliseconds",
+    "flowEndMilliseconds",
+    "sourceProcessId",
+    "sourceProcessName",
+    "sourceCgroupId",
+    "sourceContainerId",
+    "destinationProcessId",
+    "destinationProcessName",
+    "destinationCgroupId",
+    "destinationContainerId",
+];
+
+/// Bytes of the fixed-length extra elements: two timestamps, and per end a pid and a cgroup id.
+const EXTRA_FIXED: usize = 16 + 2 * (4 + 8);
 
 /// flowex's IPv4 (id 256) and IPv6 (id 257) templates.
 pub fn templates(registry: &Registry) -> Result<Vec<Template>, TemplateError> {
@@ -25,23 +43,43 @@ pub fn templates(registry: &Registry) -> Result<Vec<Template>, TemplateError> {
     ])
 }
 
-/// An Antrea flow record followed by the millisecond timestamps.
+/// An Antrea flow record followed by the millisecond timestamps and the owners of both
+/// ends (zero and empty where unknown).
 #[derive(Debug, Clone, Copy)]
 pub struct AgentRecord<'a> {
     pub flow: FlowRecord<'a>,
     pub start_ms: u64,
     pub end_ms: u64,
+    pub owners: FlowOwners,
+}
+
+fn owner_strings_len(owner: Option<&EndOwner>) -> usize {
+    owner.map_or(2 * variable_len(0), |o| {
+        variable_len(o.name().len()) + variable_len(o.container_id().len())
+    })
+}
+
+fn emit_owner(w: &mut FieldWriter<'_>, owner: Option<&EndOwner>) {
+    w.u32(owner.map_or(0, |o| o.pid));
+    w.string(owner.map_or("", EndOwner::name));
+    w.u64(owner.map_or(0, |o| o.cgroup_id));
+    w.string(owner.map_or("", EndOwner::container_id));
 }
 
 impl Record for AgentRecord<'_> {
     fn encoded_len(&self) -> usize {
-        self.flow.encoded_len() + 16
+        self.flow.encoded_len()
+            + EXTRA_FIXED
+            + owner_strings_len(self.owners.source.as_ref())
+            + owner_strings_len(self.owners.destination.as_ref())
     }
 
     fn emit(&self, w: &mut FieldWriter<'_>) {
         self.flow.emit(w);
         w.u64(self.start_ms);
         w.u64(self.end_ms);
+        emit_owner(w, self.owners.source.as_ref());
+        emit_owner(w, self.owners.destination.as_ref());
     }
 }
 
@@ -102,11 +140,12 @@ fn address(octets: [u8; 16], ipv6: bool) -> IpAddr {
 }
 
 /// Builds the record for one expired connection. `prefix` is the connection's deny prefix
-/// (empty for conntrack connections).
+/// (empty for conntrack connections); `owners` come from [`crate::attribution`].
 pub fn build<'a>(
     expired: &Expired<'_>,
     prefix: &'a str,
     networks: &PodNetworks,
+    owners: FlowOwners,
 ) -> AgentRecord<'a> {
     let key = expired.key;
     let c = expired.connection;
@@ -187,6 +226,7 @@ pub fn build<'a>(
         flow,
         start_ms: c.start_ms,
         end_ms: expired.end_ms,
+        owners,
     }
 }
 
@@ -197,9 +237,10 @@ mod tests {
     #[test]
     fn templates_extend_antreas() {
         let templates = templates(&Registry::default()).unwrap();
-        assert_eq!(templates[0].fields().len(), 45);
+        assert_eq!(templates[0].fields().len(), 53);
         assert_eq!(templates[1].id(), 257);
         assert_eq!(templates[0].position("flowEndMilliseconds"), Some(44));
+        assert_eq!(templates[1].position("destinationContainerId"), Some(52));
     }
 
     #[test]

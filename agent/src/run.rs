@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use flowex_ipfix::Registry;
 
+use crate::attribution::Attribution;
 use crate::config::{Config, parse_cidr};
 use crate::conntrack::{
     ConntrackEvents, ConntrackSocket, DumpFilter, EventGroups, EventKind, Received, check_settings,
@@ -96,6 +97,29 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             .filter_map(|c| parse_cidr(c).ok())
             .collect(),
     );
+    let attribution = if config.attribution.enabled {
+        match Attribution::start(&config.attribution) {
+            Ok(attribution) => {
+                log(
+                    "info",
+                    "eBPF socket probe attached: flows carry process and container owners",
+                );
+                attribution
+            }
+            Err(error) => {
+                log(
+                    "warn",
+                    format_args!(
+                        "eBPF socket probe unavailable, exporting flows without process attribution: {error}"
+                    ),
+                );
+                Attribution::disabled()
+            }
+        }
+    } else {
+        Attribution::disabled()
+    };
+    metrics.probe_loaded.set(i64::from(attribution.is_active()));
     let stopping = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
 
@@ -186,11 +210,10 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             _ = &mut stop => break,
             _ = ticker.tick() => {
                 store.expire(now_ms(), true, |expired| {
-                    let prefix = store.prefix(expired.connection.deny_prefix);
-                    let record = records::build(&expired, &prefix, &networks);
-                    builder.push(record.flow.template_id(), &record);
+                    push_record(&mut builder, &store, &networks, &attribution, &metrics, &expired);
                 });
                 process.export(builder.finish());
+                metrics.observe_probe(attribution.probe_stats());
             }
         }
     }
@@ -203,15 +226,27 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     tracing::debug!("sources stopped");
     let now = now_ms();
     store.expire(now, true, |expired| {
-        let prefix = store.prefix(expired.connection.deny_prefix);
-        let record = records::build(&expired, &prefix, &networks);
-        builder.push(record.flow.template_id(), &record);
+        push_record(
+            &mut builder,
+            &store,
+            &networks,
+            &attribution,
+            &metrics,
+            &expired,
+        );
     });
     let flushed = store.drain(now, |expired| {
-        let prefix = store.prefix(expired.connection.deny_prefix);
-        let record = records::build(&expired, &prefix, &networks);
-        builder.push(record.flow.template_id(), &record);
+        push_record(
+            &mut builder,
+            &store,
+            &networks,
+            &attribution,
+            &metrics,
+            &expired,
+        );
     });
+    // Detach the probe (and remove its pin) before the queues drain.
+    drop(attribution);
     process.export(builder.finish());
     server.abort();
     let _ = server.await;
@@ -233,6 +268,27 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         format_args!("stopped: {flushed} connection(s) exported with flowEndReason 4"),
     );
     Ok(())
+}
+
+/// Builds one expired connection's record, with its owners, into the shared batch.
+fn push_record(
+    builder: &mut BatchBuilder,
+    store: &ConnectionStore,
+    networks: &PodNetworks,
+    attribution: &Attribution,
+    metrics: &Metrics,
+    expired: &crate::store::Expired<'_>,
+) {
+    let prefix = store.prefix(expired.connection.deny_prefix);
+    let owners = if attribution.is_active() {
+        let owners = attribution.flow_owners(expired.key, expired.connection);
+        metrics.observe_owners(&owners);
+        owners
+    } else {
+        Default::default()
+    };
+    let record = records::build(expired, &prefix, networks, owners);
+    builder.push(record.flow.template_id(), &record);
 }
 
 /// The conntrack source: polls the table every `interval` and applies events in between.
