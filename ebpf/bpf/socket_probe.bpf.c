@@ -2,7 +2,10 @@
 /* flowex socket probe: which process owns each TCP/UDP/SCTP socket.
  *
  * sock_send_length and sock_recv_length fire in the context of the process that sends or
- * receives, with the socket at hand. The first time a socket is seen from a process, the
+ * receives, with the socket at hand. Two forms of each program are built: tp_btf (called
+ * directly by the tracepoint, socket fields read with plain loads: the fast path on every
+ * send and receive) and classic tracepoints (fields read through bpf_probe_read_kernel),
+ * which the loader falls back to on kernels where tp_btf cannot attach. The first time a socket is seen from a process, the
  * probe writes the socket's 5-tuple -> (tgid, cgroup id, process name) into an LRU hash map;
  * every later call on the same socket from the same process is one map lookup and returns.
  * No per-packet events leave the kernel: the agent looks owners up by tuple when it
@@ -18,6 +21,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -110,23 +114,83 @@ static __always_inline int is_zero16(const __u8 *a)
 	return (lo | hi) == 0;
 }
 
+static __always_inline void clear_mapped_any(__u8 *a)
+{
+	/* ::ffff:0.0.0.0 is a dual-stack socket's unspecified IPv4 address */
+	if (a[10] == 0xff && a[11] == 0xff && a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 0)
+		__builtin_memset(a, 0, 16);
+}
+
+static __always_inline int wanted(__u16 family, __u16 protocol)
+{
+	return (family == AF_INET || family == AF_INET6) &&
+	       (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP);
+}
+
+/* Shared tail: skip a socket already known for this process, else record the owner. */
+static __always_inline int record_key(struct socket_key *key)
+{
+	struct socket_owner owner = {};
+	struct socket_owner *known;
+	struct task_struct *task;
+	__u32 tgid;
+
+	if (key->local_port == 0 && is_zero16(key->local))
+		return 0; /* not bound yet: nothing a flow could be matched with */
+
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	known = bpf_map_lookup_elem(&SOCKET_OWNERS, key);
+	if (known && known->tgid == tgid)
+		return 0;
+
+	owner.tgid = tgid;
+	owner.cgroup_id = bpf_get_current_cgroup_id();
+	owner.recorded_ns = bpf_ktime_get_ns();
+	task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_STR_INTO(&owner.comm, task, group_leader, comm);
+	if (bpf_map_update_elem(&SOCKET_OWNERS, key, &owner, BPF_ANY) == 0)
+		count(STAT_RECORDED);
+	else
+		count(STAT_MAP_ERRORS);
+	return 0;
+}
+
+/* tp_btf: `sk` is a typed kernel pointer, read with direct (CO-RE relocated) loads. */
+static __always_inline int record_owner_btf(struct sock *sk)
+{
+	__u16 family = sk->__sk_common.skc_family;
+	__u16 protocol = sk->sk_protocol;
+	struct socket_key key = {};
+
+	if (!wanted(family, protocol))
+		return 0;
+	count(STAT_CALLS);
+	key.protocol = (__u8)protocol;
+	key.local_port = sk->__sk_common.skc_num;
+	key.remote_port = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (family == AF_INET) {
+		put_ipv4(key.local, sk->__sk_common.skc_rcv_saddr);
+		put_ipv4(key.remote, sk->__sk_common.skc_daddr);
+	} else {
+		__builtin_memcpy(key.local, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(key.remote, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+		clear_mapped_any(key.local);
+		clear_mapped_any(key.remote);
+	}
+	return record_key(&key);
+}
+
+/* Classic tracepoint: family and protocol come with the event, fields via probe reads. */
 static __always_inline int record_owner(struct sock_length_args *args)
 {
 	__u16 family = args->family;
 	__u16 protocol = args->protocol;
 	struct sock *sk = (struct sock *)args->sk;
 	struct socket_key key = {};
-	struct socket_owner owner = {};
-	struct socket_owner *known;
-	struct task_struct *task;
-	__u32 tgid;
 
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
-	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP && protocol != IPPROTO_SCTP)
+	if (!wanted(family, protocol))
 		return 0;
 	count(STAT_CALLS);
-
 	key.protocol = (__u8)protocol;
 	key.local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	key.remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
@@ -136,32 +200,22 @@ static __always_inline int record_owner(struct sock_length_args *args)
 	} else {
 		BPF_CORE_READ_INTO(&key.local, sk, __sk_common.skc_v6_rcv_saddr);
 		BPF_CORE_READ_INTO(&key.remote, sk, __sk_common.skc_v6_daddr);
-		/* ::ffff:0.0.0.0 is a dual-stack socket's unspecified IPv4 address */
-		if (key.local[10] == 0xff && key.local[11] == 0xff &&
-		    key.local[12] == 0 && key.local[13] == 0 && key.local[14] == 0 && key.local[15] == 0)
-			__builtin_memset(key.local, 0, 16);
-		if (key.remote[10] == 0xff && key.remote[11] == 0xff &&
-		    key.remote[12] == 0 && key.remote[13] == 0 && key.remote[14] == 0 && key.remote[15] == 0)
-			__builtin_memset(key.remote, 0, 16);
+		clear_mapped_any(key.local);
+		clear_mapped_any(key.remote);
 	}
-	if (key.local_port == 0 && is_zero16(key.local))
-		return 0; /* not bound yet: nothing a flow could be matched with */
+	return record_key(&key);
+}
 
-	tgid = bpf_get_current_pid_tgid() >> 32;
-	known = bpf_map_lookup_elem(&SOCKET_OWNERS, &key);
-	if (known && known->tgid == tgid)
-		return 0;
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(send_btf, struct sock *sk, int ret, int flags)
+{
+	return record_owner_btf(sk);
+}
 
-	owner.tgid = tgid;
-	owner.cgroup_id = bpf_get_current_cgroup_id();
-	owner.recorded_ns = bpf_ktime_get_ns();
-	task = (struct task_struct *)bpf_get_current_task();
-	BPF_CORE_READ_STR_INTO(&owner.comm, task, group_leader, comm);
-	if (bpf_map_update_elem(&SOCKET_OWNERS, &key, &owner, BPF_ANY) == 0)
-		count(STAT_RECORDED);
-	else
-		count(STAT_MAP_ERRORS);
-	return 0;
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(recv_btf, struct sock *sk, int ret, int flags)
+{
+	return record_owner_btf(sk);
 }
 
 SEC("tracepoint/sock/sock_send_length")

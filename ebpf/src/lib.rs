@@ -14,8 +14,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use aya::programs::TracePoint;
-use aya::{Ebpf, EbpfLoader, Pod};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader, Pod};
 
 /// The probe object, built by build.rs (or copied from the committed fallback).
 static PROBE_OBJECT: &[u8] =
@@ -39,8 +39,10 @@ pub enum ProbeError {
     ZeroSize,
     #[error("loading the probe object: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("probe program {0}: {1}")]
+    #[error("probe program for sock:{0}: {1}")]
     Program(&'static str, aya::programs::ProgramError),
+    #[error("reading the kernel's BTF: {0}")]
+    Btf(String),
     #[error("probe map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
     #[error("the probe object has no {0}")]
@@ -165,6 +167,16 @@ impl SocketOwner {
     }
 }
 
+/// How the probe's programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// BTF-enabled raw tracepoints (`tp_btf`): called directly, fields read with plain loads.
+    BtfTracePoint,
+    /// Classic tracepoints through perf events, fields read with `bpf_probe_read_kernel`:
+    /// used where the kernel refuses `tp_btf`.
+    TracePoint,
+}
+
 /// The probe's own counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProbeStats {
@@ -213,6 +225,7 @@ impl OwnerMap {
 /// removes the pin, if any.
 pub struct SocketProbe {
     owners: OwnerMap,
+    attachment: Attachment,
     stats: PerCpuArray<MapData, u64>,
     pinned: Option<PathBuf>,
     // Holds the programs and their links: dropping it detaches.
@@ -221,34 +234,44 @@ pub struct SocketProbe {
 
 impl SocketProbe {
     /// Loads the probe with room for `max_sockets` sockets and attaches it to the
-    /// `sock_send_length` / `sock_recv_length` tracepoints. Mounts tracefs when it is not
-    /// mounted. With `pin`, the owner map is also pinned there (mounting bpffs at
+    /// `sock_send_length` / `sock_recv_length` tracepoints, as `tp_btf` programs where the
+    /// kernel allows, else as classic tracepoints (mounting tracefs when needed). With `pin`, the owner map is also pinned there (mounting bpffs at
     /// /sys/fs/bpf when needed, replacing a stale pin) so that `flowex conntrack` can read
     /// it; the pin is removed on drop. Needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN).
     pub fn load(max_sockets: u32, pin: Option<&Path>) -> Result<Self, ProbeError> {
+        Self::load_as(max_sockets, pin, true)
+    }
+
+    /// Like [`SocketProbe::load`], but always with classic tracepoints (the fallback path),
+    /// for tests and comparisons.
+    pub fn load_tracepoints(max_sockets: u32, pin: Option<&Path>) -> Result<Self, ProbeError> {
+        Self::load_as(max_sockets, pin, false)
+    }
+
+    fn load_as(max_sockets: u32, pin: Option<&Path>, btf: bool) -> Result<Self, ProbeError> {
         if max_sockets == 0 {
             return Err(ProbeError::ZeroSize);
         }
-        // aya remembers where tracefs is at the first attach, so mount it before.
-        ensure_mounted("tracefs", TRACEFS)?;
         // The memlock rlimit cannot be raised without CAP_SYS_RESOURCE, and this kernel
         // accounts BPF memory to the cgroup instead: no rlimit call at all.
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(OWNERS_MAP, max_sockets)
             .load(PROBE_OBJECT)?;
-        for name in ["sock_send_length", "sock_recv_length"] {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::Missing("program"))?
-                .try_into()
-                .map_err(|e| ProbeError::Program(tracepoint_name(name), e))?;
-            program
-                .load()
-                .map_err(|e| ProbeError::Program(tracepoint_name(name), e))?;
-            program
-                .attach("sock", name)
-                .map_err(|e| ProbeError::Program(tracepoint_name(name), e))?;
-        }
+        let attachment = match if btf {
+            attach_btf(&mut ebpf)
+        } else {
+            Err(ProbeError::Missing("tp_btf (not asked for)"))
+        } {
+            Ok(()) => Attachment::BtfTracePoint,
+            Err(btf_error) => {
+                attach_classic(&mut ebpf).map_err(|error| match error {
+                    // Report the first failure when the two agree (e.g. EPERM).
+                    ProbeError::Program(..) => btf_error,
+                    other => other,
+                })?;
+                Attachment::TracePoint
+            }
+        };
         let owners = ebpf
             .take_map(OWNERS_MAP)
             .ok_or(ProbeError::Missing(OWNERS_MAP))?;
@@ -265,9 +288,15 @@ impl SocketProbe {
         Ok(Self {
             owners,
             stats,
+            attachment,
             pinned: pin.map(Path::to_owned),
             _ebpf: ebpf,
         })
+    }
+
+    /// How the programs are attached.
+    pub fn attachment(&self) -> Attachment {
+        self.attachment
     }
 
     /// The socket-owner map.
@@ -314,12 +343,47 @@ fn pin_map(map: &Map, path: &Path) -> Result<(), ProbeError> {
     map.pin(path).map_err(|e| pin_error(e.to_string()))
 }
 
-fn tracepoint_name(name: &str) -> &'static str {
-    if name == "sock_send_length" {
-        "sock:sock_send_length"
-    } else {
-        "sock:sock_recv_length"
+/// The two hooks: (tp_btf program, classic program, tracepoint).
+const HOOKS: [(&str, &str, &str); 2] = [
+    ("send_btf", "sock_send_length", "sock_send_length"),
+    ("recv_btf", "sock_recv_length", "sock_recv_length"),
+];
+
+fn attach_btf(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+    for (program, _, tracepoint) in HOOKS {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing("program"))?
+            .try_into()
+            .map_err(|e| ProbeError::Program(tracepoint, e))?;
+        program
+            .load(tracepoint, &btf)
+            .map_err(|e| ProbeError::Program(tracepoint, e))?;
+        program
+            .attach()
+            .map_err(|e| ProbeError::Program(tracepoint, e))?;
     }
+    Ok(())
+}
+
+fn attach_classic(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    // aya remembers where tracefs is at the first attach, so mount it before.
+    ensure_mounted("tracefs", TRACEFS)?;
+    for (_, program, tracepoint) in HOOKS {
+        let program: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing("program"))?
+            .try_into()
+            .map_err(|e| ProbeError::Program(tracepoint, e))?;
+        program
+            .load()
+            .map_err(|e| ProbeError::Program(tracepoint, e))?;
+        program
+            .attach("sock", tracepoint)
+            .map_err(|e| ProbeError::Program(tracepoint, e))?;
+    }
+    Ok(())
 }
 
 /// True when a filesystem of type `fs` is mounted at `path` (from /proc/self/mounts).

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::MetadataExt;
 
-use flowex_ebpf::{OwnerMap, SocketKey, SocketOwner, SocketProbe};
+use flowex_ebpf::{Attachment, OwnerMap, SocketKey, SocketOwner, SocketProbe};
 
 fn own_name() -> String {
     // The thread group leader's name: what the probe records, whatever thread sends.
@@ -63,6 +63,19 @@ fn tcp_exchange(listen: &str) -> (SocketKey, SocketKey) {
 #[test]
 fn tcp_client_and_server_sockets_are_attributed_ipv4_and_ipv6() {
     let probe = SocketProbe::load(4096, None).expect("loading the probe (run as root)");
+    // This kernel has BTF and allows tp_btf: the fast path is the one in use.
+    assert_eq!(probe.attachment(), Attachment::BtfTracePoint);
+    tcp_attribution(&probe);
+}
+
+#[test]
+fn the_classic_tracepoint_fallback_attributes_the_same() {
+    let probe = SocketProbe::load_tracepoints(4096, None).unwrap();
+    assert_eq!(probe.attachment(), Attachment::TracePoint);
+    tcp_attribution(&probe);
+}
+
+fn tcp_attribution(probe: &SocketProbe) {
     let before = probe.stats();
     for listen in ["127.0.0.1:0", "[::1]:0"] {
         let (client, server) = tcp_exchange(listen);
