@@ -1,5 +1,8 @@
 //! A full conntrack dump + parse of 100k and 500k entries, next to a bare netlink receive
 //! loop that only counts bytes (the kernel's cost: our floor) and `conntrack -L -o extended`.
+//! And `poll_netlink`, Antrea's real-netlink poll benchmark: 32,768 connections in the
+//! agent's zone plus 32,768 in another zone, polled through the full path (kernel-side zone
+//! filter, parse, store update), with B/op and allocs/op.
 //! Needs root: it creates a network namespace, loads synthetic entries with `conntrack -R`,
 //! and (for 500k) raises the global nf_conntrack_max, restoring it afterwards.
 
@@ -26,7 +29,12 @@ struct Table {
 
 impl Table {
     fn load(entries: u32) -> Self {
-        let name = format!("fxbench{}-{entries}", std::process::id());
+        Self::load_zones(entries, &[0])
+    }
+
+    /// `entries` spread evenly over `zones`.
+    fn load_zones(entries: u32, zones: &[u16]) -> Self {
+        let name = format!("fxbench{}-{entries}-{}", std::process::id(), zones.len());
         let old_max = std::fs::read_to_string(MAX_PATH).ok();
         let needed = u64::from(entries) * 2;
         if old_max
@@ -41,12 +49,13 @@ impl Table {
         let lines: String = (0..entries)
             .map(|i| {
                 format!(
-                    "-I -s 10.{}.{}.{} -d 192.0.2.{} -p tcp --sport {} --dport 443 --state ESTABLISHED -t 3600 -u SEEN_REPLY\n",
+                    "-I -s 10.{}.{}.{} -d 192.0.2.{} -p tcp --sport {} --dport 443 --state ESTABLISHED -t 3600 -u SEEN_REPLY -w {}\n",
                     (i >> 16) & 0xff,
                     (i >> 8) & 0xff,
                     i & 0xff,
                     i % 200,
-                    1024 + i % 60_000
+                    1024 + i % 60_000,
+                    zones[i as usize % zones.len()]
                 )
             })
             .collect();
@@ -195,5 +204,65 @@ fn cpu_seconds() -> (f64, f64) {
     (seconds(usage.ru_utime), seconds(usage.ru_stime))
 }
 
-criterion_group!(benches, dump);
+/// Antrea's integration benchmark: 32,768 connections in the agent's zone (7) and 32,768 in
+/// zone 8, one poll per op through the full path into the store.
+fn poll_netlink(c: &mut Criterion) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("poll_netlink: skipped: needs root (network namespaces, conntrack -R)");
+        return;
+    }
+    let host = File::open("/proc/self/ns/net").expect("own netns");
+    let table = Table::load_zones(65_536, &[7, 8]);
+    table.enter();
+    let mut socket = ConntrackSocket::open().expect("ctnetlink");
+    let filter = DumpFilter {
+        zone: Some(7),
+        ..DumpFilter::default()
+    };
+    let store = ConnectionStore::new(Timeouts {
+        active_ms: 5_000,
+        idle_ms: 15_000,
+        deny_idle_ms: 15_000,
+    });
+    let poll = |socket: &mut ConntrackSocket| {
+        let generation = store.begin_poll();
+        let stats = socket
+            .dump(&filter, |e| store.update(e, generation, 0))
+            .expect("dump");
+        stats.entries
+    };
+    // The first poll inserts; steady-state polls (what the benchmark times) update.
+    let first = alloc_snapshot();
+    assert_eq!(poll(&mut socket), 32_768);
+    let inserted = alloc_snapshot();
+    let rounds = 5u32;
+    let (user0, sys0) = cpu_seconds();
+    for _ in 0..rounds {
+        poll(&mut socket);
+    }
+    let (user1, sys1) = cpu_seconds();
+    let after = alloc_snapshot();
+    assert_eq!(store.len(), 32_768);
+    println!(
+        "poll_netlink/32k_of_64k: first poll {} allocations / {} B (the store growing); then per poll {:.1} allocations, {:.1} B, {:.1} ms user + {:.1} ms system CPU",
+        inserted.allocations - first.allocations,
+        inserted.bytes - first.bytes,
+        (after.allocations - inserted.allocations) as f64 / f64::from(rounds),
+        (after.bytes - inserted.bytes) as f64 / f64::from(rounds),
+        (user1 - user0) * 1e3 / f64::from(rounds),
+        (sys1 - sys0) * 1e3 / f64::from(rounds),
+    );
+    let mut group = c.benchmark_group("poll_netlink");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(32_768));
+    group.bench_function("32k_in_zone_of_64k", |b| b.iter(|| poll(&mut socket)));
+    group.finish();
+    // SAFETY: setns with the fd of our original namespace.
+    unsafe { libc::setns(host.as_raw_fd(), libc::CLONE_NEWNET) };
+    drop(socket);
+    drop(table);
+}
+
+criterion_group!(benches, poll_netlink, dump);
 criterion_main!(benches);
