@@ -87,7 +87,7 @@ fn owners_json(owners: &flowex_ebpf::OwnerMap, entry: &ConntrackEntry) -> [serde
         );
         owners.find(&key).map_or(
             serde_json::Value::Null,
-            |o| json!({"pid": o.pid, "name": o.name(), "cgroup_id": o.cgroup_id}),
+            |o| json!({"pid": o.pid, "name": o.name(), "cgroup_id": o.cgroup_id, "netns": o.netns}),
         )
     };
     [end(&entry.original), end(&entry.reply)]

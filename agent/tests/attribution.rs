@@ -77,6 +77,16 @@ else:
     c.close()
 "#;
 
+/// The tests' namespace pairs use the same addresses; the probe sees every namespace and
+/// learns which one an address belongs to, so the tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn python() -> &'static str {
     if std::path::Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
@@ -208,6 +218,7 @@ fn octets(r: &Value) -> u64 {
 
 #[test]
 fn records_name_the_client_and_server_processes_and_their_bytes_are_exact() {
+    let _serial = serial();
     let pair = Pair::new();
     pair.server
         .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);
@@ -229,8 +240,6 @@ fn records_name_the_client_and_server_processes_and_their_bytes_are_exact() {
         &[],
     );
     std::thread::sleep(Duration::from_millis(1_000));
-    // The probe sees every namespace, and an unconnected UDP socket bound to any address
-    // is known by its port alone: tests running in parallel use distinct ports.
     let mut server = spawn_server(&pair.server, 7400);
     let server_pid = server.id();
     std::thread::sleep(Duration::from_millis(200));
@@ -370,6 +379,7 @@ impl Drop for BpfFs {
 
 #[test]
 fn without_bpf_capabilities_the_agent_exports_without_owners() {
+    let _serial = serial();
     let pair = Pair::new();
     pair.server
         .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);

@@ -32,6 +32,18 @@ fn invalid_configs_are_rejected_with_one_clear_line() {
         ),
         ("deny: {nflogGroup: 70000}", "deny.nflogGroup"),
         (
+            "attribution: {maxSockets: 0}",
+            "attribution.maxSockets: must be greater than 0",
+        ),
+        (
+            "attribution: {procRoot: \"\"}",
+            "attribution.procRoot: must not be empty",
+        ),
+        (
+            "attribution: {maxSocket: 5}",
+            "attribution: unknown field `maxSocket`",
+        ),
+        (
             "export: {collectors: [{name: a, address: \"nonsense\"}]}",
             "export.collectors[0].address: \"nonsense\" is not HOST:PORT",
         ),

@@ -4,7 +4,8 @@
 //! benchmark drained its queue in the first iteration only). The timed region is expiry,
 //! record building, encoding and sending until the exporter has handed every message to the
 //! socket; setting up the store is not timed. Loss is read from collector-sim's counters,
-//! which come from parsing messages.
+//! which come from parsing messages. Allocations are counted on the exporter's threads only
+//! (collector-sim runs in the same process).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use flowex_agent::deny::{DenyEvent, PacketTuple};
 use flowex_agent::export::{BatchBuilder, CollectorStats, CollectorTarget, ExportingProcess};
 use flowex_agent::records::{self, PodNetworks};
 use flowex_agent::store::{ConnectionStore, Timeouts};
-use flowex_benches::{CountingAllocator, alloc_snapshot};
+use flowex_benches::{
+    CountingAllocator, alloc_snapshot, count_only_marked_threads, mark_this_thread,
+};
 use flowex_ipfix::Registry;
 
 #[global_allocator]
@@ -75,8 +78,13 @@ struct Bench {
 
 impl Bench {
     fn new() -> Self {
+        // Count the exporter's allocations (this thread and the runtime's), not those of
+        // collector-sim's receive threads in the same process.
+        count_only_marked_threads();
+        mark_this_thread();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .on_thread_start(mark_this_thread)
             .enable_all()
             .build()
             .expect("runtime");

@@ -32,7 +32,10 @@
 
 /* Addresses are 16 bytes: IPv4 as ::ffff:a.b.c.d, and any unspecified address (0.0.0.0
  * or ::) as sixteen zero bytes, so dual-stack sockets and wildcard binds have one form.
- * Ports in host byte order. 40 bytes, no holes. */
+ * Ports in host byte order. A connected socket's tuple is unique on the node and its netns
+ * is 0; an unconnected socket (a UDP server) is known by its local end only, which several
+ * network namespaces can share (every DNS pod binds 0.0.0.0:53), so its key carries the
+ * netns inode. 44 bytes, no holes. */
 struct socket_key {
 	__u8 local[16];
 	__u8 remote[16];
@@ -40,12 +43,13 @@ struct socket_key {
 	__u16 remote_port;
 	__u8 protocol;
 	__u8 pad[3];
+	__u32 netns;
 };
 
 /* 40 bytes. */
 struct socket_owner {
 	__u32 tgid;
-	__u32 pad;
+	__u32 netns; /* inode of the socket's network namespace */
 	__u64 cgroup_id;
 	__u64 recorded_ns; /* CLOCK_MONOTONIC when this owner was written */
 	char comm[COMM_LEN]; /* the thread group leader's name */
@@ -80,6 +84,16 @@ struct {
 	__type(key, struct socket_key);
 	__type(value, struct socket_owner);
 } SOCKET_OWNERS SEC(".maps");
+
+/* Local address -> network namespace inode, learned from connected sockets (a pod's IP
+ * from its connections), so that user space can tell which namespace's unconnected socket
+ * a flow reached. Loopback addresses exist in every namespace and are not recorded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u8[16]);
+	__type(value, __u32);
+} ADDRESS_NETNS SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -127,8 +141,22 @@ static __always_inline int wanted(__u16 family, __u16 protocol)
 	       (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP);
 }
 
+static __always_inline int is_loopback(const __u8 *a)
+{
+	__u64 lo;
+	__u32 mid;
+
+	__builtin_memcpy(&lo, a, 8);
+	__builtin_memcpy(&mid, a + 8, 4);
+	if (lo != 0)
+		return 0;
+	if (mid == 0 && a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 1)
+		return 1; /* ::1 */
+	return a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+}
+
 /* Shared tail: skip a socket already known for this process, else record the owner. */
-static __always_inline int record_key(struct socket_key *key)
+static __always_inline int record_key(struct socket_key *key, __u32 netns)
 {
 	struct socket_owner owner = {};
 	struct socket_owner *known;
@@ -144,6 +172,7 @@ static __always_inline int record_key(struct socket_key *key)
 		return 0;
 
 	owner.tgid = tgid;
+	owner.netns = netns;
 	owner.cgroup_id = bpf_get_current_cgroup_id();
 	owner.recorded_ns = bpf_ktime_get_ns();
 	task = (struct task_struct *)bpf_get_current_task();
@@ -152,6 +181,8 @@ static __always_inline int record_key(struct socket_key *key)
 		count(STAT_RECORDED);
 	else
 		count(STAT_MAP_ERRORS);
+	if (key->remote_port != 0 && !is_zero16(key->local) && !is_loopback(key->local))
+		bpf_map_update_elem(&ADDRESS_NETNS, key->local, &netns, BPF_ANY);
 	return 0;
 }
 
@@ -161,6 +192,7 @@ static __always_inline int record_owner_btf(struct sock *sk)
 	__u16 family = sk->__sk_common.skc_family;
 	__u16 protocol = sk->sk_protocol;
 	struct socket_key key = {};
+	__u32 netns;
 
 	if (!wanted(family, protocol))
 		return 0;
@@ -177,7 +209,10 @@ static __always_inline int record_owner_btf(struct sock *sk)
 		clear_mapped_any(key.local);
 		clear_mapped_any(key.remote);
 	}
-	return record_key(&key);
+	netns = sk->__sk_common.skc_net.net->ns.inum;
+	if (key.remote_port == 0)
+		key.netns = netns;
+	return record_key(&key, netns);
 }
 
 /* Classic tracepoint: family and protocol come with the event, fields via probe reads. */
@@ -187,6 +222,7 @@ static __always_inline int record_owner(struct sock_length_args *args)
 	__u16 protocol = args->protocol;
 	struct sock *sk = (struct sock *)args->sk;
 	struct socket_key key = {};
+	__u32 netns;
 
 	if (!wanted(family, protocol))
 		return 0;
@@ -203,7 +239,10 @@ static __always_inline int record_owner(struct sock_length_args *args)
 		clear_mapped_any(key.local);
 		clear_mapped_any(key.remote);
 	}
-	return record_key(&key);
+	netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (key.remote_port == 0)
+		key.netns = netns;
+	return record_key(&key, netns);
 }
 
 SEC("tp_btf/sock_send_length")

@@ -22,6 +22,9 @@ static PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_probe.bpf.o"));
 
 const OWNERS_MAP: &str = "SOCKET_OWNERS";
+const NETNS_MAP: &str = "ADDRESS_NETNS";
+/// Suffix of the address-to-netns map's pin, beside the owner map's.
+const NETNS_PIN_SUFFIX: &str = "_address_netns";
 const STATS_MAP: &str = "PROBE_STATS";
 const TRACEFS: &str = "/sys/kernel/tracing";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -57,11 +60,12 @@ pub enum ProbeError {
     Pin { path: PathBuf, error: String },
 }
 
-/// A socket's identity as the probe records it: 40 bytes, laid out as `struct socket_key`.
+/// A socket's identity as the probe records it: 44 bytes, laid out as `struct socket_key`.
 ///
 /// Addresses are 16 bytes, IPv4 as `::ffff:a.b.c.d`; an unspecified address (`0.0.0.0`,
 /// `::`) is sixteen zero bytes. Ports are in host byte order. A socket that is not connected
-/// (a UDP server) has a zero remote address and port.
+/// (a UDP server) has a zero remote address and port, and the inode of its network
+/// namespace in `netns` (0 for connected sockets, whose tuples are unique on the node).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SocketKey {
@@ -71,9 +75,10 @@ pub struct SocketKey {
     pub remote_port: u16,
     pub protocol: u8,
     pub pad: [u8; 3],
+    pub netns: u32,
 }
 
-// SAFETY: repr(C), only integers and byte arrays, no padding (16+16+2+2+1+3 = 40).
+// SAFETY: repr(C), only integers and byte arrays, no padding (16+16+2+2+1+3+4 = 44).
 unsafe impl Pod for SocketKey {}
 
 /// The address form the probe uses: IPv4 mapped into IPv6, unspecified as all zero.
@@ -120,24 +125,34 @@ impl SocketKey {
             remote_port,
             protocol,
             pad: [0; 3],
+            netns: 0,
         }
     }
 
-    /// The same local end with no remote end: an unconnected socket (a UDP server).
-    pub fn unconnected(&self) -> Self {
+    /// The same local end with no remote end: an unconnected socket (a UDP server) in the
+    /// network namespace `netns`.
+    pub fn unconnected(&self, netns: u32) -> Self {
         Self {
             remote: [0; 16],
             remote_port: 0,
+            netns,
             ..*self
         }
     }
 
-    /// The same local port bound to any address, unconnected.
-    pub fn wildcard(&self) -> Self {
+    /// The same local port bound to any address, unconnected, in `netns`.
+    pub fn wildcard(&self, netns: u32) -> Self {
         Self {
             local: [0; 16],
-            ..self.unconnected()
+            ..self.unconnected(netns)
         }
+    }
+
+    /// True for 127.0.0.0/8 and ::1, which exist in every network namespace.
+    pub fn local_is_loopback(&self) -> bool {
+        let a = self.local;
+        a == std::net::Ipv6Addr::LOCALHOST.octets()
+            || (a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff && a[12] == 127)
     }
 }
 
@@ -147,7 +162,8 @@ impl SocketKey {
 pub struct SocketOwner {
     /// Process id (thread group id) in the initial PID namespace.
     pub pid: u32,
-    pub pad: u32,
+    /// Inode of the socket's network namespace (as in `/proc/<pid>/ns/net`).
+    pub netns: u32,
     /// cgroup v2 id (the inode number of the cgroup's directory).
     pub cgroup_id: u64,
     /// CLOCK_MONOTONIC nanoseconds when this owner was recorded.
@@ -191,15 +207,43 @@ pub struct ProbeStats {
 /// Read access to the socket-owner map, owned by a loaded probe or opened from a pin.
 pub struct OwnerMap {
     map: HashMap<MapData, SocketKey, SocketOwner>,
+    address_netns: HashMap<MapData, [u8; 16], u32>,
+    /// The network namespace of this process: where loopback flows live.
+    own_netns: u32,
+}
+
+/// Inode of the calling thread's network namespace (0 if unreadable).
+pub fn current_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino() as u32)
 }
 
 impl OwnerMap {
-    /// Opens the map a running agent pinned at `path`.
+    fn new(owners: Map, address_netns: Map) -> Result<Self, ProbeError> {
+        Ok(Self {
+            map: HashMap::try_from(owners).map_err(|e| ProbeError::Map(OWNERS_MAP, e))?,
+            address_netns: HashMap::try_from(address_netns)
+                .map_err(|e| ProbeError::Map(NETNS_MAP, e))?,
+            own_netns: current_netns(),
+        })
+    }
+
+    /// Opens the maps a running agent pinned at `path` (and `path` + `_address_netns`; bpffs refuses dots in names).
     pub fn open_pinned(path: impl AsRef<Path>) -> Result<Self, ProbeError> {
-        let data = MapData::from_pin(path).map_err(|e| ProbeError::Map(OWNERS_MAP, e))?;
-        let map =
-            HashMap::try_from(Map::LruHashMap(data)).map_err(|e| ProbeError::Map(OWNERS_MAP, e))?;
-        Ok(Self { map })
+        let path = path.as_ref();
+        let owners = MapData::from_pin(path).map_err(|e| ProbeError::Map(OWNERS_MAP, e))?;
+        let netns =
+            MapData::from_pin(netns_pin(path)).map_err(|e| ProbeError::Map(NETNS_MAP, e))?;
+        Self::new(Map::LruHashMap(owners), Map::LruHashMap(netns))
+    }
+
+    /// The network namespace that a key's local address belongs to, as learned from
+    /// connected sockets; loopback addresses belong to this process's namespace.
+    pub fn address_netns(&self, key: &SocketKey) -> Option<u32> {
+        if key.local_is_loopback() {
+            return Some(self.own_netns);
+        }
+        self.address_netns.get(&key.local, 0).ok()
     }
 
     /// The owner recorded for exactly this key. One `bpf(2)` lookup.
@@ -208,11 +252,15 @@ impl OwnerMap {
     }
 
     /// The owner of the socket that sent or received on this flow end: the connected
-    /// socket, else an unconnected one on the local address, else one bound to any address.
+    /// socket; else, in the network namespace the local address belongs to, an unconnected
+    /// socket on that address, else one bound to any address. An address whose namespace
+    /// is unknown finds no unconnected socket rather than a wrong one.
     pub fn find(&self, key: &SocketKey) -> Option<SocketOwner> {
-        self.get(key)
-            .or_else(|| self.get(&key.unconnected()))
-            .or_else(|| self.get(&key.wildcard()))
+        self.get(key).or_else(|| {
+            let netns = self.address_netns(key)?;
+            self.get(&key.unconnected(netns))
+                .or_else(|| self.get(&key.wildcard(netns)))
+        })
     }
 
     /// Every recorded socket and its owner (walks the whole map: for tools, not hot paths).
@@ -275,12 +323,14 @@ impl SocketProbe {
         let owners = ebpf
             .take_map(OWNERS_MAP)
             .ok_or(ProbeError::Missing(OWNERS_MAP))?;
+        let address_netns = ebpf
+            .take_map(NETNS_MAP)
+            .ok_or(ProbeError::Missing(NETNS_MAP))?;
         if let Some(path) = pin {
             pin_map(&owners, path)?;
+            pin_map(&address_netns, &netns_pin(path))?;
         }
-        let owners = OwnerMap {
-            map: HashMap::try_from(owners).map_err(|e| ProbeError::Map(OWNERS_MAP, e))?,
-        };
+        let owners = OwnerMap::new(owners, address_netns)?;
         let stats = ebpf
             .take_map(STATS_MAP)
             .ok_or(ProbeError::Missing(STATS_MAP))?;
@@ -323,9 +373,16 @@ impl SocketProbe {
 impl Drop for SocketProbe {
     fn drop(&mut self) {
         if let Some(path) = self.pinned.take() {
+            let _ = std::fs::remove_file(netns_pin(&path));
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn netns_pin(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(NETNS_PIN_SUFFIX);
+    PathBuf::from(name)
 }
 
 fn pin_map(map: &Map, path: &Path) -> Result<(), ProbeError> {
@@ -432,7 +489,7 @@ mod tests {
 
     #[test]
     fn layouts_match_the_c_structs() {
-        assert_eq!(std::mem::size_of::<SocketKey>(), 40);
+        assert_eq!(std::mem::size_of::<SocketKey>(), 44);
         assert_eq!(std::mem::size_of::<SocketOwner>(), 40);
     }
 
@@ -451,10 +508,19 @@ mod tests {
             "10.0.0.2".parse().unwrap(),
             4000,
         );
-        assert_eq!(key.unconnected().remote, [0; 16]);
-        assert_eq!(key.unconnected().remote_port, 0);
-        assert_eq!(key.wildcard().local, [0; 16]);
-        assert_eq!(key.wildcard().local_port, 80);
+        assert_eq!(key.netns, 0);
+        assert_eq!(key.unconnected(7).remote, [0; 16]);
+        assert_eq!(key.unconnected(7).remote_port, 0);
+        assert_eq!(key.unconnected(7).netns, 7);
+        assert_eq!(key.wildcard(7).local, [0; 16]);
+        assert_eq!(key.wildcard(7).local_port, 80);
+        assert!(!key.local_is_loopback());
+        let lo =
+            |addr: &str| SocketKey::new(17, addr.parse().unwrap(), 1, addr.parse().unwrap(), 2);
+        assert!(lo("127.0.0.1").local_is_loopback());
+        assert!(lo("127.9.9.9").local_is_loopback());
+        assert!(lo("::1").local_is_loopback());
+        assert!(!lo("::2").local_is_loopback());
     }
 
     #[test]

@@ -116,6 +116,109 @@ fn unconnected_udp_server_is_found_through_the_wildcard() {
     assert_owned_by_us(probe.owners().find(&client_end), "UDP client");
 }
 
+/// Runs `f` on a thread inside the named network namespace.
+fn in_netns<R: Send + 'static>(name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let path = format!("/var/run/netns/{name}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd changes only this thread's netns.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn sh(args: &[&str]) {
+    let status = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{args:?}");
+}
+
+/// Two namespaces with distinct addresses, and in each a UDP server on 0.0.0.0:9999: the
+/// wildcard sockets have the same key but for the namespace, and each flow finds its own
+/// namespace's server.
+#[test]
+fn wildcard_udp_servers_in_two_namespaces_are_told_apart() {
+    let probe = SocketProbe::load(4096, None).unwrap();
+    let names: Vec<String> = (1..=2)
+        .map(|i| format!("fxprobe{}-{i}", std::process::id()))
+        .collect();
+    struct Cleanup(Vec<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for name in &self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", name])
+                    .status();
+            }
+        }
+    }
+    let _cleanup = Cleanup(names.clone());
+    let mut seen = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let address = format!("10.77.0.{}", i + 1);
+        sh(&["ip", "netns", "add", name]);
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip", "-n", name, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+        ]);
+        sh(&["ip", "-n", name, "link", "set", "d1", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("{address}/32"),
+            "dev",
+            "d0",
+        ]);
+        sh(&["ip", "-n", name, "link", "set", "d0", "up"]);
+        let ip: IpAddr = address.parse().unwrap();
+        let (netns, client_port) = in_netns(name, move || {
+            // A connected socket on the address teaches the probe the address's namespace.
+            let listener = TcpListener::bind((ip, 0)).unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut accepted, _) = listener.accept().unwrap();
+            client.write_all(b"x").unwrap();
+            accepted.read_exact(&mut [0u8; 1]).unwrap();
+            // The UDP server, bound to any address, unconnected.
+            let server = UdpSocket::bind("0.0.0.0:9999").unwrap();
+            let client = UdpSocket::bind((ip, 0)).unwrap();
+            client.send_to(b"hello", (ip, 9999)).unwrap();
+            server.recv_from(&mut [0u8; 16]).unwrap();
+            (
+                flowex_ebpf::current_netns(),
+                client.local_addr().unwrap().port(),
+            )
+        });
+        seen.push((netns, address, client_port));
+    }
+    assert_ne!(seen[0].0, seen[1].0);
+    for (netns, address, client_port) in &seen {
+        let ip: IpAddr = address.parse().unwrap();
+        let flow_end = SocketKey::new(17, ip, 9999, ip, *client_port);
+        let owner = probe
+            .owners()
+            .find(&flow_end)
+            .expect("the server of this namespace");
+        assert_eq!(owner.netns, *netns, "{address}");
+        assert_eq!(owner.pid, std::process::id());
+    }
+    // An address whose namespace was never seen finds no unconnected socket.
+    let stranger: IpAddr = "10.77.0.99".parse().unwrap();
+    assert_eq!(
+        probe
+            .owners()
+            .find(&SocketKey::new(17, stranger, 9999, stranger, 1)),
+        None
+    );
+}
+
 #[test]
 fn a_pinned_map_is_readable_by_another_handle_and_removed_on_drop() {
     let path = std::path::PathBuf::from(format!(

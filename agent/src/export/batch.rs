@@ -37,6 +37,9 @@ impl EncodedBatch {
     }
 }
 
+/// Most bytes reserved for the next batch after [`BatchBuilder::finish`].
+pub const RESERVE_BYTES: usize = 4 << 20;
+
 /// Encodes records into a batch; the buffers are reused between batches.
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
@@ -70,11 +73,19 @@ impl BatchBuilder {
         self.records.is_empty()
     }
 
-    /// Takes the records pushed so far as a shareable batch.
+    /// Takes the records pushed so far as a shareable batch. The batch keeps the buffers
+    /// (collectors read them while the next batch is built), so room for a batch of the
+    /// same size (up to [`RESERVE_BYTES`]) is reserved at once: one allocation per buffer
+    /// and batch, not a doubling series while records are pushed, and no burst (a shutdown
+    /// flush) pins its size afterwards.
     pub fn finish(&mut self) -> EncodedBatch {
-        EncodedBatch {
+        let bytes = self.buffer.len().min(RESERVE_BYTES);
+        let records = self.records.len().min(RESERVE_BYTES / 128);
+        let batch = EncodedBatch {
             bytes: self.buffer.split().freeze(),
-            records: std::mem::take(&mut self.records),
-        }
+            records: std::mem::replace(&mut self.records, Vec::with_capacity(records)),
+        };
+        self.buffer.reserve(bytes);
+        batch
     }
 }
