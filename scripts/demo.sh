@@ -79,16 +79,19 @@ sleep 1
 kill -INT "$collector"
 wait "$collector" || true
 cat "$out/flowex.log"
-echo "== records collector-sim decoded (5-tuple, reason, bytes, policy)"
+echo "== records collector-sim decoded (5-tuple, reason, bytes, owning processes, policy)"
 python3 - "$out/records.jsonl" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 records, summary = lines[:-1], lines[-1]
+def owner(side):
+    pid = r.get(side + "ProcessId", 0)
+    return f'{r[side + "ProcessName"]}[{pid}]' if pid else "-"
 for r in records:
     policy = r.get("ingressNetworkPolicyName") or ""
     print(f'{r["sourceIPv4Address"]}:{r["sourceTransportPort"]} -> {r["destinationIPv4Address"]}:{r["destinationTransportPort"]} '
           f'proto={r["protocolIdentifier"]} reason={r["flowEndReason"]} octets={r["octetDeltaCount"]}/{r["reverseOctetDeltaCount"]} '
-          f'state={r["tcpState"]} {("denied by " + policy) if policy else ""}')
+          f'state={r["tcpState"]} owners={owner("source")}->{owner("destination")} {("denied by " + policy) if policy else ""}')
 print("== collector-sim's counters")
 print(json.dumps(summary))
 PY
