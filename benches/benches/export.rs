@@ -8,22 +8,20 @@
 //! (collector-sim runs in the same process).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use collector_sim::{Collector, CollectorConfig};
+use collector_sim::Collector;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use flowex_agent::config::Transport;
-use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
+use flowex_agent::conntrack::ConntrackEntry;
 use flowex_agent::deny::{DenyEvent, PacketTuple};
-use flowex_agent::export::{BatchBuilder, CollectorStats, CollectorTarget, ExportingProcess};
+use flowex_agent::export::{BatchBuilder, CollectorStats, ExportingProcess};
 use flowex_agent::records::{self, PodNetworks};
 use flowex_agent::store::{ConnectionStore, Timeouts};
 use flowex_benches::{
-    CountingAllocator, alloc_snapshot, count_only_marked_threads, mark_this_thread,
+    CountingAllocator, alloc_snapshot, count_only_marked_threads, mark_this_thread, tcp_entry,
+    udp_export_pair,
 };
-use flowex_ipfix::Registry;
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -34,35 +32,14 @@ const DYING: usize = 2_000;
 fn entry(i: u32) -> ConntrackEntry {
     let src = IpAddr::from([10, 244, (i >> 8) as u8, i as u8]);
     let dst = IpAddr::from([10, 96, (i >> 16) as u8, (i % 200) as u8]);
-    ConntrackEntry {
-        family: 2,
-        original: Tuple {
-            source: src,
-            destination: dst,
-            protocol: 6,
-            source_port: 1024 + (i % 60_000) as u16,
-            destination_port: 8080,
-            ..Tuple::default()
-        },
-        reply: Tuple {
-            source: dst,
-            destination: src,
-            protocol: 6,
-            source_port: 8080,
-            destination_port: 1024 + (i % 60_000) as u16,
-            ..Tuple::default()
-        },
-        original_counters: Some(Counters {
-            packets: 10,
-            bytes: 1_500,
-        }),
-        reply_counters: Some(Counters {
-            packets: 9,
-            bytes: 12_000,
-        }),
-        tcp_state: Some(3),
-        ..ConntrackEntry::default()
-    }
+    tcp_entry(
+        src,
+        dst,
+        1024 + (i % 60_000) as u16,
+        8080,
+        (10, 1_500),
+        (9, 12_000),
+    )
 }
 
 struct Bench {
@@ -88,23 +65,7 @@ impl Bench {
             .enable_all()
             .build()
             .expect("runtime");
-        let collector = Collector::start(CollectorConfig::new(vec![
-            "udp://127.0.0.1:0".parse().expect("endpoint"),
-        ]))
-        .expect("collector");
-        let target = CollectorTarget {
-            name: "bench".into(),
-            address: collector.udp_endpoint().expect("udp").addr().to_string(),
-            transport: Transport::Udp,
-            max_message_size: 1472,
-            template_refresh: Duration::from_secs(600),
-            queue_capacity: 1 << 22,
-        };
-        let templates = Arc::new(records::templates(&Registry::default()).expect("templates"));
-        let process = {
-            let _guard = runtime.enter();
-            ExportingProcess::start(&[target], templates, 1)
-        };
+        let (collector, process) = udp_export_pair(&runtime, 1 << 22);
         Self {
             runtime,
             process,

@@ -9,9 +9,9 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
+use flowex_agent::conntrack::ConntrackEntry;
 use flowex_agent::store::{ConnectionStore, Timeouts};
-use flowex_benches::{CountingAllocator, allocations_per_op};
+use flowex_benches::{CountingAllocator, allocations_per_op, tcp_entry};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -22,40 +22,18 @@ fn pool(size: usize) -> Vec<ConntrackEntry> {
         .map(|i| {
             let src = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
             let dst = IpAddr::from([10, 96, 0, (i % 200) as u8]);
-            ConntrackEntry {
-                family: 2,
-                original: Tuple {
-                    source: src,
-                    destination: dst,
-                    protocol: 6,
-                    source_port: 1024 + (i % 60_000) as u16,
-                    destination_port: 443,
-                    ..Tuple::default()
-                },
-                reply: Tuple {
-                    source: dst,
-                    destination: src,
-                    protocol: 6,
-                    source_port: 443,
-                    destination_port: 1024 + (i % 60_000) as u16,
-                    ..Tuple::default()
-                },
-                original_counters: Some(Counters {
-                    packets: 10,
-                    bytes: 1_000,
-                }),
-                reply_counters: Some(Counters {
-                    packets: 10,
-                    bytes: 9_000,
-                }),
-                tcp_state: Some(3),
-                ..ConntrackEntry::default()
-            }
+            tcp_entry(
+                src,
+                dst,
+                1024 + (i % 60_000) as u16,
+                443,
+                (10, 1_000),
+                (10, 9_000),
+            )
         })
         .collect()
 }
 
-/// A store and a window of `window` entries sliding by `new` entries per poll over a pool.
 struct Poller {
     store: ConnectionStore,
     pool: Vec<ConntrackEntry>,

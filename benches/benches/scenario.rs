@@ -10,17 +10,14 @@
 //! Antrea reported 2,299 MB for ~1M connections over 120 s.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use collector_sim::{Collector, CollectorConfig};
-use flowex_agent::config::Transport;
-use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
-use flowex_agent::export::{BatchBuilder, CollectorTarget, ExportingProcess};
+use flowex_agent::conntrack::ConntrackEntry;
+use flowex_agent::export::BatchBuilder;
 use flowex_agent::records::{self, PodNetworks};
 use flowex_agent::store::{ConnectionStore, Timeouts};
-use flowex_ipfix::Registry;
+use flowex_benches::tcp_entry;
 
 const INITIAL: u64 = 30_000;
 const NEW_PER_POLL: u64 = 10_000;
@@ -32,35 +29,14 @@ fn entry(i: u64, poll: u64) -> ConntrackEntry {
     let src = IpAddr::from([10, 244, (i32 >> 16) as u8, (i32 >> 8) as u8]);
     let dst = IpAddr::from([10, 245, i32 as u8, (i32 >> 24) as u8]);
     let sport = 1024 + (i % 60_000) as u16;
-    ConntrackEntry {
-        family: 2,
-        original: Tuple {
-            source: src,
-            destination: dst,
-            protocol: 6,
-            source_port: sport,
-            destination_port: 8080,
-            ..Tuple::default()
-        },
-        reply: Tuple {
-            source: dst,
-            destination: src,
-            protocol: 6,
-            source_port: 8080,
-            destination_port: sport,
-            ..Tuple::default()
-        },
-        original_counters: Some(Counters {
-            packets: 2 * poll + 1,
-            bytes: 200 * poll + 60,
-        }),
-        reply_counters: Some(Counters {
-            packets: 2 * poll + 1,
-            bytes: 900 * poll + 60,
-        }),
-        tcp_state: Some(3),
-        ..ConntrackEntry::default()
-    }
+    tcp_entry(
+        src,
+        dst,
+        sport,
+        8080,
+        (2 * poll + 1, 200 * poll + 60),
+        (2 * poll + 1, 900 * poll + 60),
+    )
 }
 
 fn resident_kib(field: &str) -> u64 {
@@ -86,23 +62,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let collector = Collector::start(CollectorConfig::new(vec![
-        "udp://127.0.0.1:0".parse().expect("endpoint"),
-    ]))
-    .expect("collector");
-    let target = CollectorTarget {
-        name: "scenario".into(),
-        address: collector.udp_endpoint().expect("udp").addr().to_string(),
-        transport: Transport::Udp,
-        max_message_size: 1472,
-        template_refresh: Duration::from_secs(600),
-        queue_capacity: 65_536,
-    };
-    let templates = Arc::new(records::templates(&Registry::default()).expect("templates"));
-    let process = {
-        let _guard = runtime.enter();
-        ExportingProcess::start(&[target], templates, 1)
-    };
+    let (collector, process) = flowex_benches::udp_export_pair(&runtime, 65_536);
     let store = ConnectionStore::new(Timeouts {
         active_ms: 5_000,
         idle_ms: 15_000,

@@ -82,3 +82,72 @@ pub fn allocations_per_op(iterations: u64, mut op: impl FnMut()) -> (f64, f64) {
         (after.bytes - before.bytes) as f64 / iterations as f64,
     )
 }
+
+/// A synthetic established TCP connection as a conntrack dump shows it (no NAT): the
+/// original tuple `source:source_port -> destination:destination_port`, its mirror as the
+/// reply, and the given (packets, bytes) counters per direction.
+pub fn tcp_entry(
+    source: std::net::IpAddr,
+    destination: std::net::IpAddr,
+    source_port: u16,
+    destination_port: u16,
+    original: (u64, u64),
+    reply: (u64, u64),
+) -> flowex_agent::conntrack::ConntrackEntry {
+    use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
+    let tuple = |source, destination, source_port, destination_port| Tuple {
+        source,
+        destination,
+        protocol: 6,
+        source_port,
+        destination_port,
+        ..Tuple::default()
+    };
+    ConntrackEntry {
+        family: if source.is_ipv4() { 2 } else { 10 },
+        original: tuple(source, destination, source_port, destination_port),
+        reply: tuple(destination, source, destination_port, source_port),
+        original_counters: Some(Counters {
+            packets: original.0,
+            bytes: original.1,
+        }),
+        reply_counters: Some(Counters {
+            packets: reply.0,
+            bytes: reply.1,
+        }),
+        tcp_state: Some(3),
+        ..ConntrackEntry::default()
+    }
+}
+
+/// collector-sim on a UDP loopback port and the agent's exporting process sending to it
+/// (1472-byte messages, `queue_capacity` records queued), started on `runtime`.
+pub fn udp_export_pair(
+    runtime: &tokio::runtime::Runtime,
+    queue_capacity: usize,
+) -> (
+    collector_sim::Collector,
+    flowex_agent::export::ExportingProcess,
+) {
+    use flowex_agent::export::{CollectorTarget, ExportingProcess};
+    let collector = collector_sim::Collector::start(collector_sim::CollectorConfig::new(vec![
+        "udp://127.0.0.1:0".parse().expect("endpoint"),
+    ]))
+    .expect("collector");
+    let target = CollectorTarget {
+        name: "bench".into(),
+        address: collector.udp_endpoint().expect("udp").addr().to_string(),
+        transport: flowex_agent::config::Transport::Udp,
+        max_message_size: 1472,
+        template_refresh: std::time::Duration::from_secs(600),
+        queue_capacity,
+    };
+    let templates = std::sync::Arc::new(
+        flowex_agent::records::templates(&flowex_ipfix::Registry::default()).expect("templates"),
+    );
+    let process = {
+        let _guard = runtime.enter();
+        ExportingProcess::start(&[target], templates, 1)
+    };
+    (collector, process)
+}
