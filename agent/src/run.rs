@@ -225,7 +225,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     }
     tracing::debug!("sources stopped");
     let now = now_ms();
-    store.expire(now, true, |expired| {
+    let mut push = |expired: crate::store::Expired<'_>| {
         push_record(
             &mut builder,
             &store,
@@ -234,17 +234,10 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             &metrics,
             &expired,
         );
-    });
-    let flushed = store.drain(now, |expired| {
-        push_record(
-            &mut builder,
-            &store,
-            &networks,
-            &attribution,
-            &metrics,
-            &expired,
-        );
-    });
+    };
+    // What is due is exported as due; everything else once more as a forced end.
+    store.expire(now, true, &mut push);
+    let flushed = store.drain(now, &mut push);
     // Detach the probe (and remove its pin) before the queues drain.
     drop(attribution);
     process.export(builder.finish());
