@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine, as root:
-# installs what the tests need, then runs fmt, clippy (-D warnings) and every test.
+# installs what the tests need, then runs fmt, clippy (-D warnings), every test, and the
+# offline checks of the Helm chart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Python packages for the offline Helm chart checks (Helm's SDK, Kubernetes schemas).
+if ! python3 -c "import helm_python, kubernetes_validate, yaml" 2>/dev/null; then
+  echo "== installing helm-python-sdk kubernetes-validate pyyaml"
+  python3 -m pip install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -30,3 +36,6 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== Helm chart: lint, render, Kubernetes schemas, flowex check-config"
+# target/debug/flowex is the binary `cargo test` built for the agent's integration tests.
+python3 scripts/check_chart.py target/debug/flowex

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Validates the Helm chart offline, for the default values and a few variants.
+
+For each variant: `helm lint --strict` (Helm's own SDK, no helm binary), render, every
+manifest checked by kubernetes-validate in strict mode against Kubernetes KUBE_VERSION, and
+the rendered agent configuration accepted by `flowex check-config`. Also checks that the
+schema refuses bad values. Prints one line per check and ends with "N passed, M failed".
+
+Usage: scripts/check_chart.py [path/to/flowex-binary]
+(needs: pip install helm-python-sdk kubernetes-validate pyyaml; scripts/test.sh does it)
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHART = os.path.join(ROOT, "charts", "flowex")
+KUBE_VERSION = "1.30.0"
+# Kinds whose schema kubernetes-validate does not ship (CRDs): checked for shape only.
+CUSTOM_KINDS = {"ServiceMonitor"}
+
+VARIANTS = {
+    "default": {},
+    "udp collector": {
+        "collectors": [
+            {"name": "ipfix", "address": "10.0.0.5:4739", "transport": "udp", "maxMessageSize": 1472}
+        ]
+    },
+    "several collectors": {
+        "collectors": [
+            {"name": "aggregator", "address": "flow-aggregator.flow-aggregator.svc:4739", "transport": "tcp"},
+            {"name": "nfacctd", "address": "[fd00::5]:2055", "transport": "udp", "templateRefresh": "1m"},
+        ]
+    },
+    "monitoring, rbac, tuned agent": {
+        "metrics": {"port": 9500, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "rbac": {"create": True},
+        "config": {
+            "conntrack": {"pollInterval": "10s", "zones": [0, 7]},
+            "export": {"activeTimeout": "30s", "idleTimeout": "1m", "observationDomainId": 7,
+                       "podCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"]},
+            "deny": {"enabled": False},
+            "attribution": {"maxSockets": 262144},
+            "logging": {"level": "debug", "format": "text"},
+        },
+    },
+}
+
+# Values the schema must refuse, with the path its message must name.
+BAD_VALUES = [
+    ({"metrics": {"port": 70000}}, "/metrics/port"),
+    ({"collectors": [{"name": "a", "address": "collector:70000"}]}, "/collectors/0/address"),
+    ({"collectors": []}, "/collectors"),
+    ({"config": {"export": {"activeTimeout": "5 seconds"}}}, "/config/export/activeTimeout"),
+    ({"config": {"conntrack": {"pollInterval": "5s", "polInterval": "5s"}}}, "/config/conntrack"),
+]
+
+results = []
+
+
+def check(name, ok, detail=""):
+    results.append(ok)
+    print(f"{'ok  ' if ok else 'FAIL'} {name}{(': ' + detail) if detail and not ok else ''}")
+
+
+def flowex_binary():
+    if len(sys.argv) > 1:
+        return sys.argv[1]
+    for profile in ("debug", "release"):
+        path = os.path.join(ROOT, "target", profile, "flowex")
+        if os.path.exists(path):
+            return path
+    subprocess.run(["cargo", "build", "-q", "-p", "flowex-agent", "--bin", "flowex"], cwd=ROOT, check=True)
+    return os.path.join(ROOT, "target", "debug", "flowex")
+
+
+def main():
+    flowex = flowex_binary()
+    chart = helm.Chart.load(CHART)
+    for variant, values in VARIANTS.items():
+        report = helm.lint(CHART, values, strict=True, kube_version="v" + KUBE_VERSION)
+        problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        check(f"{variant}: helm lint --strict", not problems, str(problems))
+
+        try:
+            chart.validate_schema(values)
+            check(f"{variant}: values match the schema", True)
+        except helm.HelmError as error:
+            check(f"{variant}: values match the schema", False, str(error))
+
+        manifests = chart.render(values, name="flowex", namespace="flowex-system", is_install=True)
+        documents = []
+        for path, text in manifests.items():
+            if path.endswith(".yaml"):
+                documents += [d for d in yaml.safe_load_all(text) if d]
+        kinds = sorted(d["kind"] for d in documents)
+        expected = {"ConfigMap", "DaemonSet", "ServiceAccount", "Service"}
+        check(f"{variant}: renders {', '.join(kinds)}", expected <= set(kinds), str(kinds))
+        for document in documents:
+            label = f"{variant}: {document['kind']} {document['metadata']['name']}"
+            if document["kind"] in CUSTOM_KINDS:
+                check(f"{label} (CRD, shape only)", "spec" in document and "apiVersion" in document)
+                continue
+            try:
+                kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
+                check(f"{label} valid for Kubernetes {KUBE_VERSION}", True)
+            except kubernetes_validate.ValidationError as error:
+                check(f"{label} valid for Kubernetes {KUBE_VERSION}", False, str(error))
+
+        config = next(d for d in documents if d["kind"] == "ConfigMap")["data"]["config.yaml"]
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
+            file.write(config)
+        try:
+            out = subprocess.run([flowex, "check-config", file.name], capture_output=True, text=True)
+            check(f"{variant}: flowex check-config accepts the rendered config",
+                  out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr)
+        finally:
+            os.unlink(file.name)
+
+        daemonset = next(d for d in documents if d["kind"] == "DaemonSet")
+        container = daemonset["spec"]["template"]["spec"]["containers"][0]
+        security = container["securityContext"]
+        check(f"{variant}: least privilege (no privileged, caps NET_ADMIN BPF PERFMON only)",
+              security.get("privileged") is False
+              and security["capabilities"]["drop"] == ["ALL"]
+              and sorted(security["capabilities"]["add"]) == ["BPF", "NET_ADMIN", "PERFMON"],
+              str(security))
+
+    for values, path in BAD_VALUES:
+        try:
+            chart.validate_schema(values)
+            check(f"schema refuses {values}", False, "accepted")
+        except helm.HelmError as error:
+            check(f"schema refuses {values}", path in str(error), str(error))
+
+    passed = sum(results)
+    failed = len(results) - passed
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
