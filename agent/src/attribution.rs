@@ -142,6 +142,11 @@ impl Attribution {
         self.probe.is_some()
     }
 
+    /// How the probe is attached, when it is loaded.
+    pub fn attachment(&self) -> Option<flowex_ebpf::Attachment> {
+        self.probe.as_ref().map(SocketProbe::attachment)
+    }
+
     /// The probe's counters, when it is loaded.
     pub fn probe_stats(&self) -> Option<ProbeStats> {
         self.probe.as_ref().map(SocketProbe::stats)

@@ -100,9 +100,15 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let attribution = if config.attribution.enabled {
         match Attribution::start(&config.attribution) {
             Ok(attribution) => {
+                let how = match attribution.attachment() {
+                    Some(flowex_ebpf::Attachment::BtfTracePoint) => "tp_btf",
+                    _ => "classic tracepoints (tp_btf refused)",
+                };
                 log(
                     "info",
-                    "eBPF socket probe attached: flows carry process and container owners",
+                    format_args!(
+                        "eBPF socket probe attached ({how}): flows carry process and container owners"
+                    ),
                 );
                 attribution
             }

@@ -270,6 +270,9 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr) {
         "sourceIPv6Address"
     };
     assert_eq!(d[source_key], client_ip.to_string());
+    // The attempt carried no data and never got past SYN_SENT: the probe still names the
+    // process that tried (this test), from the connect.
+    assert_eq!(d["sourceProcessId"], std::process::id(), "{d}");
     assert!(records.iter().all(|r| r.get(source_key).is_some()));
     let denied_packets: u64 = denied
         .iter()

@@ -75,4 +75,11 @@ struct sock {
 	__u16 sk_protocol;
 } __attribute__((preserve_access_index));
 
+/* inet_sport outlives skc_num: a socket closing from SYN_SENT has released its port
+ * (skc_num = 0) by the time inet_sock_set_state fires. */
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
+} __attribute__((preserve_access_index));
+
 #endif

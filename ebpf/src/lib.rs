@@ -3,7 +3,9 @@
 //! The probe (`bpf/socket_probe.bpf.c`) hooks `sock:sock_send_length` and
 //! `sock:sock_recv_length`, which run in the context of the process that sends or receives.
 //! The first time a process uses a TCP, UDP or SCTP socket, the probe writes the socket's
-//! 5-tuple and the process (thread group id, cgroup id, name) into an LRU hash map. The agent
+//! 5-tuple and the process (thread group id, cgroup id, name) into an LRU hash map.
+//! `sock:inet_sock_set_state` catches TCP connects that never carry data: the owner is
+//! taken at SYN_SENT and recorded when the tuple is complete. The agent
 //! looks owners up by tuple when it exports a flow: nothing is sent per packet, and the bytes
 //! are still counted by conntrack.
 //!
@@ -282,8 +284,9 @@ pub struct SocketProbe {
 
 impl SocketProbe {
     /// Loads the probe with room for `max_sockets` sockets and attaches it to the
-    /// `sock_send_length` / `sock_recv_length` tracepoints, as `tp_btf` programs where the
-    /// kernel allows, else as classic tracepoints (mounting tracefs when needed). With `pin`, the owner map is also pinned there (mounting bpffs at
+    /// `sock_send_length`, `sock_recv_length` and `inet_sock_set_state` tracepoints, as
+    /// `tp_btf` programs where the kernel allows, else as classic tracepoints (mounting
+    /// tracefs when needed). With `pin`, the owner map is also pinned there (mounting bpffs at
     /// /sys/fs/bpf when needed, replacing a stale pin) so that `flowex conntrack` can read
     /// it; the pin is removed on drop. Needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN).
     pub fn load(max_sockets: u32, pin: Option<&Path>) -> Result<Self, ProbeError> {
@@ -400,10 +403,11 @@ fn pin_map(map: &Map, path: &Path) -> Result<(), ProbeError> {
     map.pin(path).map_err(|e| pin_error(e.to_string()))
 }
 
-/// The two hooks: (tp_btf program, classic program, tracepoint).
-const HOOKS: [(&str, &str, &str); 2] = [
+/// The hooks: (tp_btf program, classic program, tracepoint in the `sock` category).
+const HOOKS: [(&str, &str, &str); 3] = [
     ("send_btf", "sock_send_length", "sock_send_length"),
     ("recv_btf", "sock_recv_length", "sock_recv_length"),
+    ("state_btf", "inet_sock_set_state", "inet_sock_set_state"),
 ];
 
 fn attach_btf(ebpf: &mut Ebpf) -> Result<(), ProbeError> {

@@ -96,6 +96,29 @@ fn tcp_attribution(probe: &SocketProbe) {
     assert_eq!(after.map_errors, before.map_errors);
 }
 
+/// A connect that never carries data (a health check, a port probe) is still attributed:
+/// the owner is taken at SYN_SENT and recorded once the tuple is complete.
+#[test]
+fn a_connection_without_data_is_attributed_to_the_connecting_process() {
+    for probe in [
+        SocketProbe::load(4096, None).unwrap(),
+        SocketProbe::load_tracepoints(4096, None).unwrap(),
+    ] {
+        for listen in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = TcpListener::bind(listen).unwrap();
+            let server = listener.local_addr().unwrap();
+            let client = TcpStream::connect(server).unwrap();
+            let local = client.local_addr().unwrap();
+            let key = SocketKey::new(6, local.ip(), local.port(), server.ip(), server.port());
+            drop(client);
+            assert_owned_by_us(
+                probe.owners().get(&key),
+                &format!("{:?} data-less client on {listen}", probe.attachment()),
+            );
+        }
+    }
+}
+
 #[test]
 fn unconnected_udp_server_is_found_through_the_wildcard() {
     let probe = SocketProbe::load(4096, None).unwrap();
