@@ -37,6 +37,7 @@ pub struct Metrics {
     probe_calls: IntCounter,
     probe_recorded: IntCounter,
     probe_map_errors: IntCounter,
+    probe_evicted: IntCounter,
     /// Per end (source, destination): records whose owner was found / not found.
     owner_found: [IntCounter; 2],
     owner_missing: [IntCounter; 2],
@@ -168,6 +169,10 @@ impl Metrics {
                 "flowex_probe_map_errors_total",
                 "Owner map updates that failed in the probe.",
             ),
+            probe_evicted: counter(
+                "flowex_probe_owners_evicted_total",
+                "Owners of live sockets the full owner map had evicted (recorded again).",
+            ),
             owner_found: [
                 attributed.with_label_values(&["source", "found"]),
                 attributed.with_label_values(&["destination", "found"]),
@@ -198,6 +203,7 @@ impl Metrics {
             (&self.probe_calls, stats.calls),
             (&self.probe_recorded, stats.recorded),
             (&self.probe_map_errors, stats.map_errors),
+            (&self.probe_evicted, stats.evicted),
         ] {
             counter.inc_by(value.saturating_sub(counter.get()));
         }

@@ -94,7 +94,8 @@ enum probe_stat {
 	STAT_CALLS = 0,      /* send/recv calls on inet TCP/UDP/SCTP sockets */
 	STAT_RECORDED = 1,   /* owners written (new socket, or a new process on it) */
 	STAT_MAP_ERRORS = 2, /* map updates that failed */
-	STAT_COUNT = 3,
+	STAT_EVICTED = 3,    /* owners of live sockets the LRU map had evicted (recorded again) */
+	STAT_COUNT = 4,
 };
 
 struct {
@@ -335,16 +336,22 @@ static __always_inline int on_send_recv_btf(struct sock *sk)
 	__u16 family = sk->__sk_common.skc_family;
 	__u16 protocol = sk->sk_protocol;
 	struct socket_seen *seen;
-	__u32 tgid;
+	int rechecking;
+	__u32 tgid, netns;
 
 	if (!wanted(family, protocol))
 		return 0;
 	count(STAT_CALLS);
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	seen = bpf_sk_storage_get(&SOCKET_SEEN, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (seen && seen->tgid == tgid && (++seen->calls % RECHECK_EVERY) != 0)
+	rechecking = seen && seen->tgid == tgid;
+	if (rechecking && (++seen->calls % RECHECK_EVERY) != 0)
 		return 0;
-	record_key(&key, fill_key_btf(sk, family, protocol, &key));
+	netns = fill_key_btf(sk, family, protocol, &key);
+	/* The LRU map does not say what it evicts; this finds the evictions that matter. */
+	if (rechecking && !bpf_map_lookup_elem(&SOCKET_OWNERS, &key))
+		count(STAT_EVICTED);
+	record_key(&key, netns);
 	if (seen && !unbound(&key)) {
 		seen->tgid = tgid;
 		seen->calls = 0;

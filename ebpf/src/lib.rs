@@ -204,6 +204,9 @@ pub struct ProbeStats {
     pub recorded: u64,
     /// Map updates that failed.
     pub map_errors: u64,
+    /// Owners of live sockets that the LRU map had evicted, found by the periodic re-check
+    /// and recorded again (tp_btf only; evictions of closed sockets are not counted).
+    pub evicted: u64,
 }
 
 /// Read access to the socket-owner map, owned by a loaded probe or opened from a pin.
@@ -369,6 +372,7 @@ impl SocketProbe {
             calls: sum(0),
             recorded: sum(1),
             map_errors: sum(2),
+            evicted: sum(3),
         }
     }
 }

@@ -258,6 +258,46 @@ fn a_pinned_map_is_readable_by_another_handle_and_removed_on_drop() {
     let _ = std::fs::remove_dir(path.parent().unwrap());
 }
 
+/// A map too small for the sockets in use evicts owners of live sockets; the periodic
+/// re-check finds them missing, counts the eviction, and records them again.
+#[test]
+fn evicted_owners_of_live_sockets_are_counted_and_recorded_again() {
+    let probe = SocketProbe::load(16, None).unwrap();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let first = UdpSocket::bind("127.0.0.1:0").unwrap();
+    first.connect(sink.local_addr().unwrap()).unwrap();
+    first.send(b"x").unwrap();
+    let first_addr = first.local_addr().unwrap();
+    let key = SocketKey::new(
+        17,
+        first_addr.ip(),
+        first_addr.port(),
+        sink.local_addr().unwrap().ip(),
+        sink.local_addr().unwrap().port(),
+    );
+    assert_owned_by_us(probe.owners().get(&key), "first socket");
+    // 256 other sockets push it out of a 16-entry map.
+    let others: Vec<UdpSocket> = (0..256)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.send_to(b"y", sink.local_addr().unwrap()).unwrap();
+            s
+        })
+        .collect();
+    assert_eq!(
+        probe.owners().get(&key),
+        None,
+        "not evicted: the test proves nothing"
+    );
+    let before = probe.stats().evicted;
+    for _ in 0..4096 {
+        first.send(b"x").unwrap();
+    }
+    assert!(probe.stats().evicted > before, "{:?}", probe.stats());
+    assert_owned_by_us(probe.owners().get(&key), "first socket, recorded again");
+    drop(others);
+}
+
 #[test]
 fn a_zero_sized_map_is_refused() {
     assert!(matches!(
