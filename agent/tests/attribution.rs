@@ -212,18 +212,25 @@ fn is_test_flow(r: &Value, base: u16) -> bool {
         && r["sourceIPv4Address"] == "10.200.0.1"
 }
 
+/// Takes the test's turn, makes the namespace pair (with conntrack events on the server
+/// side) and starts collector-sim there; returns them and the collector's UDP port.
+fn setup() -> (std::sync::MutexGuard<'static, ()>, Pair, Collector, u16) {
+    let turn = serial();
+    let pair = Pair::new();
+    pair.server
+        .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);
+    let collector = collector_in(&pair.server);
+    let port = collector.udp_endpoint().unwrap().addr().port();
+    (turn, pair, collector, port)
+}
+
 fn octets(r: &Value) -> u64 {
     r["octetDeltaCount"].as_u64().unwrap() + r["reverseOctetDeltaCount"].as_u64().unwrap()
 }
 
 #[test]
 fn records_name_the_client_and_server_processes_and_their_bytes_are_exact() {
-    let _serial = serial();
-    let pair = Pair::new();
-    pair.server
-        .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);
-    let collector = collector_in(&pair.server);
-    let port = collector.udp_endpoint().unwrap().addr().port();
+    let (_serial, pair, collector, port) = setup();
     // `ip netns exec` mounts a fresh /sys for each command, so a pin under /sys/fs/bpf
     // would be private to the agent: pin in a bpffs of the test's own instead.
     let bpffs = BpfFs::mount(&pair.server.name);
@@ -379,12 +386,7 @@ impl Drop for BpfFs {
 
 #[test]
 fn without_bpf_capabilities_the_agent_exports_without_owners() {
-    let _serial = serial();
-    let pair = Pair::new();
-    pair.server
-        .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);
-    let collector = collector_in(&pair.server);
-    let port = collector.udp_endpoint().unwrap().addr().port();
+    let (_serial, pair, collector, port) = setup();
     // Root, but without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: the probe cannot load.
     let agent = start_agent(
         &pair.server,
