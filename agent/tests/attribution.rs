@@ -155,19 +155,17 @@ fn collector_in(ns: &Netns) -> Collector {
     })
 }
 
+/// `python3 -c SCRIPT ARGS...` inside the namespace.
+fn python_in(ns: &Netns, script: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &ns.name, python(), "-c", script])
+        .args(args);
+    command
+}
+
 fn spawn_server(ns: &Netns, base: u16) -> Child {
-    let base = base.to_string();
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            python(),
-            "-c",
-            SERVER,
-            SERVER_NAME,
-            &base,
-        ])
+    let mut server = python_in(ns, SERVER, &[SERVER_NAME, &base.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -183,19 +181,7 @@ fn spawn_server(ns: &Netns, base: u16) -> Child {
 }
 
 fn run_client(ns: &Netns, phase: &str, base: u16) -> u32 {
-    let base = base.to_string();
-    let client = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            python(),
-            "-c",
-            CLIENT,
-            CLIENT_NAME,
-            phase,
-            &base,
-        ])
+    let client = python_in(ns, CLIENT, &[CLIENT_NAME, phase, &base.to_string()])
         .spawn()
         .unwrap();
     let pid = client.id();

@@ -5,14 +5,16 @@
 //! switches and shows the per-call cost with the least noise. Needs root (CAP_BPF +
 //! CAP_PERFMON); prints why and skips otherwise. With bpftool installed, the kernel's own
 //! accounting (`kernel.bpf_stats_enabled`, restored afterwards) gives the probe's CPU time
-//! per run exactly.
+//! per run exactly. `probe/owner_lookup` measures the agent's side: finding one flow end's
+//! owner when a record is built.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use flowex_ebpf::SocketProbe;
+use flowex_ebpf::{SocketKey, SocketProbe};
+use std::hint::black_box;
 
 const EXCHANGES: u64 = 2_000;
 const BULK_BYTES: u64 = 64 << 20;
@@ -134,6 +136,30 @@ fn measure(c: &mut Criterion, label: &str, probe: Option<&SocketProbe>) {
     group.finish();
 }
 
+/// What attribution costs the agent per record: looking up one flow end in the owner
+/// maps, for a local socket (found by its exact tuple) and for a remote end (the exact
+/// lookup and the address-to-namespace lookup both miss).
+fn lookups(c: &mut Criterion, probe: &SocketProbe) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let mut client = TcpStream::connect(server).unwrap();
+    client.write_all(b"x").unwrap();
+    let local = client.local_addr().unwrap();
+    let found = SocketKey::new(6, local.ip(), local.port(), server.ip(), server.port());
+    assert!(probe.owners().find(&found).is_some());
+    let remote_ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let remote = SocketKey::new(6, remote_ip, 443, local.ip(), local.port());
+    assert!(probe.owners().find(&remote).is_none());
+    let mut group = c.benchmark_group("probe/owner_lookup");
+    group.bench_function("local_end_exact", |b| {
+        b.iter(|| probe.owners().find(black_box(&found)))
+    });
+    group.bench_function("remote_end_miss", |b| {
+        b.iter(|| probe.owners().find(black_box(&remote)))
+    });
+    group.finish();
+}
+
 fn probe_overhead(c: &mut Criterion) {
     measure(c, "detached", None);
     let probe = match SocketProbe::load(65_536, None) {
@@ -147,6 +173,7 @@ fn probe_overhead(c: &mut Criterion) {
         }
     };
     measure(c, "attached_tp_btf", Some(&probe));
+    lookups(c, &probe);
     match SocketProbe::load_tracepoints(65_536, None) {
         Ok(classic) => {
             drop(probe);
