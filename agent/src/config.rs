@@ -84,6 +84,7 @@ pub struct Config {
     pub export: ExportConfig,
     pub deny: DenyConfig,
     pub attribution: AttributionConfig,
+    pub kubernetes: KubernetesConfig,
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
 }
@@ -197,6 +198,41 @@ impl Default for AttributionConfig {
             max_sockets: 65_536,
             pin_path: "/sys/fs/bpf/flowex/socket_owners".into(),
             proc_root: "/proc".into(),
+        }
+    }
+}
+
+/// Which pods the agent watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodScope {
+    /// This node's pods only (as Antrea): records carry the local end's pod; the Flow
+    /// Aggregator joins the records of both nodes.
+    Node,
+    /// All pods: both ends are filled, for collectors without an aggregator.
+    Cluster,
+}
+
+/// Pod and service metadata from the Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Watch pods and services; without a reachable API server the agent exports without
+    /// pod metadata.
+    pub enabled: bool,
+    /// A kubeconfig file; empty: $KUBECONFIG, ~/.kube/config, then the in-cluster
+    /// service account.
+    pub kubeconfig: String,
+    /// `node` (this node's pods) or `cluster` (all pods).
+    pub pod_scope: PodScope,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kubeconfig: String::new(),
+            pod_scope: PodScope::Node,
         }
     }
 }

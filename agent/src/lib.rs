@@ -7,6 +7,7 @@ pub mod config;
 pub mod conntrack;
 pub mod deny;
 pub mod export;
+pub mod metadata;
 pub mod metrics;
 pub mod netlink;
 pub mod records;

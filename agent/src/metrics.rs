@@ -241,6 +241,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for metrics registered by other parts of the agent.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();

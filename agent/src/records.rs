@@ -9,6 +9,7 @@ use flowex_ipfix::encoder::variable_len;
 use flowex_ipfix::{FieldWriter, Record, Registry, Template, TemplateError};
 
 use crate::attribution::{EndOwner, FlowOwners};
+use crate::metadata::FlowMeta;
 
 use crate::conntrack::tcp_state_name;
 use crate::deny::parse_prefix;
@@ -112,13 +113,52 @@ impl PodNetworks {
 
     /// Antrea's flowType from addresses alone: 3 pod to external, 4 external to pod,
     /// 0 (unspecified) when both or neither are pods — telling intra- from inter-node
-    /// needs pod metadata.
+    /// needs pod metadata ([`flow_type`]).
     pub fn flow_type(&self, source: IpAddr, destination: IpAddr) -> u8 {
         match (self.contains(source), self.contains(destination)) {
             (true, false) => 3,
             (false, true) => 4,
             _ => 0,
         }
+    }
+}
+
+/// Antrea's flowType: an end is a pod when metadata found its pod or its address is in a
+/// pod CIDR. Pod to pod is intra-node (1) when both pods are known and on the same node,
+/// else inter-node (2); in node scope only local pods are known, so a flow to a pod of
+/// another node is inter-node. Pod to non-pod is to-external (3), the reverse
+/// from-external (4), neither 0. Without metadata pod to pod stays 0.
+pub fn flow_type(
+    networks: &PodNetworks,
+    source: IpAddr,
+    destination: IpAddr,
+    meta: &FlowMeta,
+) -> u8 {
+    if !meta.known {
+        return networks.flow_type(source, destination);
+    }
+    let source_pod = meta.source.is_some() || networks.contains(source);
+    let destination_pod = meta.destination.is_some() || networks.contains(destination);
+    match (source_pod, destination_pod) {
+        (true, true) => match (&meta.source, &meta.destination) {
+            (Some(s), Some(d)) if !s.node.is_empty() && s.node == d.node => 1,
+            _ => 2,
+        },
+        (true, false) => 3,
+        (false, true) => 4,
+        (false, false) => 0,
+    }
+}
+
+/// The destination a record reports, and whether it was translated: behind a DNAT (a
+/// Service) the real destination is the reply's source. Denied connections never are.
+pub fn destination(key: &crate::store::ConnKey, c: &crate::store::Connection) -> (IpAddr, bool) {
+    let original = key.destination_addr();
+    let reply_source = address(c.reply_source, key.ipv6);
+    if reply_source != original && c.flags & flags::DENY == 0 {
+        (reply_source, true)
+    } else {
+        (original, false)
     }
 }
 
@@ -140,25 +180,20 @@ fn address(octets: [u8; 16], ipv6: bool) -> IpAddr {
 }
 
 /// Builds the record for one expired connection. `prefix` is the connection's deny prefix
-/// (empty for conntrack connections); `owners` come from [`crate::attribution`].
+/// (empty for conntrack connections); `owners` come from [`crate::attribution`], `meta`
+/// from [`crate::metadata`].
 pub fn build<'a>(
     expired: &Expired<'_>,
     prefix: &'a str,
     networks: &PodNetworks,
     owners: FlowOwners,
+    meta: &'a FlowMeta,
 ) -> AgentRecord<'a> {
     let key = expired.key;
     let c = expired.connection;
     let source = key.source_addr();
     let original_destination = key.destination_addr();
-    let reply_source = address(c.reply_source, key.ipv6);
-    // Behind a DNAT (a Service) the real destination is the reply's source.
-    let translated = reply_source != original_destination && c.flags & flags::DENY == 0;
-    let destination = if translated {
-        reply_source
-    } else {
-        original_destination
-    };
+    let (destination, translated) = self::destination(key, c);
     let mut flow = FlowRecord {
         flow_start_seconds: (c.start_ms / 1_000) as u32,
         flow_end_seconds: (expired.end_ms / 1_000) as u32,
@@ -189,7 +224,7 @@ pub fn build<'a>(
         } else {
             ""
         },
-        flow_type: networks.flow_type(source, destination),
+        flow_type: flow_type(networks, source, destination, meta),
         destination_cluster_ip: unspecified(key.ipv6),
         proxy_snat_ip: unspecified(key.ipv6),
         destination_service_ip: unspecified(key.ipv6),
@@ -199,6 +234,17 @@ pub fn build<'a>(
         flow.destination_cluster_ip = original_destination;
         flow.destination_service_ip = original_destination;
         flow.destination_service_port = key.destination_port;
+        flow.destination_service_port_name = meta.service_port_name.as_deref().unwrap_or("");
+    }
+    if let Some(pod) = &meta.source {
+        flow.source_pod_name = &pod.name;
+        flow.source_pod_namespace = &pod.namespace;
+        flow.source_node_name = &pod.node;
+    }
+    if let Some(pod) = &meta.destination {
+        flow.destination_pod_name = &pod.name;
+        flow.destination_pod_namespace = &pod.namespace;
+        flow.destination_node_name = &pod.node;
     }
     if c.flags & flags::DENY != 0 {
         let policy = parse_prefix(prefix);

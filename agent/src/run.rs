@@ -18,6 +18,7 @@ use crate::conntrack::{
 };
 use crate::deny::{DEFAULT_COPY_RANGE, DenyListener};
 use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess};
+use crate::metadata::{self, Metadata};
 use crate::metrics::Metrics;
 use crate::records::{self, PodNetworks};
 use crate::store::{ConnectionStore, Timeouts};
@@ -126,6 +127,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         Attribution::disabled()
     };
     metrics.probe_loaded.set(i64::from(attribution.is_active()));
+    let node_name = config.resolved_node_name();
+    let (metadata, watchers) = start_metadata(&config, &metrics, &node_name).await?;
     let stopping = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
 
@@ -197,7 +200,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         "info",
         format_args!(
             "running: node {:?}, observation domain {domain}, {} collector(s)",
-            config.resolved_node_name(),
+            node_name,
             targets.len()
         ),
     );
@@ -216,7 +219,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             _ = &mut stop => break,
             _ = ticker.tick() => {
                 store.expire(now_ms(), true, |expired| {
-                    push_record(&mut builder, &store, &networks, &attribution, &metrics, &expired);
+                    push_record(&mut builder, &store, &networks, &attribution, &metadata, &metrics, &expired);
                 });
                 process.export(builder.finish());
                 metrics.observe_probe(attribution.probe_stats());
@@ -237,6 +240,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             &store,
             &networks,
             &attribution,
+            &metadata,
             &metrics,
             &expired,
         );
@@ -246,6 +250,9 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let flushed = store.drain(now, &mut push);
     // Detach the probe (and remove its pin) before the queues drain.
     drop(attribution);
+    for watcher in watchers {
+        watcher.abort();
+    }
     process.export(builder.finish());
     server.abort();
     let _ = server.await;
@@ -269,12 +276,51 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     Ok(())
 }
 
-/// Builds one expired connection's record, with its owners, into the shared batch.
+/// Connects to the Kubernetes API and starts the pod and service watchers; without an
+/// API server the agent runs on, without pod metadata, and says so once.
+async fn start_metadata(
+    config: &Config,
+    metrics: &Metrics,
+    node_name: &str,
+) -> Result<(Arc<Metadata>, Vec<tokio::task::JoinHandle<()>>)> {
+    let metadata = Metadata::disabled(Some(metrics.registry()));
+    if !config.kubernetes.enabled {
+        log(
+            "info",
+            "kubernetes.enabled is false: records carry no pod metadata",
+        );
+        return Ok((metadata, Vec::new()));
+    }
+    let Some((client, url)) = metadata::client(&config.kubernetes).await? else {
+        log(
+            "warn",
+            "no Kubernetes API server (not in a cluster, no kubeconfig): exporting without pod metadata",
+        );
+        return Ok((metadata, Vec::new()));
+    };
+    let scope = config.kubernetes.pod_scope;
+    log(
+        "info",
+        format_args!(
+            "watching {} pods and all services at {}",
+            match scope {
+                crate::config::PodScope::Node => format!("node {node_name:?}'s"),
+                crate::config::PodScope::Cluster => "all".to_owned(),
+            },
+            url
+        ),
+    );
+    let watchers = metadata::start_watchers(&metadata, client, scope, node_name);
+    Ok((metadata, watchers))
+}
+
+/// Builds one expired connection's record, with its owners and pods, into the shared batch.
 fn push_record(
     builder: &mut BatchBuilder,
     store: &ConnectionStore,
     networks: &PodNetworks,
     attribution: &Attribution,
+    metadata: &Metadata,
     metrics: &Metrics,
     expired: &crate::store::Expired<'_>,
 ) {
@@ -286,7 +332,19 @@ fn push_record(
     } else {
         Default::default()
     };
-    let record = records::build(expired, &prefix, networks, owners);
+    let meta = if metadata.is_active() {
+        let (destination, translated) = records::destination(expired.key, expired.connection);
+        metadata.lookup(
+            expired.key,
+            expired.connection,
+            destination,
+            translated,
+            &owners,
+        )
+    } else {
+        Default::default()
+    };
+    let record = records::build(expired, &prefix, networks, owners, &meta);
     builder.push(record.flow.template_id(), &record);
 }
 

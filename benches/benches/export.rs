@@ -99,7 +99,13 @@ impl Bench {
         let builder = &mut self.builder;
         let exported = store.expire(self.now_ms, true, |expired| {
             let prefix = store.prefix(expired.connection.deny_prefix);
-            let record = records::build(&expired, &prefix, networks, Default::default());
+            let record = records::build(
+                &expired,
+                &prefix,
+                networks,
+                Default::default(),
+                &Default::default(),
+            );
             builder.push(record.flow.template_id(), &record);
         }) as u64;
         self.process.export(self.builder.finish());

@@ -102,7 +102,13 @@ fn main() {
         let t = Instant::now();
         sent += store.expire(clock(), polled, |expired| {
             let prefix = store.prefix(expired.connection.deny_prefix);
-            let record = records::build(&expired, &prefix, &networks, Default::default());
+            let record = records::build(
+                &expired,
+                &prefix,
+                &networks,
+                Default::default(),
+                &Default::default(),
+            );
             builder.push(record.flow.template_id(), &record);
         }) as u64;
         process.export(builder.finish());

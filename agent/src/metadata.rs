@@ -1,0 +1,1042 @@
+//! Kubernetes metadata: pods and services from the API server, kept current by kube-rs
+//! watchers (list, then watch from the list's resource version, relisting after 410 Gone),
+//! and indexed for the record builder: pod by IP at a point in time, pod by container id,
+//! and service port by cluster IP, port and protocol. Records never call the API.
+//!
+//! An IP belongs to at most one pod at a time. A pod's claim on an IP runs from the pod's
+//! creation (or from the moment an earlier pod's claim on that IP ended, whichever is later)
+//! until the pod is deleted, reaches a terminal phase or drops the IP. Ended claims are kept
+//! for [`ENDED_RETENTION_MS`], so that a connection is attributed to the pod that held its
+//! address when the connection started, and never to a later pod that reused the address.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::attribution::FlowOwners;
+use crate::config::{KubernetesConfig, PodScope};
+use crate::store::{ConnKey, Connection};
+
+/// How long the index remembers a pod after it ended (and its claims on IPs).
+pub const ENDED_RETENTION_MS: u64 = 60 * 60 * 1_000;
+/// Ended claims remembered per IP (the oldest are forgotten first).
+const ENDED_CLAIMS_PER_IP: usize = 4;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a record needs to know of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodMeta {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    /// `spec.nodeName`; empty while unscheduled.
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The parts of a Pod object the index uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub meta: PodMeta,
+    /// `metadata.creationTimestamp` in Unix milliseconds (0 when absent).
+    pub created_ms: u64,
+    /// `status.podIPs` (with `status.podIP`); empty for host-network pods, whose address is
+    /// the node's, and for pods in a terminal phase, whose address is released.
+    pub ips: Vec<IpAddr>,
+    /// Container ids from the container statuses, without the runtime prefix.
+    pub container_ids: Vec<String>,
+}
+
+/// Strips `containerd://`, `cri-o://`, `docker://` and the like.
+fn bare_container_id(id: &str) -> &str {
+    id.split_once("://").map_or(id, |(_, rest)| rest)
+}
+
+impl PodView {
+    /// Extracts what the index needs; `None` for a pod without a uid or name.
+    pub fn from_pod(pod: &Pod) -> Option<Self> {
+        let metadata = &pod.metadata;
+        let uid = metadata.uid.clone().filter(|u| !u.is_empty())?;
+        let name = metadata.name.clone().filter(|n| !n.is_empty())?;
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let terminal = matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        let mut ips = Vec::new();
+        if !host_network && !terminal {
+            let listed = status
+                .and_then(|s| s.pod_ips.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|p| p.ip.as_str());
+            let single = status.and_then(|s| s.pod_ip.as_deref());
+            for text in listed.chain(single) {
+                if let Ok(ip) = text.parse::<IpAddr>()
+                    && !ips.contains(&ip)
+                {
+                    ips.push(ip);
+                }
+            }
+        }
+        let container_ids = status
+            .into_iter()
+            .flat_map(|s| {
+                [
+                    s.container_statuses.as_ref(),
+                    s.init_container_statuses.as_ref(),
+                    s.ephemeral_container_statuses.as_ref(),
+                ]
+            })
+            .flatten()
+            .flatten()
+            .filter_map(|c| c.container_id.as_deref())
+            .map(|id| bare_container_id(id).to_owned())
+            .filter(|id| !id.is_empty())
+            .collect();
+        Some(Self {
+            meta: PodMeta {
+                name,
+                namespace: metadata.namespace.clone().unwrap_or_default(),
+                uid,
+                node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+                labels: metadata.labels.clone().unwrap_or_default(),
+            },
+            created_ms: metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_millisecond().max(0) as u64),
+            ips,
+            container_ids,
+        })
+    }
+}
+
+/// One pod's hold on one IP, over `[from_ms, until_ms)`.
+#[derive(Debug, Clone)]
+struct Claim {
+    uid: Arc<str>,
+    pod: Arc<PodMeta>,
+    from_ms: u64,
+    until_ms: u64,
+}
+
+impl Claim {
+    fn live(&self) -> bool {
+        self.until_ms == u64::MAX
+    }
+}
+
+#[derive(Debug)]
+struct PodEntry {
+    meta: Arc<PodMeta>,
+    uid: Arc<str>,
+    ips: Vec<IpAddr>,
+    containers: Vec<String>,
+    /// When the pod was deleted; `None` while it exists.
+    ended_ms: Option<u64>,
+    /// The relist that last saw it.
+    generation: u64,
+}
+
+/// Keeps the newest [`ENDED_CLAIMS_PER_IP`] ended claims.
+fn trim_ended(claims: &mut Vec<Claim>) {
+    let ended = claims.iter().filter(|c| !c.live()).count();
+    if ended > ENDED_CLAIMS_PER_IP {
+        claims.sort_by_key(|c| c.from_ms);
+        let mut surplus = ended - ENDED_CLAIMS_PER_IP;
+        claims.retain(|c| {
+            if surplus > 0 && !c.live() {
+                surplus -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Pods by IP (valid in time), by container id, and by uid.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    pods: HashMap<Arc<str>, PodEntry>,
+    ips: HashMap<IpAddr, Vec<Claim>>,
+    containers: HashMap<String, Arc<str>>,
+    generation: u64,
+}
+
+impl PodIndex {
+    /// Pods that currently exist.
+    pub fn live_pods(&self) -> usize {
+        self.pods.values().filter(|p| p.ended_ms.is_none()).count()
+    }
+
+    /// A pod was listed or changed.
+    pub fn apply(&mut self, view: PodView, now_ms: u64) {
+        let uid: Arc<str> = Arc::from(view.meta.uid.as_str());
+        let generation = self.generation;
+        let (meta, old_ips, old_containers) = match self.pods.get_mut(&uid) {
+            Some(entry) => {
+                if *entry.meta != view.meta {
+                    entry.meta = Arc::new(view.meta.clone());
+                }
+                entry.ended_ms = None;
+                entry.generation = generation;
+                (
+                    Arc::clone(&entry.meta),
+                    std::mem::take(&mut entry.ips),
+                    std::mem::take(&mut entry.containers),
+                )
+            }
+            None => {
+                let meta = Arc::new(view.meta.clone());
+                self.pods.insert(
+                    Arc::clone(&uid),
+                    PodEntry {
+                        meta: Arc::clone(&meta),
+                        uid: Arc::clone(&uid),
+                        ips: Vec::new(),
+                        containers: Vec::new(),
+                        ended_ms: None,
+                        generation,
+                    },
+                );
+                (meta, Vec::new(), Vec::new())
+            }
+        };
+        for ip in &old_ips {
+            if !view.ips.contains(ip) {
+                self.end_claim(*ip, &uid, now_ms);
+            }
+        }
+        for ip in &view.ips {
+            self.claim(*ip, &uid, &meta, view.created_ms, now_ms);
+        }
+        for id in &old_containers {
+            if !view.container_ids.contains(id) {
+                self.containers.remove(id);
+            }
+        }
+        for id in &view.container_ids {
+            self.containers.insert(id.clone(), Arc::clone(&uid));
+        }
+        if let Some(entry) = self.pods.get_mut(&uid) {
+            entry.ips = view.ips;
+            entry.containers = view.container_ids;
+        }
+    }
+
+    /// A pod was deleted.
+    pub fn delete(&mut self, uid: &str, now_ms: u64) {
+        let Some(entry) = self.pods.get_mut(uid) else {
+            return;
+        };
+        if entry.ended_ms.is_some() {
+            return;
+        }
+        entry.ended_ms = Some(now_ms);
+        let uid = Arc::clone(&entry.uid);
+        let ips = entry.ips.clone();
+        for ip in ips {
+            self.end_claim(ip, &uid, now_ms);
+        }
+    }
+
+    /// A relist starts: pods it does not list again are deleted when it ends.
+    pub fn begin_relist(&mut self) {
+        self.generation += 1;
+    }
+
+    /// The relist ended: pods it did not list are gone; old ended pods are forgotten.
+    pub fn end_relist(&mut self, now_ms: u64) {
+        let generation = self.generation;
+        let missing: Vec<Arc<str>> = self
+            .pods
+            .values()
+            .filter(|p| p.ended_ms.is_none() && p.generation != generation)
+            .map(|p| Arc::clone(&p.uid))
+            .collect();
+        for uid in missing {
+            self.delete(&uid, now_ms);
+        }
+        self.prune(now_ms);
+    }
+
+    /// Forgets pods that ended more than [`ENDED_RETENTION_MS`] ago.
+    pub fn prune(&mut self, now_ms: u64) {
+        let horizon = now_ms.saturating_sub(ENDED_RETENTION_MS);
+        let old: Vec<Arc<str>> = self
+            .pods
+            .values()
+            .filter(|p| p.ended_ms.is_some_and(|t| t < horizon))
+            .map(|p| Arc::clone(&p.uid))
+            .collect();
+        for uid in old {
+            if let Some(entry) = self.pods.remove(&uid) {
+                for id in &entry.containers {
+                    if self.containers.get(id).is_some_and(|owner| *owner == uid) {
+                        self.containers.remove(id);
+                    }
+                }
+            }
+        }
+        self.ips.retain(|_, claims| {
+            claims.retain(|c| c.until_ms >= horizon);
+            !claims.is_empty()
+        });
+    }
+
+    fn claim(
+        &mut self,
+        ip: IpAddr,
+        uid: &Arc<str>,
+        meta: &Arc<PodMeta>,
+        created_ms: u64,
+        now: u64,
+    ) {
+        let claims = self.ips.entry(ip).or_default();
+        if let Some(own) = claims.iter_mut().find(|c| c.live() && c.uid == *uid) {
+            own.pod = Arc::clone(meta);
+            return;
+        }
+        // Another pod still holds the address: its hold ends now, ours starts now.
+        let mut from = created_ms;
+        for other in claims.iter_mut().filter(|c| c.live()) {
+            other.until_ms = now;
+            from = from.max(now);
+        }
+        // Claims never overlap: ours starts after every earlier one ended.
+        if let Some(latest_end) = claims.iter().map(|c| c.until_ms).max() {
+            from = from.max(latest_end);
+        }
+        claims.push(Claim {
+            uid: Arc::clone(uid),
+            pod: Arc::clone(meta),
+            from_ms: from,
+            until_ms: u64::MAX,
+        });
+        trim_ended(claims);
+    }
+
+    fn end_claim(&mut self, ip: IpAddr, uid: &Arc<str>, now: u64) {
+        if let Some(claims) = self.ips.get_mut(&ip) {
+            for claim in claims.iter_mut().filter(|c| c.live() && c.uid == *uid) {
+                claim.until_ms = now.max(claim.from_ms);
+            }
+            trim_ended(claims);
+        }
+    }
+
+    /// The pod that held `ip` at `at_ms`.
+    pub fn pod_at(&self, ip: IpAddr, at_ms: u64) -> Option<&Arc<PodMeta>> {
+        self.ips
+            .get(&ip)?
+            .iter()
+            .find(|c| c.from_ms <= at_ms && at_ms < c.until_ms)
+            .map(|c| &c.pod)
+    }
+
+    /// The pod running the container (id as in the pod status, without runtime prefix).
+    pub fn pod_of_container(&self, id: &str) -> Option<&Arc<PodMeta>> {
+        let uid = self.containers.get(id)?;
+        self.pods.get(uid).map(|p| &p.meta)
+    }
+}
+
+/// The parts of a Service object the index uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    /// `namespace/name`.
+    pub name: String,
+    pub cluster_ips: Vec<IpAddr>,
+    /// Port, IP protocol number, port name.
+    pub ports: Vec<(u16, u8, String)>,
+}
+
+fn protocol_number(name: Option<&str>) -> Option<u8> {
+    match name.unwrap_or("TCP") {
+        "TCP" => Some(6),
+        "UDP" => Some(17),
+        "SCTP" => Some(132),
+        _ => None,
+    }
+}
+
+impl ServiceView {
+    /// Extracts what the index needs; `None` without a name.
+    pub fn from_service(service: &Service) -> Option<Self> {
+        let name = service.metadata.name.as_deref().filter(|n| !n.is_empty())?;
+        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+        let spec = service.spec.as_ref();
+        let mut cluster_ips = Vec::new();
+        let listed = spec
+            .and_then(|s| s.cluster_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(String::as_str);
+        for text in listed.chain(spec.and_then(|s| s.cluster_ip.as_deref())) {
+            // "None" marks a headless service.
+            if let Ok(ip) = text.parse::<IpAddr>()
+                && !cluster_ips.contains(&ip)
+            {
+                cluster_ips.push(ip);
+            }
+        }
+        let ports = spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    u16::try_from(p.port).ok()?,
+                    protocol_number(p.protocol.as_deref())?,
+                    p.name.clone().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        Some(Self {
+            name: format!("{namespace}/{name}"),
+            cluster_ips,
+            ports,
+        })
+    }
+
+    /// Antrea's service port name: `namespace/name:port` (`namespace/name` for an unnamed port).
+    fn port_name(&self, port: &str) -> Arc<str> {
+        if port.is_empty() {
+            Arc::from(self.name.as_str())
+        } else {
+            Arc::from(format!("{}:{port}", self.name))
+        }
+    }
+}
+
+type ServiceKey = (IpAddr, u16, u8);
+
+/// Service ports by cluster IP, port and protocol.
+#[derive(Debug, Default)]
+pub struct ServiceIndex {
+    ports: HashMap<ServiceKey, Arc<str>>,
+    by_service: HashMap<String, Vec<ServiceKey>>,
+    /// Services seen by the relist in progress.
+    relisted: Option<Vec<String>>,
+}
+
+impl ServiceIndex {
+    /// Services known.
+    pub fn len(&self) -> usize {
+        self.by_service.len()
+    }
+
+    /// True when no service is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_service.is_empty()
+    }
+
+    /// A service was listed or changed.
+    pub fn apply(&mut self, view: &ServiceView) {
+        self.delete(&view.name);
+        let mut keys = Vec::new();
+        for ip in &view.cluster_ips {
+            for (port, protocol, name) in &view.ports {
+                let key = (*ip, *port, *protocol);
+                self.ports.insert(key, view.port_name(name));
+                keys.push(key);
+            }
+        }
+        self.by_service.insert(view.name.clone(), keys);
+        if let Some(seen) = self.relisted.as_mut() {
+            seen.push(view.name.clone());
+        }
+    }
+
+    /// A service was deleted (`namespace/name`).
+    pub fn delete(&mut self, name: &str) {
+        if let Some(keys) = self.by_service.remove(name) {
+            for key in keys {
+                self.ports.remove(&key);
+            }
+        }
+    }
+
+    /// A relist starts.
+    pub fn begin_relist(&mut self) {
+        self.relisted = Some(Vec::new());
+    }
+
+    /// The relist ended: services it did not list are deleted.
+    pub fn end_relist(&mut self) {
+        let Some(seen) = self.relisted.take() else {
+            return;
+        };
+        let gone: Vec<String> = self
+            .by_service
+            .keys()
+            .filter(|name| !seen.contains(name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.delete(&name);
+        }
+    }
+
+    /// `namespace/name:port` of the service port at `ip:port` over `protocol`.
+    pub fn port_name(&self, ip: IpAddr, port: u16, protocol: u8) -> Option<&Arc<str>> {
+        self.ports.get(&(ip, port, protocol))
+    }
+}
+
+/// What metadata adds to one record.
+#[derive(Debug, Clone, Default)]
+pub struct FlowMeta {
+    /// True when metadata was available (watchers running), even if no pod was found.
+    pub known: bool,
+    pub source: Option<Arc<PodMeta>>,
+    pub destination: Option<Arc<PodMeta>>,
+    pub service_port_name: Option<Arc<str>>,
+}
+
+/// Kubernetes metrics.
+struct KubeMetrics {
+    available: IntGauge,
+    synced: IntGaugeVec,
+    pods: IntGauge,
+    services: IntGauge,
+    relists: IntCounterVec,
+    errors: IntCounterVec,
+    lookups: IntCounterVec,
+}
+
+impl KubeMetrics {
+    fn new(registry: &Registry) -> Self {
+        fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+            let _ = r.register(Box::new(m.clone()));
+            m
+        }
+        let per_resource = |name: &str, help: &str| {
+            register(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), &["resource"]).expect("valid metric"),
+            )
+        };
+        Self {
+            available: register(
+                registry,
+                IntGauge::new(
+                    "flowex_kubernetes_api_configured",
+                    "1 when an API server is configured (in-cluster or kubeconfig); 0: records carry no pod metadata.",
+                )
+                .expect("valid metric"),
+            ),
+            synced: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "flowex_kubernetes_synced",
+                        "1 once the resource's list has been loaded and its watch runs.",
+                    ),
+                    &["resource"],
+                )
+                .expect("valid metric"),
+            ),
+            pods: register(
+                registry,
+                IntGauge::new("flowex_kubernetes_pods", "Pods in the metadata index.")
+                    .expect("valid metric"),
+            ),
+            services: register(
+                registry,
+                IntGauge::new(
+                    "flowex_kubernetes_services",
+                    "Services in the metadata index.",
+                )
+                .expect("valid metric"),
+            ),
+            relists: per_resource(
+                "flowex_kubernetes_lists_total",
+                "Full lists of the resource (the first, and relists after a watch expired).",
+            ),
+            errors: per_resource(
+                "flowex_kubernetes_watch_errors_total",
+                "Failed lists and watches (retried with backoff).",
+            ),
+            lookups: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flowex_records_pod_lookups_total",
+                        "Record ends by how their pod was found: ip, container, none.",
+                    ),
+                    &["end", "result"],
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+}
+
+/// The metadata cache shared by the watchers and the record builder.
+pub struct Metadata {
+    pods: RwLock<PodIndex>,
+    services: RwLock<ServiceIndex>,
+    active: AtomicBool,
+    metrics: Option<KubeMetrics>,
+}
+
+impl Metadata {
+    /// A cache that stays empty (no API server).
+    pub fn disabled(registry: Option<&Registry>) -> Arc<Self> {
+        Arc::new(Self {
+            pods: RwLock::default(),
+            services: RwLock::default(),
+            active: AtomicBool::new(false),
+            metrics: registry.map(KubeMetrics::new),
+        })
+    }
+
+    /// True when watchers feed the cache.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Read access to the pod index.
+    pub fn pods(&self) -> std::sync::RwLockReadGuard<'_, PodIndex> {
+        self.pods.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read access to the service index.
+    pub fn services(&self) -> std::sync::RwLockReadGuard<'_, ServiceIndex> {
+        self.services.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pods_mut(&self) -> std::sync::RwLockWriteGuard<'_, PodIndex> {
+        self.pods.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn services_mut(&self) -> std::sync::RwLockWriteGuard<'_, ServiceIndex> {
+        self.services.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pods of both ends and the service of one connection. A pod is found by the
+    /// end's address when the connection started, else by the container id of the end's
+    /// owning process (host-network pods). `destination` is the address after DNAT.
+    pub fn lookup(
+        &self,
+        key: &ConnKey,
+        connection: &Connection,
+        destination: IpAddr,
+        translated: bool,
+        owners: &FlowOwners,
+    ) -> FlowMeta {
+        if !self.is_active() {
+            return FlowMeta::default();
+        }
+        let start = connection.start_ms;
+        let pods = self.pods();
+        let find = |end: usize, ip: IpAddr, owner: Option<&crate::attribution::EndOwner>| {
+            let (pod, how) = if let Some(pod) = pods.pod_at(ip, start) {
+                (Some(Arc::clone(pod)), "ip")
+            } else if let Some(pod) = owner
+                .map(|o| o.container_id())
+                .filter(|id| !id.is_empty())
+                .and_then(|id| pods.pod_of_container(id))
+            {
+                (Some(Arc::clone(pod)), "container")
+            } else {
+                (None, "none")
+            };
+            if let Some(m) = &self.metrics {
+                m.lookups
+                    .with_label_values(&[["source", "destination"][end], how])
+                    .inc();
+            }
+            pod
+        };
+        let source = find(0, key.source_addr(), owners.source.as_ref());
+        let destination_pod = find(1, destination, owners.destination.as_ref());
+        drop(pods);
+        let service_port_name = if translated {
+            self.services()
+                .port_name(key.destination_addr(), key.destination_port, key.protocol)
+                .cloned()
+        } else {
+            None
+        };
+        FlowMeta {
+            known: true,
+            source,
+            destination: destination_pod,
+            service_port_name,
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        if let Some(m) = &self.metrics {
+            m.pods.set(self.pods().live_pods() as i64);
+            m.services.set(self.services().len() as i64);
+        }
+    }
+
+    /// Applies one pod watch event.
+    pub fn on_pod_event(&self, event: kube::runtime::watcher::Event<Pod>, now_ms: u64) {
+        use kube::runtime::watcher::Event;
+        {
+            let mut pods = self.pods_mut();
+            match event {
+                Event::Init => {
+                    pods.begin_relist();
+                    self.count_list("pods");
+                }
+                Event::InitApply(pod) | Event::Apply(pod) => {
+                    if let Some(view) = PodView::from_pod(&pod) {
+                        pods.apply(view, now_ms);
+                    }
+                }
+                Event::Delete(pod) => {
+                    if let Some(uid) = pod.metadata.uid.as_deref() {
+                        pods.delete(uid, now_ms);
+                    }
+                }
+                Event::InitDone => {
+                    pods.end_relist(now_ms);
+                    self.set_synced("pods", true);
+                }
+            }
+        }
+        self.refresh_gauges();
+    }
+
+    /// Applies one service watch event.
+    pub fn on_service_event(&self, event: kube::runtime::watcher::Event<Service>) {
+        use kube::runtime::watcher::Event;
+        {
+            let mut services = self.services_mut();
+            match event {
+                Event::Init => {
+                    services.begin_relist();
+                    self.count_list("services");
+                }
+                Event::InitApply(service) | Event::Apply(service) => {
+                    if let Some(view) = ServiceView::from_service(&service) {
+                        services.apply(&view);
+                    }
+                }
+                Event::Delete(service) => {
+                    if let Some(view) = ServiceView::from_service(&service) {
+                        services.delete(&view.name);
+                    }
+                }
+                Event::InitDone => {
+                    services.end_relist();
+                    self.set_synced("services", true);
+                }
+            }
+        }
+        self.refresh_gauges();
+    }
+
+    fn count_list(&self, resource: &str) {
+        if let Some(m) = &self.metrics {
+            m.relists.with_label_values(&[resource]).inc();
+        }
+    }
+
+    fn set_synced(&self, resource: &str, synced: bool) {
+        if let Some(m) = &self.metrics {
+            m.synced
+                .with_label_values(&[resource])
+                .set(i64::from(synced));
+        }
+    }
+
+    fn count_error(&self, resource: &str) {
+        if let Some(m) = &self.metrics {
+            m.errors.with_label_values(&[resource]).inc();
+        }
+    }
+}
+
+/// The client for `config`: the kubeconfig file it names, else the usual inference
+/// ($KUBECONFIG, ~/.kube/config, then the in-cluster service account). `Ok(None)` when
+/// none is found; an error when a named kubeconfig cannot be used. The client comes with
+/// the API server's URL.
+pub async fn client(config: &KubernetesConfig) -> anyhow::Result<Option<(kube::Client, String)>> {
+    use anyhow::Context;
+    let client_config = if config.kubeconfig.is_empty() {
+        match kube::Config::infer().await {
+            Ok(c) => c,
+            Err(_) => return Ok(None),
+        }
+    } else {
+        let path = &config.kubeconfig;
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("kubernetes.kubeconfig {path}"))?;
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .with_context(|| format!("kubernetes.kubeconfig {path}"))?
+    };
+    let url = client_config.cluster_url.to_string();
+    let client = kube::Client::try_from(client_config).context("building the Kubernetes client")?;
+    Ok(Some((client, url)))
+}
+
+/// Starts the pod and service watchers on the current runtime, feeding `metadata`.
+/// `node` selects this node's pods unless the scope is the cluster.
+pub fn start_watchers(
+    metadata: &Arc<Metadata>,
+    client: kube::Client,
+    scope: PodScope,
+    node: &str,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use futures_util::StreamExt;
+    use kube::api::Api;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+    metadata.active.store(true, Ordering::Release);
+    if let Some(m) = &metadata.metrics {
+        m.available.set(1);
+        m.synced.with_label_values(&["pods"]).set(0);
+        m.synced.with_label_values(&["services"]).set(0);
+    }
+    let pod_config = match scope {
+        PodScope::Node => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        PodScope::Cluster => watcher::Config::default(),
+    };
+    let pods: Api<Pod> = Api::all(client.clone());
+    let services: Api<Service> = Api::all(client);
+
+    let pod_task = {
+        let metadata = Arc::clone(metadata);
+        // The reflector keeps the current pods (trimmed to what the index reads);
+        // the index adds what a store cannot: time validity of IPs.
+        let (_store, writer) = reflector::store::<Pod>();
+        tokio::spawn(async move {
+            let stream = watcher(pods, pod_config)
+                .default_backoff()
+                .modify(trim_pod)
+                .reflect(writer);
+            let mut stream = std::pin::pin!(stream);
+            let mut failing = false;
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(event) => {
+                        if failing {
+                            tracing::info!("pod watch recovered");
+                            failing = false;
+                        }
+                        metadata.on_pod_event(event, now_ms());
+                    }
+                    Err(error) => {
+                        metadata.count_error("pods");
+                        if !failing {
+                            tracing::warn!("pod watch failed (retrying with backoff): {error}");
+                            failing = true;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let service_task = {
+        let metadata = Arc::clone(metadata);
+        let (_store, writer) = reflector::store::<Service>();
+        tokio::spawn(async move {
+            let stream = watcher(services, watcher::Config::default())
+                .default_backoff()
+                .modify(|s: &mut Service| {
+                    s.metadata.managed_fields = None;
+                    s.metadata.annotations = None;
+                    s.status = None;
+                })
+                .reflect(writer);
+            let mut stream = std::pin::pin!(stream);
+            let mut failing = false;
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(event) => {
+                        if failing {
+                            tracing::info!("service watch recovered");
+                            failing = false;
+                        }
+                        metadata.on_service_event(event);
+                    }
+                    Err(error) => {
+                        metadata.count_error("services");
+                        if !failing {
+                            tracing::warn!("service watch failed (retrying with backoff): {error}");
+                            failing = true;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    vec![pod_task, service_task]
+}
+
+/// Drops what the index never reads, so the reflector's copies stay small.
+fn trim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        for container in spec.containers.iter_mut() {
+            container.env = None;
+            container.volume_mounts = None;
+            container.args = None;
+            container.command = None;
+        }
+        spec.init_containers = None;
+    }
+    if let Some(status) = pod.status.as_mut() {
+        status.conditions = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(uid: &str, name: &str, ip: &str, created_ms: u64) -> PodView {
+        PodView {
+            meta: PodMeta {
+                name: name.into(),
+                namespace: "default".into(),
+                uid: uid.into(),
+                node: "node-a".into(),
+                labels: BTreeMap::new(),
+            },
+            created_ms,
+            ips: vec![ip.parse().unwrap()],
+            container_ids: vec![format!("{uid}-c")],
+        }
+    }
+
+    fn name_at(index: &PodIndex, ip: &str, at: u64) -> Option<String> {
+        index
+            .pod_at(ip.parse().unwrap(), at)
+            .map(|p| p.name.clone())
+    }
+
+    #[test]
+    fn a_reused_ip_is_attributed_by_connection_start() {
+        let mut index = PodIndex::default();
+        index.apply(view("u1", "old", "10.244.0.5", 1_000), 1_500);
+        index.delete("u1", 5_000);
+        index.apply(view("u2", "new", "10.244.0.5", 6_000), 6_500);
+        assert_eq!(name_at(&index, "10.244.0.5", 999), None);
+        assert_eq!(name_at(&index, "10.244.0.5", 1_000).as_deref(), Some("old"));
+        assert_eq!(name_at(&index, "10.244.0.5", 4_999).as_deref(), Some("old"));
+        // Between the old pod's end and the new pod's creation nobody held it.
+        assert_eq!(name_at(&index, "10.244.0.5", 5_500), None);
+        assert_eq!(name_at(&index, "10.244.0.5", 6_000).as_deref(), Some("new"));
+        assert_eq!(index.live_pods(), 1);
+    }
+
+    #[test]
+    fn a_new_pod_seen_before_the_old_ones_deletion_takes_over_from_then() {
+        let mut index = PodIndex::default();
+        index.apply(view("u1", "old", "10.244.0.5", 1_000), 1_000);
+        // The new pod was created at 3000 but shows the address only at 7000, while the
+        // old pod's deletion is not yet seen.
+        index.apply(view("u2", "new", "10.244.0.5", 3_000), 7_000);
+        assert_eq!(name_at(&index, "10.244.0.5", 5_000).as_deref(), Some("old"));
+        assert_eq!(name_at(&index, "10.244.0.5", 7_000).as_deref(), Some("new"));
+        // The late deletion does not shorten the new pod's hold.
+        index.delete("u1", 8_000);
+        assert_eq!(name_at(&index, "10.244.0.5", 9_000).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn a_terminal_phase_or_dropped_ip_ends_the_claim() {
+        let mut index = PodIndex::default();
+        index.apply(view("u1", "job", "10.244.0.9", 1_000), 1_000);
+        let mut done = view("u1", "job", "10.244.0.9", 1_000);
+        done.ips.clear();
+        index.apply(done, 4_000);
+        assert_eq!(name_at(&index, "10.244.0.9", 3_999).as_deref(), Some("job"));
+        assert_eq!(name_at(&index, "10.244.0.9", 4_000), None);
+        assert_eq!(index.live_pods(), 1);
+    }
+
+    #[test]
+    fn a_relist_deletes_what_it_no_longer_lists_and_pruning_forgets_old_pods() {
+        let mut index = PodIndex::default();
+        index.begin_relist();
+        index.apply(view("u1", "a", "10.244.0.1", 1_000), 1_000);
+        index.apply(view("u2", "b", "10.244.0.2", 1_000), 1_000);
+        index.end_relist(1_000);
+        index.begin_relist();
+        index.apply(view("u1", "a", "10.244.0.1", 1_000), 2_000);
+        index.end_relist(2_000);
+        assert_eq!(index.live_pods(), 1);
+        assert_eq!(name_at(&index, "10.244.0.2", 1_500).as_deref(), Some("b"));
+        assert_eq!(name_at(&index, "10.244.0.2", 2_000), None);
+        assert_eq!(
+            index.pod_of_container("u2-c").map(|p| p.name.as_str()),
+            Some("b")
+        );
+        index.prune(2_001 + ENDED_RETENTION_MS);
+        assert_eq!(name_at(&index, "10.244.0.2", 1_500), None);
+        assert!(index.pod_of_container("u2-c").is_none());
+        assert_eq!(
+            index.pod_of_container("u1-c").map(|p| p.name.as_str()),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn ended_claims_per_ip_are_bounded() {
+        let mut index = PodIndex::default();
+        for i in 0..10u64 {
+            let uid = format!("u{i}");
+            index.apply(view(&uid, &uid, "10.244.0.7", i * 100), i * 100);
+            index.delete(&uid, i * 100 + 50);
+        }
+        let claims = &index.ips[&"10.244.0.7".parse::<IpAddr>().unwrap()];
+        assert_eq!(claims.len(), ENDED_CLAIMS_PER_IP);
+        assert_eq!(name_at(&index, "10.244.0.7", 910).as_deref(), Some("u9"));
+        assert_eq!(name_at(&index, "10.244.0.7", 10), None);
+    }
+
+    #[test]
+    fn service_ports_by_cluster_ip() {
+        let mut index = ServiceIndex::default();
+        let web = ServiceView {
+            name: "shop/web".into(),
+            cluster_ips: vec!["10.96.0.10".parse().unwrap(), "fd00:96::a".parse().unwrap()],
+            ports: vec![(80, 6, "http".into()), (53, 17, String::new())],
+        };
+        index.apply(&web);
+        let ip = "10.96.0.10".parse().unwrap();
+        assert_eq!(
+            index.port_name(ip, 80, 6).map(|s| &**s),
+            Some("shop/web:http")
+        );
+        assert_eq!(index.port_name(ip, 53, 17).map(|s| &**s), Some("shop/web"));
+        assert_eq!(index.port_name(ip, 80, 17), None);
+        assert_eq!(
+            index
+                .port_name("fd00:96::a".parse().unwrap(), 80, 6)
+                .map(|s| &**s),
+            Some("shop/web:http")
+        );
+        index.begin_relist();
+        index.end_relist();
+        assert!(index.is_empty());
+        assert_eq!(index.port_name(ip, 80, 6), None);
+    }
+}
