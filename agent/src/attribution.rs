@@ -37,6 +37,19 @@ pub struct EndOwner {
 }
 
 impl EndOwner {
+    /// An owner from its parts (the name is cut at 15 bytes, the container id at 64).
+    pub fn new(pid: u32, cgroup_id: u64, name: &str, container_id: &str) -> Self {
+        let mut bytes = [0u8; 16];
+        let len = name.len().min(15);
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self {
+            pid,
+            cgroup_id,
+            name: bytes,
+            container: ContainerId::new(container_id),
+        }
+    }
+
     /// The process name.
     pub fn name(&self) -> &str {
         let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
