@@ -302,10 +302,10 @@ async fn start_metadata(
     log(
         "info",
         format_args!(
-            "watching {} pods and all services at {}",
+            "watching {} and all services at {}",
             match scope {
-                crate::config::PodScope::Node => format!("node {node_name:?}'s"),
-                crate::config::PodScope::Cluster => "all".to_owned(),
+                crate::config::PodScope::Node => format!("the pods of node {node_name:?}"),
+                crate::config::PodScope::Cluster => "all pods".to_owned(),
             },
             url
         ),

@@ -21,6 +21,10 @@ fn invalid_configs_are_rejected_with_one_clear_line() {
             "export.activeTimeout: must be greater than 0",
         ),
         ("export: {idleTimeout: 5}", "has no unit"),
+        (
+            "kubernetes: {podScope: namespace}",
+            "kubernetes.podScope: unknown variant `namespace`, expected `node` or `cluster`",
+        ),
         ("export: {idleTimeout: 5d}", "unknown unit"),
         (
             "conntrack: {pollInterval: 0ms}",
@@ -121,6 +125,7 @@ export:
     - { name: aggregator, address: "flow-aggregator.flow-aggregator.svc:4739", transport: tcp, maxMessageSize: 65535 }
     - { name: local, address: "[::1]:2055", templateRefresh: 30s, queueCapacity: 1024 }
 deny: { enabled: false, nflogGroup: 9, idleTimeout: 30s }
+kubernetes: { enabled: true, kubeconfig: /etc/flowex/kubeconfig, podScope: cluster }
 metrics: { listen: "0.0.0.0:9400" }
 logging: { level: debug, format: json }
 "#,
@@ -133,6 +138,11 @@ logging: { level: debug, format: json }
     assert_eq!(config.export.collectors[1].max_message_size, 1472);
     assert_eq!(config.export.collectors[1].queue_capacity, 1024);
     assert_eq!(config.deny.nflog_group, 9);
+    assert_eq!(config.kubernetes.kubeconfig, "/etc/flowex/kubeconfig");
+    assert_eq!(
+        config.kubernetes.pod_scope,
+        flowex_agent::config::PodScope::Cluster
+    );
     // Without an explicit id: FNV-32 (FNV-1, as Go's fnv.New32) of the node name.
     let derived = Config::from_yaml("nodeName: worker-7").unwrap();
     assert_eq!(

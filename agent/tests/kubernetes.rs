@@ -4,6 +4,7 @@
 
 #[path = "support/fake_api.rs"]
 mod fake_api;
+mod support;
 
 use std::net::{IpAddr, TcpListener};
 use std::sync::Arc;
@@ -319,4 +320,57 @@ async fn a_kubeconfig_that_cannot_be_read_is_a_clear_error() {
         format!("{error:#}").starts_with("kubernetes.kubeconfig /nonexistent/flowex-kubeconfig"),
         "{error:#}"
     );
+}
+
+/// Not in a cluster and no kubeconfig: the agent runs and exports, says so once in the log,
+/// and the metric says it.
+#[test]
+fn without_an_api_server_the_agent_runs_and_says_so_once() {
+    use std::io::{Read, Write};
+    let ns = support::Netns::new("nokube");
+    let home = std::env::temp_dir().join(format!("{}-home", ns.name));
+    std::fs::create_dir_all(&home).unwrap();
+    let agent = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            env!("CARGO_BIN_EXE_flowex"),
+            "run",
+        ])
+        .args(["--collector", "udp://127.0.0.1:4739", "--duration", "3"])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("HOME", &home)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let metrics = ns.enter(|| {
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9400").unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    });
+    let output = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert_eq!(
+        log.matches("no Kubernetes API server (not in a cluster, no kubeconfig): exporting without pod metadata")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("running: node"), "{log}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "flowex_kubernetes_api_configured 0"),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(home);
 }

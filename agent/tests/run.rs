@@ -1,6 +1,8 @@
 //! End to end: `flowex run` in a "node" namespace exports real TCP, UDP and denied traffic
 //! to collector-sim there; deltas sum exactly to conntrack's final counters.
 
+#[path = "support/fake_api.rs"]
+mod fake_api;
 mod support;
 
 use std::io::{Read, Write};
@@ -9,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use collector_sim::{Collector, CollectorConfig};
+use fake_api::{FakeApi, pod};
 use serde_json::Value;
 use support::{CliEntry, Pair, conntrack_cli};
 
@@ -63,21 +66,49 @@ fn cli_entry(cli: &[CliEntry], protocol: u8, source_port: u16, destination_port:
         })
 }
 
+/// The agent watches this node's pods: records name the client's pod only.
 #[test]
-fn the_agent_exports_real_ipv4_traffic_with_exact_counters() {
-    exports_real_traffic("10.200.0.1".parse().unwrap(), "10.200.0.2".parse().unwrap());
-}
-
-#[test]
-fn the_agent_exports_real_ipv6_traffic_with_exact_counters() {
+fn the_agent_exports_real_ipv4_traffic_with_exact_counters_and_node_scoped_pods() {
     exports_real_traffic(
-        "fd00:200::1".parse().unwrap(),
-        "fd00:200::2".parse().unwrap(),
+        "10.200.0.1".parse().unwrap(),
+        "10.200.0.2".parse().unwrap(),
+        "node",
     );
 }
 
-fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr) {
+/// The agent watches every pod: records name both ends' pods.
+#[test]
+fn the_agent_exports_real_ipv6_traffic_with_exact_counters_and_cluster_scoped_pods() {
+    exports_real_traffic(
+        "fd00:200::1".parse().unwrap(),
+        "fd00:200::2".parse().unwrap(),
+        "cluster",
+    );
+}
+
+fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
     let pair = Pair::new();
+    // The API server the agent watches: the client is a pod of the agent's node (node-a),
+    // the server a pod of node-b.
+    let api = FakeApi::start(
+        pair.server
+            .enter(|| TcpListener::bind("127.0.0.1:0").unwrap()),
+    );
+    api.add(
+        "pods",
+        pod("e2e", "client", "node-a", &[&client_ip.to_string()], &[]),
+    );
+    api.add(
+        "pods",
+        pod("e2e", "server", "node-b", &[&server_ip.to_string()], &[]),
+    );
+    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", pair.server.name));
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let pod_cidr = if client_ip.is_ipv4() {
+        "10.200.0.0/24"
+    } else {
+        "fd00:200::/64"
+    };
     pair.server
         .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);
     pair.server.exec(&[
@@ -93,9 +124,14 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr) {
     let config_path = std::env::temp_dir().join(format!("{}.yaml", pair.server.name));
     std::fs::write(
         &config_path,
-        "conntrack: {pollInterval: 500ms}\n\
-         export: {activeTimeout: 1s, idleTimeout: 3s}\n\
-         deny: {nflogGroup: 7, idleTimeout: 1s}\n",
+        format!(
+            "nodeName: node-a\n\
+             conntrack: {{pollInterval: 500ms}}\n\
+             export: {{activeTimeout: 1s, idleTimeout: 3s, podCIDRs: [\"{pod_cidr}\"]}}\n\
+             deny: {{nflogGroup: 7, idleTimeout: 1s}}\n\
+             kubernetes: {{kubeconfig: {}, podScope: {pod_scope}}}\n",
+            kubeconfig.display()
+        ),
     )
     .unwrap();
     let agent = Command::new("ip")
@@ -213,6 +249,11 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr) {
     assert!(value("flowex_conntrack_events_received_total") > 0.0);
     assert!(value("flowex_poll_duration_seconds_count") >= 2.0);
     assert!(value("flowex_deny_packets_total") >= 1.0);
+    assert_eq!(value("flowex_kubernetes_synced{resource=\"pods\"}"), 1.0);
+    assert_eq!(
+        value("flowex_kubernetes_pods"),
+        if pod_scope == "node" { 1.0 } else { 2.0 }
+    );
 
     let status = wait(agent, Duration::from_secs(30));
     assert!(status.success(), "flowex run failed: {status}");
@@ -279,7 +320,28 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr) {
         .map(|r| r["packetDeltaCount"].as_u64().unwrap())
         .sum();
     assert!(denied_packets >= 1);
+    // Pods: the client (this node's) always; the server (node-b's) only in cluster scope.
+    // Client and server are pods of two nodes: inter-node.
+    let (server_pod, server_node) = if pod_scope == "node" {
+        ("", "")
+    } else {
+        ("server", "node-b")
+    };
+    let exchanged: Vec<&Value> = records
+        .iter()
+        .filter(|r| r[source_key] == client_ip.to_string())
+        .collect();
+    assert!(exchanged.len() >= 8, "{}", exchanged.len());
+    for r in exchanged {
+        assert_eq!(r["sourcePodName"], "client", "{r}");
+        assert_eq!(r["sourcePodNamespace"], "e2e", "{r}");
+        assert_eq!(r["sourceNodeName"], "node-a", "{r}");
+        assert_eq!(r["destinationPodName"], server_pod, "{r}");
+        assert_eq!(r["destinationNodeName"], server_node, "{r}");
+        assert_eq!(r["flowType"], 2, "{r}");
+    }
     let _ = std::fs::remove_file(config_path);
+    let _ = std::fs::remove_file(kubeconfig);
 }
 
 fn http_get(path: &str) -> String {
