@@ -37,15 +37,17 @@ VARIANTS = {
             {"name": "nfacctd", "address": "[fd00::5]:2055", "transport": "udp", "templateRefresh": "1m"},
         ]
     },
-    "monitoring, rbac, tuned agent": {
+    "cluster pod scope": {"config": {"kubernetes": {"podScope": "cluster"}}},
+    "monitoring, no rbac, tuned agent": {
         "metrics": {"port": 9500, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
-        "rbac": {"create": True},
+        "rbac": {"create": False},
         "config": {
             "conntrack": {"pollInterval": "10s", "zones": [0, 7]},
             "export": {"activeTimeout": "30s", "idleTimeout": "1m", "observationDomainId": 7,
                        "podCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"]},
             "deny": {"enabled": False},
             "attribution": {"maxSockets": 262144},
+            "kubernetes": {"enabled": False},
             "logging": {"level": "debug", "format": "text"},
         },
     },
@@ -58,7 +60,21 @@ BAD_VALUES = [
     ({"collectors": []}, "/collectors"),
     ({"config": {"export": {"activeTimeout": "5 seconds"}}}, "/config/export/activeTimeout"),
     ({"config": {"conntrack": {"pollInterval": "5s", "polInterval": "5s"}}}, "/config/conntrack"),
+    ({"config": {"kubernetes": {"podScope": "namespace"}}}, "/config/kubernetes/podScope"),
 ]
+
+# Agent keys the chart sets itself rather than from values.config.
+SET_BY_CHART = {"nodeName", "export.collectors", "attribution.procRoot", "metrics.listen"}
+
+
+def key_paths(tree, prefix=""):
+    """Dotted paths of the leaves (and lists) of a mapping."""
+    for key, value in tree.items():
+        path = prefix + key
+        if isinstance(value, dict):
+            yield from key_paths(value, path + ".")
+        else:
+            yield path
 
 results = []
 
@@ -82,6 +98,15 @@ def flowex_binary():
 def main():
     flowex = flowex_binary()
     chart = helm.Chart.load(CHART)
+
+    # Every option of the agent can be set from values.
+    defaults = yaml.safe_load(subprocess.run([flowex, "print-default-config"], capture_output=True,
+                                             text=True, check=True).stdout)
+    with open(os.path.join(CHART, "values.yaml")) as file:
+        chart_values = yaml.safe_load(file)
+    settable = set(key_paths(chart_values["config"])) | SET_BY_CHART
+    missing = sorted(set(key_paths(defaults)) - settable)
+    check("every agent option can be set from values", not missing, str(missing))
     for variant, values in VARIANTS.items():
         report = helm.lint(CHART, values, strict=True, kube_version="v" + KUBE_VERSION)
         problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
