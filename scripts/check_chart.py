@@ -138,6 +138,11 @@ def main():
                 check(f"{label} valid for Kubernetes {KUBE_VERSION}", False, str(error))
 
         config = next(d for d in documents if d["kind"] == "ConfigMap")["data"]["config.yaml"]
+        if variant == "default":
+            # scripts/check_image.sh checks it inside the image too.
+            os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
+            with open(os.path.join(ROOT, "target", "chart-default-config.yaml"), "w") as file:
+                file.write(config)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
             file.write(config)
         try:

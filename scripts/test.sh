@@ -39,3 +39,5 @@ cargo test --workspace --locked
 echo "== Helm chart: lint, render, Kubernetes schemas, flowex check-config"
 # target/debug/flowex is the binary `cargo test` built for the agent's integration tests.
 python3 scripts/check_chart.py target/debug/flowex
+echo "== Container image: buildah build of Containerfile, flowex run inside with podman"
+bash scripts/check_image.sh

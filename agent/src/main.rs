@@ -16,7 +16,7 @@ use serde_json::json;
 ///
 /// `flowex run` exports conntrack connections and NFLOG denials as IPFIX records.
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "flowex", version, verbatim_doc_comment)]
 struct Args {
     #[command(subcommand)]
     command: Command,
