@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::attribution::FlowOwners;
 use crate::config::{KubernetesConfig, PodScope};
@@ -516,7 +516,8 @@ struct KubeMetrics {
     services: IntGauge,
     relists: IntCounterVec,
     errors: IntCounterVec,
-    lookups: IntCounterVec,
+    /// Per end (source, destination), per result (ip, container, none).
+    lookups: [[IntCounter; 3]; 2],
 }
 
 impl KubeMetrics {
@@ -531,7 +532,22 @@ impl KubeMetrics {
                 IntCounterVec::new(Opts::new(name, help), &["resource"]).expect("valid metric"),
             )
         };
+        let lookups = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "flowex_records_pod_lookups_total",
+                    "Record ends by how their pod was found: ip, container, none.",
+                ),
+                &["end", "result"],
+            )
+            .expect("valid metric"),
+        );
+        let per_end = |end: &str| {
+            ["ip", "container", "none"].map(|result| lookups.with_label_values(&[end, result]))
+        };
         Self {
+            lookups: [per_end("source"), per_end("destination")],
             available: register(
                 registry,
                 IntGauge::new(
@@ -572,17 +588,6 @@ impl KubeMetrics {
                 "flowex_kubernetes_watch_errors_total",
                 "Failed lists and watches (retried with backoff).",
             ),
-            lookups: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "flowex_records_pod_lookups_total",
-                        "Record ends by how their pod was found: ip, container, none.",
-                    ),
-                    &["end", "result"],
-                )
-                .expect("valid metric"),
-            ),
         }
     }
 }
@@ -609,6 +614,12 @@ impl Metadata {
     /// True when watchers feed the cache.
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Marks the cache as fed: records get looked up from now on. [`start_watchers`] does
+    /// it; benchmarks that feed events by hand call it themselves.
+    pub fn mark_active(&self) {
+        self.active.store(true, Ordering::Release);
     }
 
     /// Read access to the pod index.
@@ -647,20 +658,18 @@ impl Metadata {
         let pods = self.pods();
         let find = |end: usize, ip: IpAddr, owner: Option<&crate::attribution::EndOwner>| {
             let (pod, how) = if let Some(pod) = pods.pod_at(ip, start) {
-                (Some(Arc::clone(pod)), "ip")
+                (Some(Arc::clone(pod)), 0)
             } else if let Some(pod) = owner
                 .map(|o| o.container_id())
                 .filter(|id| !id.is_empty())
                 .and_then(|id| pods.pod_of_container(id))
             {
-                (Some(Arc::clone(pod)), "container")
+                (Some(Arc::clone(pod)), 1)
             } else {
-                (None, "none")
+                (None, 2)
             };
             if let Some(m) = &self.metrics {
-                m.lookups
-                    .with_label_values(&[["source", "destination"][end], how])
-                    .inc();
+                m.lookups[end][how].inc();
             }
             pod
         };
@@ -804,7 +813,7 @@ pub fn start_watchers(
     use kube::api::Api;
     use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-    metadata.active.store(true, Ordering::Release);
+    metadata.mark_active();
     if let Some(m) = &metadata.metrics {
         m.available.set(1);
         m.synced.with_label_values(&["pods"]).set(0);
@@ -1072,7 +1081,7 @@ mod tests {
         use crate::records::{PodNetworks, destination, flow_type};
         let registry = Registry::new();
         let metadata = Metadata::disabled(Some(&registry));
-        metadata.active.store(true, Ordering::Release);
+        metadata.mark_active();
         let now = now_ms();
         metadata.on_pod_event(
             pod_event(pod_json(

@@ -17,6 +17,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flowex_agent::conntrack::ConntrackEntry;
 use flowex_agent::deny::{DenyEvent, PacketTuple};
 use flowex_agent::export::{BatchBuilder, CollectorStats, ExportingProcess};
+use flowex_agent::metadata::Metadata;
 use flowex_agent::records::{self, PodNetworks};
 use flowex_agent::store::{ConnectionStore, Timeouts};
 use flowex_benches::{
@@ -54,6 +55,8 @@ struct Bench {
     now_ms: u64,
     /// Allocations and bytes during the timed exports only.
     allocations: (u64, u64),
+    /// Pod metadata looked up for every record, when set.
+    metadata: Option<std::sync::Arc<Metadata>>,
 }
 
 impl Bench {
@@ -83,7 +86,61 @@ impl Bench {
             sent: 0,
             now_ms: 1_764_000_000_000,
             allocations: (0, 0),
+            metadata: None,
         }
+    }
+
+    /// Makes every record look up its pods: one pod per source address of [`entry`]
+    /// (`CONNECTIONS` pods, on two nodes), and a service on every destination.
+    fn with_pods(mut self) -> Self {
+        use k8s_openapi::api::core::v1::{
+            Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        use kube::runtime::watcher::Event;
+        let metadata = Metadata::disabled(Some(&prometheus::Registry::new()));
+        for i in 0..CONNECTIONS as u32 {
+            let ip = IpAddr::from([10, 244, (i >> 8) as u8, i as u8]).to_string();
+            let pod = Pod {
+                metadata: ObjectMeta {
+                    name: Some(format!("client-{i}")),
+                    namespace: Some("bench".into()),
+                    uid: Some(format!("uid-{i}")),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PodSpec {
+                    node_name: Some(format!("node-{}", i % 2)),
+                    ..PodSpec::default()
+                }),
+                status: Some(PodStatus {
+                    phase: Some("Running".into()),
+                    pod_ips: Some(vec![PodIP { ip }]),
+                    ..PodStatus::default()
+                }),
+            };
+            metadata.on_pod_event(Event::Apply(pod), 0);
+        }
+        let service = Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("bench".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.1".into()),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 8080,
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        };
+        metadata.on_service_event(Event::Apply(service));
+        metadata.mark_active();
+        self.metadata = Some(metadata);
+        self
     }
 
     fn stats(&self) -> &CollectorStats {
@@ -97,15 +154,25 @@ impl Bench {
         let store = &self.store;
         let networks = &self.networks;
         let builder = &mut self.builder;
+        let metadata = self.metadata.as_deref();
         let exported = store.expire(self.now_ms, true, |expired| {
             let prefix = store.prefix(expired.connection.deny_prefix);
-            let record = records::build(
-                &expired,
-                &prefix,
-                networks,
-                Default::default(),
-                &Default::default(),
-            );
+            let owners = Default::default();
+            let meta = match metadata {
+                Some(metadata) => {
+                    let (destination, translated) =
+                        records::destination(expired.key, expired.connection);
+                    metadata.lookup(
+                        expired.key,
+                        expired.connection,
+                        destination,
+                        translated,
+                        &owners,
+                    )
+                }
+                None => Default::default(),
+            };
+            let record = records::build(&expired, &prefix, networks, owners, &meta);
             builder.push(record.flow.template_id(), &record);
         }) as u64;
         self.process.export(self.builder.finish());
@@ -148,7 +215,16 @@ impl Bench {
 }
 
 fn export_conntrack(c: &mut Criterion) {
-    let mut bench = Bench::new();
+    export_conntrack_with(c, Bench::new(), "20k_conns_2k_dying", "export_conntrack");
+    export_conntrack_with(
+        c,
+        Bench::new().with_pods(),
+        "20k_conns_2k_dying_with_pods",
+        "export_conntrack with pod metadata",
+    );
+}
+
+fn export_conntrack_with(c: &mut Criterion, mut bench: Bench, id: &str, report: &str) {
     let mut active: Vec<ConntrackEntry> = (0..(CONNECTIONS - DYING) as u32).map(entry).collect();
     let mut next_dying = 1_000_000u32;
     // Untimed first round: the connections enter the store and become due a second later.
@@ -161,7 +237,7 @@ fn export_conntrack(c: &mut Criterion) {
     bench.allocations = (0, 0);
     let mut group = c.benchmark_group("export_conntrack");
     group.throughput(Throughput::Elements(CONNECTIONS as u64));
-    group.bench_function("20k_conns_2k_dying", |b| {
+    group.bench_function(id, |b| {
         b.iter_custom(|iterations| {
             let mut timed = Duration::ZERO;
             for _ in 0..iterations {
@@ -191,7 +267,7 @@ fn export_conntrack(c: &mut Criterion) {
         })
     });
     group.finish();
-    bench.report("export_conntrack");
+    bench.report(report);
 }
 
 fn export_deny(c: &mut Criterion) {

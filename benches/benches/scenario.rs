@@ -100,6 +100,7 @@ fn main() {
             poll_ms += t.elapsed().as_millis();
         }
         let t = Instant::now();
+        let no_metadata = Default::default();
         sent += store.expire(clock(), polled, |expired| {
             let prefix = store.prefix(expired.connection.deny_prefix);
             let record = records::build(
@@ -107,7 +108,7 @@ fn main() {
                 &prefix,
                 &networks,
                 Default::default(),
-                &Default::default(),
+                &no_metadata,
             );
             builder.push(record.flow.template_id(), &record);
         }) as u64;
