@@ -3,6 +3,10 @@
 //! and indexed for the record builder: pod by IP at a point in time, pod by container id,
 //! and service port by cluster IP, port and protocol. Records never call the API.
 //!
+//! The indexes are the watchers' reflector: each event updates them directly, and no copy
+//! of a Pod or Service object is kept (kube-rs's `reflector::Store` would keep the latest
+//! object per key, but not what the index needs, ended pods' holds on their IPs).
+//!
 //! An IP belongs to at most one pod at a time. A pod's claim on an IP runs from the pod's
 //! creation (or from the moment an earlier pod's claim on that IP ended, whichever is later)
 //! until the pod is deleted, reaches a terminal phase or drops the IP. Ended claims are kept
@@ -811,7 +815,7 @@ pub fn start_watchers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     use futures_util::StreamExt;
     use kube::api::Api;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::runtime::{WatchStreamExt, watcher};
 
     metadata.mark_active();
     if let Some(m) = &metadata.metrics {
@@ -828,14 +832,8 @@ pub fn start_watchers(
 
     let pod_task = {
         let metadata = Arc::clone(metadata);
-        // The reflector keeps the current pods (trimmed to what the index reads);
-        // the index adds what a store cannot: time validity of IPs.
-        let (_store, writer) = reflector::store::<Pod>();
         tokio::spawn(async move {
-            let stream = watcher(pods, pod_config)
-                .default_backoff()
-                .modify(trim_pod)
-                .reflect(writer);
+            let stream = watcher(pods, pod_config).default_backoff();
             let mut stream = std::pin::pin!(stream);
             let mut failing = false;
             while let Some(item) = stream.next().await {
@@ -860,16 +858,8 @@ pub fn start_watchers(
     };
     let service_task = {
         let metadata = Arc::clone(metadata);
-        let (_store, writer) = reflector::store::<Service>();
         tokio::spawn(async move {
-            let stream = watcher(services, watcher::Config::default())
-                .default_backoff()
-                .modify(|s: &mut Service| {
-                    s.metadata.managed_fields = None;
-                    s.metadata.annotations = None;
-                    s.status = None;
-                })
-                .reflect(writer);
+            let stream = watcher(services, watcher::Config::default()).default_backoff();
             let mut stream = std::pin::pin!(stream);
             let mut failing = false;
             while let Some(item) = stream.next().await {
@@ -893,26 +883,6 @@ pub fn start_watchers(
         })
     };
     vec![pod_task, service_task]
-}
-
-/// Drops what the index never reads, so the reflector's copies stay small.
-fn trim_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    pod.metadata.owner_references = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.volumes = None;
-        for container in spec.containers.iter_mut() {
-            container.env = None;
-            container.volume_mounts = None;
-            container.args = None;
-            container.command = None;
-        }
-        spec.init_containers = None;
-    }
-    if let Some(status) = pod.status.as_mut() {
-        status.conditions = None;
-    }
 }
 
 #[cfg(test)]
