@@ -646,18 +646,12 @@ impl Metadata {
 
     /// The pods of both ends and the service of one connection. A pod is found by the
     /// end's address when the connection started, else by the container id of the end's
-    /// owning process (host-network pods). `destination` is the address after DNAT.
-    pub fn lookup(
-        &self,
-        key: &ConnKey,
-        connection: &Connection,
-        destination: IpAddr,
-        translated: bool,
-        owners: &FlowOwners,
-    ) -> FlowMeta {
+    /// owning process (host-network pods). The destination is the address after DNAT.
+    pub fn lookup(&self, key: &ConnKey, connection: &Connection, owners: &FlowOwners) -> FlowMeta {
         if !self.is_active() {
             return FlowMeta::default();
         }
+        let (destination, translated) = crate::records::destination(key, connection);
         let start = connection.start_ms;
         let pods = self.pods();
         let find = |end: usize, ip: IpAddr, owner: Option<&crate::attribution::EndOwner>| {
@@ -813,7 +807,6 @@ pub fn start_watchers(
     scope: PodScope,
     node: &str,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    use futures_util::StreamExt;
     use kube::api::Api;
     use kube::runtime::{WatchStreamExt, watcher};
 
@@ -830,59 +823,55 @@ pub fn start_watchers(
     let pods: Api<Pod> = Api::all(client.clone());
     let services: Api<Service> = Api::all(client);
 
-    let pod_task = {
-        let metadata = Arc::clone(metadata);
-        tokio::spawn(async move {
-            let stream = watcher(pods, pod_config).default_backoff();
-            let mut stream = std::pin::pin!(stream);
-            let mut failing = false;
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(event) => {
-                        if failing {
-                            tracing::info!("pod watch recovered");
-                            failing = false;
-                        }
-                        metadata.on_pod_event(event, now_ms());
-                    }
-                    Err(error) => {
-                        metadata.count_error("pods");
-                        if !failing {
-                            tracing::warn!("pod watch failed (retrying with backoff): {error}");
-                            failing = true;
-                        }
-                    }
+    let pod_events = watcher(pods, pod_config).default_backoff();
+    let service_events = watcher(services, watcher::Config::default()).default_backoff();
+    vec![
+        tokio::spawn(follow(
+            pod_events,
+            "pods",
+            Arc::clone(metadata),
+            |m, event| m.on_pod_event(event, now_ms()),
+        )),
+        tokio::spawn(follow(
+            service_events,
+            "services",
+            Arc::clone(metadata),
+            |m, event| m.on_service_event(event),
+        )),
+    ]
+}
+
+/// Applies a watcher's events until it ends; failures are counted, and logged once until
+/// the watch recovers (the watcher retries with backoff by itself).
+async fn follow<K>(
+    events: impl futures_util::Stream<
+        Item = Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>,
+    >,
+    resource: &'static str,
+    metadata: Arc<Metadata>,
+    apply: impl Fn(&Metadata, kube::runtime::watcher::Event<K>),
+) {
+    use futures_util::StreamExt;
+    let mut events = std::pin::pin!(events);
+    let mut failing = false;
+    while let Some(item) = events.next().await {
+        match item {
+            Ok(event) => {
+                if failing {
+                    tracing::info!("{resource} watch recovered");
+                    failing = false;
+                }
+                apply(&metadata, event);
+            }
+            Err(error) => {
+                metadata.count_error(resource);
+                if !failing {
+                    tracing::warn!("{resource} watch failed (retrying with backoff): {error}");
+                    failing = true;
                 }
             }
-        })
-    };
-    let service_task = {
-        let metadata = Arc::clone(metadata);
-        tokio::spawn(async move {
-            let stream = watcher(services, watcher::Config::default()).default_backoff();
-            let mut stream = std::pin::pin!(stream);
-            let mut failing = false;
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(event) => {
-                        if failing {
-                            tracing::info!("service watch recovered");
-                            failing = false;
-                        }
-                        metadata.on_service_event(event);
-                    }
-                    Err(error) => {
-                        metadata.count_error("services");
-                        if !failing {
-                            tracing::warn!("service watch failed (retrying with backoff): {error}");
-                            failing = true;
-                        }
-                    }
-                }
-            }
-        })
-    };
-    vec![pod_task, service_task]
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1106,7 +1095,7 @@ mod tests {
         c.reply_source = key("10.244.2.7", "10.244.2.7", 0).0.source;
         let (dst, translated) = destination(&k, &c);
         assert_eq!((dst, translated), ("10.244.2.7".parse().unwrap(), true));
-        let meta = metadata.lookup(&k, &c, dst, translated, &no_owners);
+        let meta = metadata.lookup(&k, &c, &no_owners);
         assert_eq!(meta.source.as_ref().unwrap().name, "web");
         assert_eq!(meta.destination.as_ref().unwrap().node, "node-b");
         assert_eq!(meta.service_port_name.as_deref(), Some("shop/db:sql"));
@@ -1123,7 +1112,7 @@ mod tests {
             now,
         );
         let (k, c) = key("10.244.1.5", "10.244.1.9", 6379);
-        let meta = metadata.lookup(&k, &c, k.destination_addr(), false, &no_owners);
+        let meta = metadata.lookup(&k, &c, &no_owners);
         assert_eq!(meta.service_port_name, None);
         assert_eq!(
             flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
@@ -1132,7 +1121,7 @@ mod tests {
 
         // To the outside; and from the host-network pod, found by its container.
         let (k, c) = key("10.244.1.5", "1.1.1.1", 443);
-        let meta = metadata.lookup(&k, &c, k.destination_addr(), false, &no_owners);
+        let meta = metadata.lookup(&k, &c, &no_owners);
         assert_eq!(
             flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
             3
@@ -1142,7 +1131,7 @@ mod tests {
             source: Some(EndOwner::new(42, 7, "agent", &"agent".repeat(64)[..64])),
             destination: None,
         };
-        let meta = metadata.lookup(&k, &c, k.destination_addr(), false, &owners);
+        let meta = metadata.lookup(&k, &c, &owners);
         assert_eq!(meta.source.as_ref().map(|p| p.name.as_str()), Some("agent"));
         assert_eq!(
             meta.destination.as_ref().map(|p| p.name.as_str()),
@@ -1150,7 +1139,7 @@ mod tests {
         );
         // The finished job's address names nobody.
         let (k, c) = key("10.244.1.8", "1.1.1.1", 443);
-        let meta = metadata.lookup(&k, &c, k.destination_addr(), false, &no_owners);
+        let meta = metadata.lookup(&k, &c, &no_owners);
         assert!(meta.source.is_none());
         assert_eq!(
             flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
@@ -1160,7 +1149,7 @@ mod tests {
         // The record carries it all.
         let (k, mut c) = key("10.244.1.5", "10.96.0.7", 5432);
         c.reply_source = key("10.244.2.7", "10.244.2.7", 0).0.source;
-        let meta = metadata.lookup(&k, &c, "10.244.2.7".parse().unwrap(), true, &no_owners);
+        let meta = metadata.lookup(&k, &c, &no_owners);
         let expired = crate::store::Expired {
             key: &k,
             connection: &c,

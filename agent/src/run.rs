@@ -332,18 +332,7 @@ fn push_record(
     } else {
         Default::default()
     };
-    let meta = if metadata.is_active() {
-        let (destination, translated) = records::destination(expired.key, expired.connection);
-        metadata.lookup(
-            expired.key,
-            expired.connection,
-            destination,
-            translated,
-            &owners,
-        )
-    } else {
-        Default::default()
-    };
+    let meta = metadata.lookup(expired.key, expired.connection, &owners);
     let record = records::build(expired, &prefix, networks, owners, &meta);
     builder.push(record.flow.template_id(), &record);
 }

@@ -158,20 +158,9 @@ impl Bench {
         let exported = store.expire(self.now_ms, true, |expired| {
             let prefix = store.prefix(expired.connection.deny_prefix);
             let owners = Default::default();
-            let meta = match metadata {
-                Some(metadata) => {
-                    let (destination, translated) =
-                        records::destination(expired.key, expired.connection);
-                    metadata.lookup(
-                        expired.key,
-                        expired.connection,
-                        destination,
-                        translated,
-                        &owners,
-                    )
-                }
-                None => Default::default(),
-            };
+            let meta = metadata.map_or_else(Default::default, |m| {
+                m.lookup(expired.key, expired.connection, &owners)
+            });
             let record = records::build(&expired, &prefix, networks, owners, &meta);
             builder.push(record.flow.template_id(), &record);
         }) as u64;
