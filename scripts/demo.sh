@@ -2,7 +2,10 @@
 # The main job, end to end, as root: two network namespaces joined by a veth pair (a client
 # and a "node"), collector-sim and the flowex agent running in the node namespace, real
 # HTTP and UDP traffic plus a connection denied by an nftables rule, then the decoded
-# records and collector-sim's counters. Everything is removed afterwards.
+# records and collector-sim's counters. There is no cluster here: a stand-in API server (a
+# few lines of Python below, serving a static pod list and an idle watch) tells the agent
+# that 10.233.0.1 is pod demo/client and 10.233.0.2 pod demo/web, so the records carry pod
+# names. Everything is removed afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +23,7 @@ client=fxdemo-client-$$
 node=fxdemo-node-$$
 out=$(mktemp -d)
 cleanup() {
-  kill "${collector:-}" "${web:-}" 2>/dev/null || true
+  kill "${collector:-}" "${web:-}" "${api:-}" 2>/dev/null || true
   ip netns del "$client" 2>/dev/null || true
   ip netns del "$node" 2>/dev/null || true
   rm -rf "$out"
@@ -48,14 +51,61 @@ table inet demo {
 }
 NFT
 
-echo "== collector-sim and flowex start in the node namespace"
+echo "== collector-sim, a stand-in Kubernetes API server and flowex start in the node namespace"
+ip netns exec "$node" python3 - >"$out/api.log" 2>&1 <<'PY' &
+import http.server, json, time
+PODS = [("client", "10.233.0.1", "other-node"), ("web", "10.233.0.2", "demo-node")]
+def pod(name, ip, node):
+    return {"metadata": {"name": name, "namespace": "demo", "uid": "uid-" + name,
+                         "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+class Api(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        if "watch=" in self.path:  # no changes: hold the watch open
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(30)
+            return
+        kind = "Pod" if self.path.startswith("/api/v1/pods") else "Service"
+        items = [pod(*p) for p in PODS] if kind == "Pod" else []
+        body = json.dumps({"kind": kind + "List", "apiVersion": "v1",
+                           "metadata": {"resourceVersion": "1"}, "items": items}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("127.0.0.1", 6443), Api).serve_forever()
+PY
+api=$!
+cat >"$out/kubeconfig" <<'EOF'
+apiVersion: v1
+kind: Config
+clusters: [{name: demo, cluster: {server: "http://127.0.0.1:6443"}}]
+users: [{name: demo, user: {}}]
+contexts: [{name: demo, context: {cluster: demo, user: demo}}]
+current-context: demo
+EOF
+cat >"$out/flowex.yaml" <<EOF
+nodeName: demo-node
+export: {podCIDRs: ["10.233.0.0/24"]}
+kubernetes: {kubeconfig: $out/kubeconfig, podScope: cluster}
+EOF
 ip netns exec "$node" "$bin/collector-sim" --listen udp://127.0.0.1:4739 --json --duration 20 \
   >"$out/records.jsonl" 2>"$out/collector.log" &
 collector=$!
 ip netns exec "$node" python3 -m http.server 8080 --bind 10.233.0.2 >/dev/null 2>&1 &
 web=$!
 sleep 0.5
-ip netns exec "$node" "$bin/flowex" run --collector udp://127.0.0.1:4739 --duration 6 2>"$out/flowex.log" &
+ip netns exec "$node" "$bin/flowex" run --config "$out/flowex.yaml" --collector udp://127.0.0.1:4739 \
+  --duration 6 2>"$out/flowex.log" &
 agent=$!
 sleep 1
 
@@ -79,7 +129,7 @@ sleep 1
 kill -INT "$collector"
 wait "$collector" || true
 cat "$out/flowex.log"
-echo "== records collector-sim decoded (5-tuple, reason, bytes, owning processes, policy)"
+echo "== records collector-sim decoded (5-tuple, reason, bytes, pods, flowType, owning processes, policy)"
 python3 - "$out/records.jsonl" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -91,7 +141,8 @@ for r in records:
     policy = r.get("ingressNetworkPolicyName") or ""
     print(f'{r["sourceIPv4Address"]}:{r["sourceTransportPort"]} -> {r["destinationIPv4Address"]}:{r["destinationTransportPort"]} '
           f'proto={r["protocolIdentifier"]} reason={r["flowEndReason"]} octets={r["octetDeltaCount"]}/{r["reverseOctetDeltaCount"]} '
-          f'state={r["tcpState"]} owners={owner("source")}->{owner("destination")} {("denied by " + policy) if policy else ""}')
+          f'state={r["tcpState"]} pods={r["sourcePodName"] or "-"}->{r["destinationPodName"] or "-"} flowType={r["flowType"]} '
+          f'owners={owner("source")}->{owner("destination")} {("denied by " + policy) if policy else ""}')
 print("== collector-sim's counters")
 print(json.dumps(summary))
 PY
