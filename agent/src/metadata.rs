@@ -24,7 +24,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 
 use crate::attribution::FlowOwners;
 use crate::config::{KubernetesConfig, PodScope};
-use crate::store::{ConnKey, Connection};
+use crate::store::{ConnKey, Connection, FxHasher};
 
 /// How long the index remembers a pod after it ended (and its claims on IPs).
 pub const ENDED_RETENTION_MS: u64 = 60 * 60 * 1_000;
@@ -155,19 +155,98 @@ struct PodEntry {
     generation: u64,
 }
 
+/// The store's FxHasher with a final mix: pod addresses differ only in their last octets,
+/// which the plain Fx step leaves out of the low bits that pick a bucket.
+#[derive(Debug, Default, Clone, Copy)]
+struct MixBuild;
+
+#[derive(Debug, Default)]
+struct MixHasher(FxHasher);
+
+impl std::hash::Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        // The finaliser of MurmurHash3 (fmix64).
+        let mut h = self.0.finish();
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+impl std::hash::BuildHasher for MixBuild {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher::default()
+    }
+}
+
+/// The claims on one IP. Almost every IP has exactly one, so the first is stored inline:
+/// a lookup reads no second allocation.
+#[derive(Debug, Default)]
+struct Holds {
+    first: Option<Claim>,
+    /// Empty while `first` is `None`.
+    more: Vec<Claim>,
+}
+
+impl Holds {
+    fn iter(&self) -> impl Iterator<Item = &Claim> {
+        self.first.iter().chain(self.more.iter())
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Claim> {
+        self.first.iter_mut().chain(self.more.iter_mut())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn push(&mut self, claim: Claim) {
+        if self.first.is_none() {
+            self.first = Some(claim);
+        } else {
+            self.more.push(claim);
+        }
+    }
+
+    /// Rewrites the claims as a list (off the lookup path: changes only).
+    fn edit(&mut self, f: impl FnOnce(&mut Vec<Claim>)) {
+        let mut all: Vec<Claim> = self.first.take().into_iter().collect();
+        all.append(&mut self.more);
+        f(&mut all);
+        let mut rest = all.into_iter();
+        self.first = rest.next();
+        self.more = rest.collect();
+    }
+}
+
 /// Keeps the newest [`ENDED_CLAIMS_PER_IP`] ended claims.
-fn trim_ended(claims: &mut Vec<Claim>) {
+fn trim_ended(claims: &mut Holds) {
     let ended = claims.iter().filter(|c| !c.live()).count();
     if ended > ENDED_CLAIMS_PER_IP {
-        claims.sort_by_key(|c| c.from_ms);
-        let mut surplus = ended - ENDED_CLAIMS_PER_IP;
-        claims.retain(|c| {
-            if surplus > 0 && !c.live() {
-                surplus -= 1;
-                false
-            } else {
-                true
-            }
+        claims.edit(|all| {
+            all.sort_by_key(|c| c.from_ms);
+            let mut surplus = ended - ENDED_CLAIMS_PER_IP;
+            all.retain(|c| {
+                if surplus > 0 && !c.live() {
+                    surplus -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
         });
     }
 }
@@ -176,15 +255,17 @@ fn trim_ended(claims: &mut Vec<Claim>) {
 #[derive(Debug, Default)]
 pub struct PodIndex {
     pods: HashMap<Arc<str>, PodEntry>,
-    ips: HashMap<IpAddr, Vec<Claim>>,
-    containers: HashMap<String, Arc<str>>,
+    ips: HashMap<IpAddr, Holds, MixBuild>,
+    containers: HashMap<String, Arc<str>, MixBuild>,
     generation: u64,
+    /// Pods that currently exist.
+    live: usize,
 }
 
 impl PodIndex {
     /// Pods that currently exist.
     pub fn live_pods(&self) -> usize {
-        self.pods.values().filter(|p| p.ended_ms.is_none()).count()
+        self.live
     }
 
     /// A pod was listed or changed.
@@ -196,7 +277,9 @@ impl PodIndex {
                 if *entry.meta != view.meta {
                     entry.meta = Arc::new(view.meta.clone());
                 }
-                entry.ended_ms = None;
+                if entry.ended_ms.take().is_some() {
+                    self.live += 1;
+                }
                 entry.generation = generation;
                 (
                     Arc::clone(&entry.meta),
@@ -206,6 +289,7 @@ impl PodIndex {
             }
             None => {
                 let meta = Arc::new(view.meta.clone());
+                self.live += 1;
                 self.pods.insert(
                     Arc::clone(&uid),
                     PodEntry {
@@ -251,6 +335,7 @@ impl PodIndex {
             return;
         }
         entry.ended_ms = Some(now_ms);
+        self.live -= 1;
         let uid = Arc::clone(&entry.uid);
         let ips = entry.ips.clone();
         for ip in ips {
@@ -297,7 +382,9 @@ impl PodIndex {
             }
         }
         self.ips.retain(|_, claims| {
-            claims.retain(|c| c.until_ms >= horizon);
+            if claims.iter().any(|c| c.until_ms < horizon) {
+                claims.edit(|all| all.retain(|c| c.until_ms >= horizon));
+            }
             !claims.is_empty()
         });
     }
