@@ -13,7 +13,7 @@
 //! for [`ENDED_RETENTION_MS`], so that a connection is attributed to the pod that held its
 //! address when the connection started, and never to a later pod that reused the address.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -37,15 +37,77 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// What a record needs to know of a pod.
+/// What the index keeps of a pod: name, namespace, uid, node (`spec.nodeName`, empty while
+/// unscheduled) and labels, in one allocation (a record reads one place, and a pod costs
+/// little memory).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodMeta {
-    pub name: String,
-    pub namespace: String,
-    pub uid: String,
+    /// The name, namespace, uid and node, then the labels as `key=value` lines.
+    text: Box<str>,
+    /// Where the name, namespace, uid and node end in `text`.
+    ends: [u32; 4],
+}
+
+impl PodMeta {
+    /// From its parts.
+    pub fn new<'a>(
+        name: &str,
+        namespace: &str,
+        uid: &str,
+        node: &str,
+        labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        let mut text = String::with_capacity(name.len() + namespace.len() + uid.len() + node.len());
+        let mut ends = [0u32; 4];
+        for (end, part) in ends.iter_mut().zip([name, namespace, uid, node]) {
+            text.push_str(part);
+            *end = text.len() as u32;
+        }
+        for (key, value) in labels {
+            text.push_str(key);
+            text.push('=');
+            text.push_str(value);
+            text.push('\n');
+        }
+        Self {
+            text: text.into_boxed_str(),
+            ends,
+        }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    pub fn name(&self) -> &str {
+        self.part(0)
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.part(1)
+    }
+
+    pub fn uid(&self) -> &str {
+        self.part(2)
+    }
+
     /// `spec.nodeName`; empty while unscheduled.
-    pub node: String,
-    pub labels: BTreeMap<String, String>,
+    pub fn node(&self) -> &str {
+        self.part(3)
+    }
+
+    /// The labels, sorted by key.
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.text[self.ends[3] as usize..]
+            .lines()
+            .filter_map(|line| line.split_once('='))
+    }
+
+    /// One label's value.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
 }
 
 /// The parts of a Pod object the index uses.
@@ -70,8 +132,8 @@ impl PodView {
     /// Extracts what the index needs; `None` for a pod without a uid or name.
     pub fn from_pod(pod: &Pod) -> Option<Self> {
         let metadata = &pod.metadata;
-        let uid = metadata.uid.clone().filter(|u| !u.is_empty())?;
-        let name = metadata.name.clone().filter(|n| !n.is_empty())?;
+        let uid = metadata.uid.as_deref().filter(|u| !u.is_empty())?;
+        let name = metadata.name.as_deref().filter(|n| !n.is_empty())?;
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
@@ -111,13 +173,18 @@ impl PodView {
             .filter(|id| !id.is_empty())
             .collect();
         Some(Self {
-            meta: PodMeta {
+            meta: PodMeta::new(
                 name,
-                namespace: metadata.namespace.clone().unwrap_or_default(),
+                metadata.namespace.as_deref().unwrap_or_default(),
                 uid,
-                node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-                labels: metadata.labels.clone().unwrap_or_default(),
-            },
+                spec.and_then(|s| s.node_name.as_deref())
+                    .unwrap_or_default(),
+                metadata
+                    .labels
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
             created_ms: metadata
                 .creation_timestamp
                 .as_ref()
@@ -270,25 +337,32 @@ impl PodIndex {
 
     /// A pod was listed or changed.
     pub fn apply(&mut self, view: PodView, now_ms: u64) {
-        let uid: Arc<str> = Arc::from(view.meta.uid.as_str());
+        let PodView {
+            meta: new_meta,
+            created_ms,
+            ips,
+            container_ids,
+        } = view;
         let generation = self.generation;
-        let (meta, old_ips, old_containers) = match self.pods.get_mut(&uid) {
+        let (uid, meta, old_ips, old_containers) = match self.pods.get_mut(new_meta.uid()) {
             Some(entry) => {
-                if *entry.meta != view.meta {
-                    entry.meta = Arc::new(view.meta.clone());
+                if *entry.meta != new_meta {
+                    entry.meta = Arc::new(new_meta);
                 }
                 if entry.ended_ms.take().is_some() {
                     self.live += 1;
                 }
                 entry.generation = generation;
                 (
+                    Arc::clone(&entry.uid),
                     Arc::clone(&entry.meta),
                     std::mem::take(&mut entry.ips),
                     std::mem::take(&mut entry.containers),
                 )
             }
             None => {
-                let meta = Arc::new(view.meta.clone());
+                let uid: Arc<str> = Arc::from(new_meta.uid());
+                let meta = Arc::new(new_meta);
                 self.live += 1;
                 self.pods.insert(
                     Arc::clone(&uid),
@@ -301,28 +375,30 @@ impl PodIndex {
                         generation,
                     },
                 );
-                (meta, Vec::new(), Vec::new())
+                (uid, meta, Vec::new(), Vec::new())
             }
         };
         for ip in &old_ips {
-            if !view.ips.contains(ip) {
+            if !ips.contains(ip) {
                 self.end_claim(*ip, &uid, now_ms);
             }
         }
-        for ip in &view.ips {
-            self.claim(*ip, &uid, &meta, view.created_ms, now_ms);
+        for ip in &ips {
+            self.claim(*ip, &uid, &meta, created_ms, now_ms);
         }
         for id in &old_containers {
-            if !view.container_ids.contains(id) {
+            if !container_ids.contains(id) {
                 self.containers.remove(id);
             }
         }
-        for id in &view.container_ids {
-            self.containers.insert(id.clone(), Arc::clone(&uid));
+        for id in &container_ids {
+            if !old_containers.contains(id) {
+                self.containers.insert(id.clone(), Arc::clone(&uid));
+            }
         }
         if let Some(entry) = self.pods.get_mut(&uid) {
-            entry.ips = view.ips;
-            entry.containers = view.container_ids;
+            entry.ips = ips;
+            entry.containers = container_ids;
         }
     }
 
@@ -967,13 +1043,7 @@ mod tests {
 
     fn view(uid: &str, name: &str, ip: &str, created_ms: u64) -> PodView {
         PodView {
-            meta: PodMeta {
-                name: name.into(),
-                namespace: "default".into(),
-                uid: uid.into(),
-                node: "node-a".into(),
-                labels: BTreeMap::new(),
-            },
+            meta: PodMeta::new(name, "default", uid, "node-a", [("app", name)]),
             created_ms,
             ips: vec![ip.parse().unwrap()],
             container_ids: vec![format!("{uid}-c")],
@@ -983,7 +1053,7 @@ mod tests {
     fn name_at(index: &PodIndex, ip: &str, at: u64) -> Option<String> {
         index
             .pod_at(ip.parse().unwrap(), at)
-            .map(|p| p.name.clone())
+            .map(|p| p.name().to_owned())
     }
 
     #[test]
@@ -1040,17 +1110,11 @@ mod tests {
         assert_eq!(index.live_pods(), 1);
         assert_eq!(name_at(&index, "10.244.0.2", 1_500).as_deref(), Some("b"));
         assert_eq!(name_at(&index, "10.244.0.2", 2_000), None);
-        assert_eq!(
-            index.pod_of_container("u2-c").map(|p| p.name.as_str()),
-            Some("b")
-        );
+        assert_eq!(index.pod_of_container("u2-c").map(|p| p.name()), Some("b"));
         index.prune(2_001 + ENDED_RETENTION_MS);
         assert_eq!(name_at(&index, "10.244.0.2", 1_500), None);
         assert!(index.pod_of_container("u2-c").is_none());
-        assert_eq!(
-            index.pod_of_container("u1-c").map(|p| p.name.as_str()),
-            Some("a")
-        );
+        assert_eq!(index.pod_of_container("u1-c").map(|p| p.name()), Some("a"));
     }
 
     #[test]
@@ -1183,8 +1247,8 @@ mod tests {
         let (dst, translated) = destination(&k, &c);
         assert_eq!((dst, translated), ("10.244.2.7".parse().unwrap(), true));
         let meta = metadata.lookup(&k, &c, &no_owners);
-        assert_eq!(meta.source.as_ref().unwrap().name, "web");
-        assert_eq!(meta.destination.as_ref().unwrap().node, "node-b");
+        assert_eq!(meta.source.as_ref().unwrap().name(), "web");
+        assert_eq!(meta.destination.as_ref().unwrap().node(), "node-b");
         assert_eq!(meta.service_port_name.as_deref(), Some("shop/db:sql"));
         assert_eq!(flow_type(&networks, k.source_addr(), dst, &meta), 2);
 
@@ -1219,11 +1283,8 @@ mod tests {
             destination: None,
         };
         let meta = metadata.lookup(&k, &c, &owners);
-        assert_eq!(meta.source.as_ref().map(|p| p.name.as_str()), Some("agent"));
-        assert_eq!(
-            meta.destination.as_ref().map(|p| p.name.as_str()),
-            Some("web")
-        );
+        assert_eq!(meta.source.as_ref().map(|p| p.name()), Some("agent"));
+        assert_eq!(meta.destination.as_ref().map(|p| p.name()), Some("web"));
         // The finished job's address names nobody.
         let (k, c) = key("10.244.1.8", "1.1.1.1", 443);
         let meta = metadata.lookup(&k, &c, &no_owners);

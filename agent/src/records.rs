@@ -141,7 +141,7 @@ pub fn flow_type(
     let destination_pod = meta.destination.is_some() || networks.contains(destination);
     match (source_pod, destination_pod) {
         (true, true) => match (&meta.source, &meta.destination) {
-            (Some(s), Some(d)) if !s.node.is_empty() && s.node == d.node => 1,
+            (Some(s), Some(d)) if !s.node().is_empty() && s.node() == d.node() => 1,
             _ => 2,
         },
         (true, false) => 3,
@@ -237,14 +237,14 @@ pub fn build<'a>(
         flow.destination_service_port_name = meta.service_port_name.as_deref().unwrap_or("");
     }
     if let Some(pod) = &meta.source {
-        flow.source_pod_name = &pod.name;
-        flow.source_pod_namespace = &pod.namespace;
-        flow.source_node_name = &pod.node;
+        flow.source_pod_name = pod.name();
+        flow.source_pod_namespace = pod.namespace();
+        flow.source_node_name = pod.node();
     }
     if let Some(pod) = &meta.destination {
-        flow.destination_pod_name = &pod.name;
-        flow.destination_pod_namespace = &pod.namespace;
-        flow.destination_node_name = &pod.node;
+        flow.destination_pod_name = pod.name();
+        flow.destination_pod_namespace = pod.namespace();
+        flow.destination_node_name = pod.node();
     }
     if c.flags & flags::DENY != 0 {
         let policy = parse_prefix(prefix);

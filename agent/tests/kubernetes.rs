@@ -30,7 +30,7 @@ fn pod_now(metadata: &Metadata, address: &str) -> Option<String> {
     metadata
         .pods()
         .pod_at(ip(address), now_ms())
-        .map(|p| format!("{}/{}@{}", p.namespace, p.name, p.node))
+        .map(|p| format!("{}/{}@{}", p.namespace(), p.name(), p.node()))
 }
 
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
@@ -142,8 +142,8 @@ async fn watchers_follow_pods_and_services_through_events_bookmarks_and_410_reli
         metadata
             .pods()
             .pod_of_container("c0ffee01")
-            .map(|p| p.labels["app"].clone()),
-        Some("web-1".into())
+            .map(|p| (p.label("app").map(str::to_owned), p.uid().to_owned())),
+        Some((Some("web-1".into()), "uid-shop-web-1".into()))
     );
     {
         let services = metadata.services();
@@ -203,7 +203,7 @@ async fn watchers_follow_pods_and_services_through_events_bookmarks_and_410_reli
         metadata
             .pods()
             .pod_at(ip("10.244.1.9"), before_delete)
-            .map(|p| p.name.clone()),
+            .map(|p| p.name().to_owned()),
         Some("cache-0".into())
     );
 

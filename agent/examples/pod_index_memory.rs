@@ -1,0 +1,57 @@
+//! Resident memory per pod in the metadata index: N pods, each with one IPv4 address, one
+//! container, two labels and a name, namespace and node like a real cluster's, and reports
+//! the growth of the process's resident set.
+//!
+//! `cargo run --release -p flowex-agent --example pod_index_memory -- 10000`
+
+use std::net::IpAddr;
+
+use flowex_agent::metadata::{PodIndex, PodMeta, PodView};
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn main() {
+    let count: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000);
+    let mut index = PodIndex::default();
+    let before = resident_bytes();
+    for i in 0..count {
+        let app = format!("service-{}", i % 300);
+        let hash = format!("{:010x}", u64::from(i) * 7919);
+        index.apply(
+            PodView {
+                meta: PodMeta::new(
+                    &format!("{app}-{hash}-{i:05x}"),
+                    &format!("team-{}", i % 40),
+                    &format!("{:08x}-0000-4000-8000-{:012x}", i, u64::from(i) * 31),
+                    &format!("worker-{:03}", i % 100),
+                    [
+                        ("app.kubernetes.io/name", app.as_str()),
+                        ("pod-template-hash", hash.as_str()),
+                    ],
+                ),
+                created_ms: 1_000,
+                ips: vec![IpAddr::from([10, 244, (i >> 8) as u8, i as u8])],
+                container_ids: vec![format!("{:064x}", u128::from(i) * 0x9e37_79b9)],
+            },
+            2_000,
+        );
+    }
+    let after = resident_bytes();
+    println!(
+        "{{\"pods\":{},\"resident_bytes\":{},\"bytes_per_pod\":{:.1}}}",
+        index.live_pods(),
+        after - before,
+        (after - before) as f64 / f64::from(count)
+    );
+}
