@@ -4,25 +4,16 @@
 //!
 //! `cargo run --release -p flowex-agent --example pod_index_memory -- 10000`
 
+mod common;
+
 use std::net::IpAddr;
 
 use flowex_agent::metadata::{PodIndex, PodMeta, PodView};
 
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+use common::{count_arg, resident_bytes};
 
 fn main() {
-    let count: u32 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10_000);
+    let count = count_arg(10_000);
     let mut index = PodIndex::default();
     let before = resident_bytes();
     for i in 0..count {

@@ -3,26 +3,17 @@
 //!
 //! `cargo run --release -p flowex-agent --example store_memory -- 1000000`
 
+mod common;
+
 use std::net::IpAddr;
 
 use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
 use flowex_agent::store::{ConnectionStore, Timeouts};
 
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
+use common::{count_arg, resident_bytes};
 
 fn main() {
-    let count: u32 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let count = count_arg(100_000);
     let store = ConnectionStore::new(Timeouts {
         active_ms: 5_000,
         idle_ms: 15_000,
