@@ -73,7 +73,7 @@ class Api(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             time.sleep(30)
             return
-        kind = "Pod" if self.path.startswith("/api/v1/pods") else "Service"
+        kind = {"pods": "Pod", "services": "Service", "nodes": "Node"}[self.path.split("?")[0].split("/")[-1]]
         items = [pod(*p) for p in PODS] if kind == "Pod" else []
         body = json.dumps({"kind": kind + "List", "apiVersion": "v1",
                            "metadata": {"resourceVersion": "1"}, "items": items}).encode()

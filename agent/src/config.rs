@@ -118,7 +118,7 @@ pub struct ExportConfig {
     pub idle_timeout: HumanDuration,
     /// null: FNV-32 of the node name.
     pub observation_domain_id: Option<u32>,
-    /// Pod CIDRs of the cluster, to compute flowType.
+    /// Pod CIDRs for flowType, in addition to the nodes' `spec.podCIDRs`.
     #[serde(rename = "podCIDRs")]
     pub pod_cidrs: Vec<String>,
     /// Private enterprise number of flowex's own information elements.
@@ -217,7 +217,7 @@ pub enum PodScope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct KubernetesConfig {
-    /// Watch pods and services; without a reachable API server the agent exports without
+    /// Watch pods, services and nodes; without a reachable API server the agent exports without
     /// pod metadata.
     pub enabled: bool,
     /// A kubeconfig file; empty: $KUBECONFIG, ~/.kube/config, then the in-cluster

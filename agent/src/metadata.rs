@@ -1,7 +1,8 @@
-//! Kubernetes metadata: pods and services from the API server, kept current by kube-rs
-//! watchers (list, then watch from the list's resource version, relisting after 410 Gone),
-//! and indexed for the record builder: pod by IP at a point in time, pod by container id,
-//! and service port by cluster IP, port and protocol. Records never call the API.
+//! Kubernetes metadata: pods, services and nodes from the API server, kept current by
+//! kube-rs watchers (list, then watch from the list's resource version, relisting after 410
+//! Gone), and indexed for the record builder: pod by IP at a point in time, pod by container
+//! id, service port by cluster IP, port and protocol, and the nodes' pod CIDRs. Records never
+//! call the API.
 //!
 //! The indexes are the watchers' reflector: each event updates them directly, and no copy
 //! of a Pod or Service object is kept (kube-rs's `reflector::Store` would keep the latest
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::attribution::FlowOwners;
@@ -665,6 +666,130 @@ impl ServiceIndex {
     }
 }
 
+/// The pod CIDRs of the cluster's nodes (`spec.podCIDRs`): an address inside one is a pod's,
+/// even when the pod itself is not watched (node scope). Looked up by prefix length: one
+/// hash probe per length in use (usually one or two), not one test per node.
+#[derive(Debug, Default)]
+pub struct NodeNetworks {
+    by_node: HashMap<String, Vec<(IpAddr, u8)>>,
+    /// Per prefix length (IPv4 lengths + 96, on IPv4-mapped addresses): the masked networks
+    /// and how many nodes have each.
+    by_length: std::collections::BTreeMap<u8, HashMap<u128, u32, MixBuild>>,
+    relisted: Option<Vec<String>>,
+}
+
+fn mapped(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn masked(ip: IpAddr, length: u8) -> u128 {
+    mapped(ip) & u128::MAX.checked_shl(128 - u32::from(length)).unwrap_or(0)
+}
+
+impl NodeNetworks {
+    /// Nodes with pod CIDRs.
+    pub fn len(&self) -> usize {
+        self.by_node.len()
+    }
+
+    /// True when no node has pod CIDRs.
+    pub fn is_empty(&self) -> bool {
+        self.by_node.is_empty()
+    }
+
+    /// A node's pod CIDRs were listed or changed.
+    pub fn apply(&mut self, node: &str, cidrs: Vec<(IpAddr, u8)>) {
+        self.delete(node);
+        for (ip, length) in &cidrs {
+            let length = if ip.is_ipv4() { length + 96 } else { *length };
+            *self
+                .by_length
+                .entry(length)
+                .or_default()
+                .entry(masked(*ip, length))
+                .or_default() += 1;
+        }
+        if let Some(seen) = self.relisted.as_mut() {
+            seen.push(node.to_owned());
+        }
+        if !cidrs.is_empty() {
+            self.by_node.insert(node.to_owned(), cidrs);
+        }
+    }
+
+    /// A node was deleted.
+    pub fn delete(&mut self, node: &str) {
+        let Some(cidrs) = self.by_node.remove(node) else {
+            return;
+        };
+        for (ip, length) in cidrs {
+            let length = if ip.is_ipv4() { length + 96 } else { length };
+            if let Some(networks) = self.by_length.get_mut(&length) {
+                let key = masked(ip, length);
+                if let Some(count) = networks.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        networks.remove(&key);
+                    }
+                }
+                if networks.is_empty() {
+                    self.by_length.remove(&length);
+                }
+            }
+        }
+    }
+
+    /// A relist starts.
+    pub fn begin_relist(&mut self) {
+        self.relisted = Some(Vec::new());
+    }
+
+    /// The relist ended: nodes it did not list are deleted.
+    pub fn end_relist(&mut self) {
+        let Some(seen) = self.relisted.take() else {
+            return;
+        };
+        let gone: Vec<String> = self
+            .by_node
+            .keys()
+            .filter(|node| !seen.contains(node))
+            .cloned()
+            .collect();
+        for node in gone {
+            self.delete(&node);
+        }
+    }
+
+    /// True when `ip` is in a node's pod CIDR.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.by_length
+            .iter()
+            .any(|(length, networks)| networks.contains_key(&masked(ip, *length)))
+    }
+}
+
+/// `spec.podCIDRs` (with `spec.podCIDR`) of a Node object; unparsable entries are skipped.
+fn node_pod_cidrs(node: &Node) -> Vec<(IpAddr, u8)> {
+    let spec = node.spec.as_ref();
+    let listed = spec
+        .and_then(|s| s.pod_cidrs.as_ref())
+        .into_iter()
+        .flatten()
+        .map(String::as_str);
+    let mut cidrs = Vec::new();
+    for text in listed.chain(spec.and_then(|s| s.pod_cidr.as_deref())) {
+        if let Ok(cidr) = crate::config::parse_cidr(text)
+            && !cidrs.contains(&cidr)
+        {
+            cidrs.push(cidr);
+        }
+    }
+    cidrs
+}
+
 /// What metadata adds to one record.
 #[derive(Debug, Clone, Default)]
 pub struct FlowMeta {
@@ -672,6 +797,9 @@ pub struct FlowMeta {
     pub known: bool,
     pub source: Option<Arc<PodMeta>>,
     pub destination: Option<Arc<PodMeta>>,
+    /// The end is a pod: its pod is known, or its address is in a node's pod CIDR.
+    pub source_is_pod: bool,
+    pub destination_is_pod: bool,
     pub service_port_name: Option<Arc<str>>,
 }
 
@@ -681,6 +809,7 @@ struct KubeMetrics {
     synced: IntGaugeVec,
     pods: IntGauge,
     services: IntGauge,
+    nodes: IntGauge,
     relists: IntCounterVec,
     errors: IntCounterVec,
     /// Per end (source, destination), per result (ip, container, none).
@@ -747,6 +876,14 @@ impl KubeMetrics {
                 )
                 .expect("valid metric"),
             ),
+            nodes: register(
+                registry,
+                IntGauge::new(
+                    "flowex_kubernetes_nodes_with_pod_cidrs",
+                    "Nodes whose spec.podCIDRs tell pod addresses from external ones.",
+                )
+                .expect("valid metric"),
+            ),
             relists: per_resource(
                 "flowex_kubernetes_lists_total",
                 "Full lists of the resource (the first, and relists after a watch expired).",
@@ -763,6 +900,7 @@ impl KubeMetrics {
 pub struct Metadata {
     pods: RwLock<PodIndex>,
     services: RwLock<ServiceIndex>,
+    nodes: RwLock<NodeNetworks>,
     active: AtomicBool,
     metrics: Option<KubeMetrics>,
 }
@@ -773,6 +911,7 @@ impl Metadata {
         Arc::new(Self {
             pods: RwLock::default(),
             services: RwLock::default(),
+            nodes: RwLock::default(),
             active: AtomicBool::new(false),
             metrics: registry.map(KubeMetrics::new),
         })
@@ -797,6 +936,11 @@ impl Metadata {
     /// Read access to the service index.
     pub fn services(&self) -> std::sync::RwLockReadGuard<'_, ServiceIndex> {
         self.services.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read access to the nodes' pod CIDRs.
+    pub fn nodes(&self) -> std::sync::RwLockReadGuard<'_, NodeNetworks> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn pods_mut(&self) -> std::sync::RwLockWriteGuard<'_, PodIndex> {
@@ -837,6 +981,13 @@ impl Metadata {
         let source = find(0, key.source_addr(), owners.source.as_ref());
         let destination_pod = find(1, destination, owners.destination.as_ref());
         drop(pods);
+        let (source_is_pod, destination_is_pod) = {
+            let nodes = self.nodes();
+            (
+                source.is_some() || nodes.contains(key.source_addr()),
+                destination_pod.is_some() || nodes.contains(destination),
+            )
+        };
         let service_port_name = if translated {
             self.services()
                 .port_name(key.destination_addr(), key.destination_port, key.protocol)
@@ -848,6 +999,8 @@ impl Metadata {
             known: true,
             source,
             destination: destination_pod,
+            source_is_pod,
+            destination_is_pod,
             service_port_name,
         }
     }
@@ -856,6 +1009,7 @@ impl Metadata {
         if let Some(m) = &self.metrics {
             m.pods.set(self.pods().live_pods() as i64);
             m.services.set(self.services().len() as i64);
+            m.nodes.set(self.nodes().len() as i64);
         }
     }
 
@@ -917,6 +1071,35 @@ impl Metadata {
         self.refresh_gauges();
     }
 
+    /// Applies one node watch event (pod CIDRs only).
+    pub fn on_node_event(&self, event: kube::runtime::watcher::Event<Node>) {
+        use kube::runtime::watcher::Event;
+        {
+            let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+            match event {
+                Event::Init => {
+                    nodes.begin_relist();
+                    self.count_list("nodes");
+                }
+                Event::InitApply(node) | Event::Apply(node) => {
+                    if let Some(name) = node.metadata.name.as_deref() {
+                        nodes.apply(name, node_pod_cidrs(&node));
+                    }
+                }
+                Event::Delete(node) => {
+                    if let Some(name) = node.metadata.name.as_deref() {
+                        nodes.delete(name);
+                    }
+                }
+                Event::InitDone => {
+                    nodes.end_relist();
+                    self.set_synced("nodes", true);
+                }
+            }
+        }
+        self.refresh_gauges();
+    }
+
     fn count_list(&self, resource: &str) {
         if let Some(m) = &self.metrics {
             m.relists.with_label_values(&[resource]).inc();
@@ -962,7 +1145,7 @@ pub async fn client(config: &KubernetesConfig) -> anyhow::Result<Option<(kube::C
     Ok(Some((client, url)))
 }
 
-/// Starts the pod and service watchers on the current runtime, feeding `metadata`.
+/// Starts the pod, service and node watchers on the current runtime, feeding `metadata`.
 /// `node` selects this node's pods unless the scope is the cluster.
 pub fn start_watchers(
     metadata: &Arc<Metadata>,
@@ -978,16 +1161,19 @@ pub fn start_watchers(
         m.available.set(1);
         m.synced.with_label_values(&["pods"]).set(0);
         m.synced.with_label_values(&["services"]).set(0);
+        m.synced.with_label_values(&["nodes"]).set(0);
     }
     let pod_config = match scope {
         PodScope::Node => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         PodScope::Cluster => watcher::Config::default(),
     };
     let pods: Api<Pod> = Api::all(client.clone());
-    let services: Api<Service> = Api::all(client);
+    let services: Api<Service> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client);
 
     let pod_events = watcher(pods, pod_config).default_backoff();
     let service_events = watcher(services, watcher::Config::default()).default_backoff();
+    let node_events = watcher(nodes, watcher::Config::default()).default_backoff();
     vec![
         tokio::spawn(follow(
             pod_events,
@@ -1000,6 +1186,12 @@ pub fn start_watchers(
             "services",
             Arc::clone(metadata),
             |m, event| m.on_service_event(event),
+        )),
+        tokio::spawn(follow(
+            node_events,
+            "nodes",
+            Arc::clone(metadata),
+            |m, event| m.on_node_event(event),
         )),
     ]
 }
@@ -1333,6 +1525,75 @@ mod tests {
         assert_eq!(count("source", "container"), 1.0);
         assert_eq!(count("source", "none"), 1.0);
         assert_eq!(count("source", "ip"), 4.0);
+    }
+
+    #[test]
+    fn node_pod_cidrs_tell_pods_from_external_addresses() {
+        let mut nodes = NodeNetworks::default();
+        let cidr = |t: &str| crate::config::parse_cidr(t).unwrap();
+        nodes.apply("a", vec![cidr("10.244.1.0/24"), cidr("fd00:10:244:1::/64")]);
+        nodes.apply("b", vec![cidr("10.244.2.0/24")]);
+        nodes.apply("c", vec![cidr("10.250.0.0/16")]);
+        let has = |n: &NodeNetworks, t: &str| n.contains(t.parse().unwrap());
+        assert!(has(&nodes, "10.244.1.7"));
+        assert!(has(&nodes, "10.244.2.255"));
+        assert!(has(&nodes, "10.250.3.4"));
+        assert!(has(&nodes, "fd00:10:244:1::9"));
+        assert!(!has(&nodes, "10.244.3.1"));
+        assert!(!has(&nodes, "fd00:10:244:2::9"));
+        nodes.delete("b");
+        assert!(!has(&nodes, "10.244.2.1"));
+        nodes.begin_relist();
+        nodes.apply("a", vec![cidr("10.244.1.0/24")]);
+        nodes.end_relist();
+        assert_eq!(nodes.len(), 1);
+        assert!(!has(&nodes, "10.250.3.4"));
+        assert!(!has(&nodes, "fd00:10:244:1::9"));
+        assert!(has(&nodes, "10.244.1.7"));
+    }
+
+    #[test]
+    fn in_node_scope_node_cidrs_make_a_remote_pod_inter_node() {
+        use crate::records::{PodNetworks, flow_type};
+        let metadata = Metadata::disabled(None);
+        metadata.mark_active();
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "web",
+                "node-a",
+                "10.244.1.5",
+                serde_json::json!({}),
+            )),
+            now_ms(),
+        );
+        metadata.on_node_event(kube::runtime::watcher::Event::Apply(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "node-b"},
+                "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}
+            }))
+            .unwrap(),
+        ));
+        // No export.podCIDRs configured: only the node's spec says 10.244.2.7 is a pod.
+        let networks = PodNetworks::default();
+        let (k, c) = key("10.244.1.5", "10.244.2.7", 5432);
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert!(meta.destination.is_none() && meta.destination_is_pod);
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            2
+        );
+        let (k, c) = key("10.244.1.5", "192.0.2.1", 443);
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            3
+        );
+        let (k, c) = key("192.0.2.1", "10.244.2.7", 443);
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            4
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl PodNetworks {
 }
 
 /// Antrea's flowType: an end is a pod when metadata found its pod or its address is in a
-/// pod CIDR. Pod to pod is intra-node (1) when both pods are known and on the same node,
+/// pod CIDR (a node's `spec.podCIDRs`, or `export.podCIDRs`). Pod to pod is intra-node (1) when both pods are known and on the same node,
 /// else inter-node (2); in node scope only local pods are known, so a flow to a pod of
 /// another node is inter-node. Pod to non-pod is to-external (3), the reverse
 /// from-external (4), neither 0. Without metadata pod to pod stays 0.
@@ -137,8 +137,8 @@ pub fn flow_type(
     if !meta.known {
         return networks.flow_type(source, destination);
     }
-    let source_pod = meta.source.is_some() || networks.contains(source);
-    let destination_pod = meta.destination.is_some() || networks.contains(destination);
+    let source_pod = meta.source_is_pod || networks.contains(source);
+    let destination_pod = meta.destination_is_pod || networks.contains(destination);
     match (source_pod, destination_pod) {
         (true, true) => match (&meta.source, &meta.destination) {
             (Some(s), Some(d)) if !s.node().is_empty() && s.node() == d.node() => 1,

@@ -10,7 +10,7 @@ use std::net::{IpAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fake_api::{FakeApi, pod, service};
+use fake_api::{FakeApi, node, pod, service};
 use flowex_agent::config::{KubernetesConfig, PodScope};
 use flowex_agent::metadata::{self, Metadata};
 
@@ -105,20 +105,26 @@ async fn watchers_follow_pods_and_services_through_events_bookmarks_and_410_reli
             &[("http", 80, "TCP"), ("", 53, "UDP")],
         ),
     );
+    api.add(
+        "nodes",
+        node("node-a", &["10.244.1.0/24", "fd00:244:1::/64"]),
+    );
+    api.add("nodes", node("node-b", &["10.244.2.0/24"]));
     let (metadata, registry) = start(&api, PodScope::Node).await;
     until("the first lists", || {
-        metric(
-            &registry,
-            "flowex_kubernetes_synced",
-            Some(("resource", "pods")),
-        ) == 1
-            && metric(
-                &registry,
-                "flowex_kubernetes_synced",
-                Some(("resource", "services")),
-            ) == 1
+        ["pods", "services", "nodes"]
+            .iter()
+            .all(|r| metric(&registry, "flowex_kubernetes_synced", Some(("resource", r))) == 1)
     })
     .await;
+    // Every node's pod CIDRs, though only this node's pods are watched.
+    assert!(metadata.nodes().contains(ip("10.244.2.7")));
+    assert!(metadata.nodes().contains(ip("fd00:244:1::5")));
+    assert!(!metadata.nodes().contains(ip("10.96.0.10")));
+    assert_eq!(
+        metric(&registry, "flowex_kubernetes_nodes_with_pod_cidrs", None),
+        2
+    );
     assert_eq!(
         metric(&registry, "flowex_kubernetes_api_configured", None),
         1
@@ -280,6 +286,14 @@ async fn watchers_follow_pods_and_services_through_events_bookmarks_and_410_reli
             .is_none()
     );
     assert_eq!(metric(&registry, "flowex_kubernetes_services", None), 1);
+
+    // A node leaves: its pod CIDR no longer marks pods.
+    api.delete("nodes", "", "node-b");
+    until("the node deletion", || {
+        !metadata.nodes().contains(ip("10.244.2.7"))
+    })
+    .await;
+    assert!(metadata.nodes().contains(ip("10.244.1.200")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use collector_sim::{Collector, CollectorConfig};
-use fake_api::{FakeApi, pod};
+use fake_api::{FakeApi, node, pod};
 use serde_json::Value;
 use support::{CliEntry, Pair, conntrack_cli};
 
@@ -102,13 +102,17 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
         "pods",
         pod("e2e", "server", "node-b", &[&server_ip.to_string()], &[]),
     );
+    // No export.podCIDRs: the nodes' pod CIDRs tell the agent that the server, a pod it does
+    // not watch in node scope, is a pod (inter-node), not an external address.
+    let (node_a, node_b) = if client_ip.is_ipv4() {
+        ("10.200.0.0/31", "10.200.0.2/31")
+    } else {
+        ("fd00:200::/127", "fd00:200::2/127")
+    };
+    api.add("nodes", node("node-a", &[node_a]));
+    api.add("nodes", node("node-b", &[node_b]));
     let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", pair.server.name));
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let pod_cidr = if client_ip.is_ipv4() {
-        "10.200.0.0/24"
-    } else {
-        "fd00:200::/64"
-    };
     pair.server
         .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);
     pair.server.exec(&[
@@ -127,7 +131,7 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
         format!(
             "nodeName: node-a\n\
              conntrack: {{pollInterval: 500ms}}\n\
-             export: {{activeTimeout: 1s, idleTimeout: 3s, podCIDRs: [\"{pod_cidr}\"]}}\n\
+             export: {{activeTimeout: 1s, idleTimeout: 3s}}\n\
              deny: {{nflogGroup: 7, idleTimeout: 1s}}\n\
              kubernetes: {{kubeconfig: {}, podScope: {pod_scope}}}\n",
             kubeconfig.display()

@@ -63,6 +63,7 @@ fn decode(text: &str) -> String {
 fn kind_of(resource: &str) -> &'static str {
     match resource {
         "pods" => "Pod",
+        "nodes" => "Node",
         _ => "Service",
     }
 }
@@ -246,6 +247,7 @@ fn serve(stream: TcpStream, shared: &Arc<(Mutex<State>, Condvar)>) -> std::io::R
         let resource = match path {
             "/api/v1/pods" => "pods",
             "/api/v1/services" => "services",
+            "/api/v1/nodes" => "nodes",
             _ => {
                 let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
                 write!(
@@ -396,5 +398,15 @@ pub fn service(
                 "name": port_name, "port": port, "protocol": protocol
             })).collect::<Vec<_>>()
         }
+    })
+}
+
+/// A Node object with pod CIDRs.
+pub fn node(name: &str, pod_cidrs: &[&str]) -> Value {
+    json!({
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "uid": format!("uid-node-{name}")},
+        "spec": {"podCIDR": pod_cidrs.first().copied().unwrap_or(""), "podCIDRs": pod_cidrs}
     })
 }
