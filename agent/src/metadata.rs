@@ -593,13 +593,40 @@ impl ServiceView {
 
 type ServiceKey = (IpAddr, u16, u8);
 
+/// The names a relist in progress has listed; what it did not list is gone when it ends.
+#[derive(Debug, Default)]
+struct Relist(Option<std::collections::HashSet<String>>);
+
+impl Relist {
+    fn begin(&mut self) {
+        self.0 = Some(Default::default());
+    }
+
+    fn saw(&mut self, name: &str) {
+        if let Some(seen) = self.0.as_mut() {
+            seen.insert(name.to_owned());
+        }
+    }
+
+    /// Ends the relist: the names in `known` it did not list.
+    fn end<V>(&mut self, known: &HashMap<String, V>) -> Vec<String> {
+        match self.0.take() {
+            Some(seen) => known
+                .keys()
+                .filter(|name| !seen.contains(*name))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
 /// Service ports by cluster IP, port and protocol.
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
     ports: HashMap<ServiceKey, Arc<str>>,
     by_service: HashMap<String, Vec<ServiceKey>>,
-    /// Services seen by the relist in progress.
-    relisted: Option<Vec<String>>,
+    relist: Relist,
 }
 
 impl ServiceIndex {
@@ -625,9 +652,7 @@ impl ServiceIndex {
             }
         }
         self.by_service.insert(view.name.clone(), keys);
-        if let Some(seen) = self.relisted.as_mut() {
-            seen.push(view.name.clone());
-        }
+        self.relist.saw(&view.name);
     }
 
     /// A service was deleted (`namespace/name`).
@@ -641,21 +666,12 @@ impl ServiceIndex {
 
     /// A relist starts.
     pub fn begin_relist(&mut self) {
-        self.relisted = Some(Vec::new());
+        self.relist.begin();
     }
 
     /// The relist ended: services it did not list are deleted.
     pub fn end_relist(&mut self) {
-        let Some(seen) = self.relisted.take() else {
-            return;
-        };
-        let gone: Vec<String> = self
-            .by_service
-            .keys()
-            .filter(|name| !seen.contains(name))
-            .cloned()
-            .collect();
-        for name in gone {
+        for name in self.relist.end(&self.by_service) {
             self.delete(&name);
         }
     }
@@ -675,7 +691,7 @@ pub struct NodeNetworks {
     /// Per prefix length (IPv4 lengths + 96, on IPv4-mapped addresses): the masked networks
     /// and how many nodes have each.
     by_length: std::collections::BTreeMap<u8, HashMap<u128, u32, MixBuild>>,
-    relisted: Option<Vec<String>>,
+    relist: Relist,
 }
 
 fn mapped(ip: IpAddr) -> u128 {
@@ -712,9 +728,7 @@ impl NodeNetworks {
                 .entry(masked(*ip, length))
                 .or_default() += 1;
         }
-        if let Some(seen) = self.relisted.as_mut() {
-            seen.push(node.to_owned());
-        }
+        self.relist.saw(node);
         if !cidrs.is_empty() {
             self.by_node.insert(node.to_owned(), cidrs);
         }
@@ -744,21 +758,12 @@ impl NodeNetworks {
 
     /// A relist starts.
     pub fn begin_relist(&mut self) {
-        self.relisted = Some(Vec::new());
+        self.relist.begin();
     }
 
     /// The relist ended: nodes it did not list are deleted.
     pub fn end_relist(&mut self) {
-        let Some(seen) = self.relisted.take() else {
-            return;
-        };
-        let gone: Vec<String> = self
-            .by_node
-            .keys()
-            .filter(|node| !seen.contains(node))
-            .cloned()
-            .collect();
-        for node in gone {
+        for node in self.relist.end(&self.by_node) {
             self.delete(&node);
         }
     }
