@@ -986,7 +986,10 @@ impl Metadata {
         let source = find(0, key.source_addr(), owners.source.as_ref());
         let destination_pod = find(1, destination, owners.destination.as_ref());
         drop(pods);
-        let (source_is_pod, destination_is_pod) = {
+        // The nodes' pod CIDRs matter only for an end whose pod was not found.
+        let (source_is_pod, destination_is_pod) = if source.is_some() && destination_pod.is_some() {
+            (true, true)
+        } else {
             let nodes = self.nodes();
             (
                 source.is_some() || nodes.contains(key.source_addr()),
