@@ -97,6 +97,7 @@ cat >"$out/flowex.yaml" <<EOF
 nodeName: demo-node
 export: {podCIDRs: ["10.233.0.0/24"]}
 kubernetes: {kubeconfig: $out/kubeconfig, podScope: cluster}
+state: {directory: $out/state}
 EOF
 ip netns exec "$node" "$bin/collector-sim" --listen udp://127.0.0.1:4739 --json --duration 20 \
   >"$out/records.jsonl" 2>"$out/collector.log" &

@@ -87,6 +87,25 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
+    pub state: StateConfig,
+}
+
+/// What the agent keeps across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory of the state file (`flowex.state`) written at shutdown and read at start,
+    /// so a restarted agent neither exports ended connections again nor restarts deltas
+    /// from zero; empty: no state is kept.
+    pub directory: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            directory: "/var/lib/flowex".into(),
+        }
+    }
 }
 
 /// Where connections come from.
@@ -123,6 +142,9 @@ pub struct ExportConfig {
     pub pod_cidrs: Vec<String>,
     /// Private enterprise number of flowex's own information elements.
     pub enterprise_number: u32,
+    /// At shutdown, how long the collectors may take to send what is queued; what is left
+    /// then is dropped, counted and logged.
+    pub shutdown_timeout: HumanDuration,
     pub collectors: Vec<CollectorConfig>,
 }
 
@@ -152,6 +174,9 @@ pub struct CollectorConfig {
     /// Records queued for this collector before new ones are dropped (and counted).
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Longest wait between two connection attempts (backoff from 100 ms, ±20% jitter).
+    #[serde(default = "default_max_reconnect_delay")]
+    pub max_reconnect_delay: HumanDuration,
 }
 
 fn default_transport() -> Transport {
@@ -160,8 +185,15 @@ fn default_transport() -> Transport {
 fn default_max_message_size() -> usize {
     flowex_ipfix::DEFAULT_UDP_MESSAGE_SIZE
 }
+/// UDP templates are re-sent every minute: a collector that restarted without the agent
+/// noticing (no ICMP came back: a filtered path, or ICMP rate limits between nodes) can
+/// decode again within a minute, for one message of templates (~0.5 KB) a minute. A
+/// refusal the agent does see re-sends them at once.
 fn default_template_refresh() -> HumanDuration {
-    HumanDuration::secs(600)
+    HumanDuration::secs(60)
+}
+fn default_max_reconnect_delay() -> HumanDuration {
+    HumanDuration::secs(2)
 }
 fn default_queue_capacity() -> usize {
     65_536
@@ -270,6 +302,9 @@ pub enum LogFormat {
 pub struct LoggingConfig {
     pub level: Level,
     pub format: LogFormat,
+    /// A failure or loss that goes on (a collector down, records dropped) is logged when
+    /// it starts, then summarised at most this often, and logged again when it ends.
+    pub summary_interval: HumanDuration,
 }
 
 impl Default for ConntrackConfig {
@@ -293,6 +328,7 @@ impl Default for ExportConfig {
             observation_domain_id: None,
             pod_cidrs: Vec::new(),
             enterprise_number: flowex_ipfix::registry::FLOWEX_DEFAULT_PEN,
+            shutdown_timeout: HumanDuration::secs(5),
             collectors: vec![CollectorConfig {
                 name: "default".into(),
                 address: "127.0.0.1:4739".into(),
@@ -300,6 +336,7 @@ impl Default for ExportConfig {
                 max_message_size: default_max_message_size(),
                 template_refresh: default_template_refresh(),
                 queue_capacity: default_queue_capacity(),
+                max_reconnect_delay: default_max_reconnect_delay(),
             }],
         }
     }
@@ -328,6 +365,7 @@ impl Default for LoggingConfig {
         Self {
             level: Level::Info,
             format: LogFormat::Text,
+            summary_interval: HumanDuration::secs(60),
         }
     }
 }
@@ -435,6 +473,8 @@ impl Config {
         positive("export.activeTimeout", self.export.active_timeout)?;
         positive("export.idleTimeout", self.export.idle_timeout)?;
         positive("deny.idleTimeout", self.deny.idle_timeout)?;
+        positive("export.shutdownTimeout", self.export.shutdown_timeout)?;
+        positive("logging.summaryInterval", self.logging.summary_interval)?;
         if self.attribution.max_sockets == 0 {
             return Err(invalid("attribution.maxSockets", "must be greater than 0"));
         }
@@ -485,6 +525,7 @@ impl Config {
             if collector.queue_capacity == 0 {
                 return Err(invalid(&key("queueCapacity"), "must be greater than 0"));
             }
+            positive(&key("maxReconnectDelay"), collector.max_reconnect_delay)?;
         }
         check_host_port("metrics.listen", &self.metrics.listen)?;
         Ok(())

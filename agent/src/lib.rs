@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod netlink;
 pub mod records;
 pub mod run;
+pub mod state;
 pub mod store;

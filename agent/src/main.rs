@@ -281,10 +281,13 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         .build()?;
     let duration = args.duration.map(Duration::from_secs_f64);
     runtime.block_on(async move {
+        // SIGHUP stops the agent like SIGTERM, with the shutdown flush and the state file:
+        // a reload would have to restart every source and collector anyway, and a process
+        // manager (or the DaemonSet) starts a new agent that resumes from the state file.
         let stop = async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
             let sleep = async {
                 match duration {
                     Some(d) => tokio::time::sleep(d).await,
@@ -293,7 +296,8 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = hangup.recv() => tracing::info!("SIGHUP: stopping (flowex does not reload its configuration; restart it instead)"),
                 _ = sleep => {}
             }
         };

@@ -10,7 +10,7 @@ use prometheus::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::export::ExportingProcess;
+use crate::export::{DropReason, ExportingProcess};
 use crate::store::ConnectionStore;
 
 /// Every metric the agent exposes.
@@ -25,8 +25,12 @@ pub struct Metrics {
     pub events_lost: IntCounter,
     pub resyncs: IntCounter,
     pub deny_packets: IntCounter,
+    records_produced: IntCounter,
     records_exported: IntCounterVec,
     records_dropped: IntCounterVec,
+    records_resent: IntCounterVec,
+    /// Failed accepts of the metrics server (out of file descriptors, mostly).
+    pub accept_errors: IntCounter,
     send_errors: IntCounterVec,
     reconnects: IntCounterVec,
     messages: IntCounterVec,
@@ -131,9 +135,28 @@ impl Metrics {
                 "flowex_records_exported_total",
                 "Data records sent to the collector.",
             ),
-            records_dropped: per_collector(
-                "flowex_records_dropped_total",
-                "Data records dropped for the collector (queue full, send failure, shutdown).",
+            records_produced: counter(
+                "flowex_records_produced_total",
+                "Data records built for export; for every collector, exported + dropped + queued equals it.",
+            ),
+            records_dropped: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flowex_records_dropped_total",
+                        "Data records that did not reach the collector, by reason: queue_full, collector_refused (UDP port unreachable), send_failed, too_large, shutdown (deadline).",
+                    ),
+                    &["collector", "reason"],
+                )
+                .expect("valid metric"),
+            ),
+            records_resent: per_collector(
+                "flowex_records_resent_total",
+                "Records sent again on a new TCP connection because the old one failed before the collector acknowledged them.",
+            ),
+            accept_errors: counter(
+                "flowex_metrics_accept_errors_total",
+                "Connections the metrics server failed to accept (for example out of file descriptors).",
             ),
             send_errors: per_collector(
                 "flowex_send_errors_total",
@@ -212,6 +235,11 @@ impl Metrics {
     /// Copies the live counters of the store and collectors into the metrics.
     pub fn refresh(&self, store: &ConnectionStore, process: &ExportingProcess) {
         self.tracked_connections.set(store.len() as i64);
+        self.records_produced.inc_by(
+            process
+                .records_produced()
+                .saturating_sub(self.records_produced.get()),
+        );
         self.deny_connections.set(store.deny_len() as i64);
         for collector in process.collectors() {
             let stats = &collector.stats;
@@ -224,9 +252,15 @@ impl Metrics {
                 &self.records_exported,
                 stats.records_exported.load(Ordering::Relaxed),
             );
+            for reason in DropReason::ALL {
+                let counter = self
+                    .records_dropped
+                    .with_label_values(&[collector.name.as_str(), reason.label()]);
+                counter.inc_by(stats.dropped(reason).saturating_sub(counter.get()));
+            }
             set(
-                &self.records_dropped,
-                stats.records_dropped.load(Ordering::Relaxed),
+                &self.records_resent,
+                stats.records_resent.load(Ordering::Relaxed),
             );
             set(&self.send_errors, stats.send_errors.load(Ordering::Relaxed));
             set(&self.reconnects, stats.reconnects.load(Ordering::Relaxed));
@@ -260,6 +294,10 @@ impl Default for Metrics {
     }
 }
 
+const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+const ACCEPT_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves `/metrics` and `/healthz` until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
@@ -267,9 +305,40 @@ pub async fn serve(
     store: Arc<ConnectionStore>,
     process: Arc<ExportingProcess>,
 ) {
+    // A failing accept (EMFILE) fails again at once: wait before the next try (10 ms
+    // doubling to 1 s), and log the first failure, then at most one line per minute with
+    // the failures since, and the recovery after a logged failure.
+    let mut pause = ACCEPT_PAUSE_MIN;
+    let mut unreported = 0u64;
+    let mut failing = false;
+    let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                if failing {
+                    tracing::info!("metrics server accepts connections again");
+                    failing = false;
+                }
+                pause = ACCEPT_PAUSE_MIN;
+                stream
+            }
+            Err(error) => {
+                metrics.accept_errors.inc();
+                unreported += 1;
+                let now = tokio::time::Instant::now();
+                if last_warning.is_none_or(|at| now - at >= ACCEPT_LOG_INTERVAL) {
+                    tracing::warn!(
+                        "metrics server cannot accept connections ({error}): {unreported} failure(s) since the last report, retrying every {} ms at most",
+                        ACCEPT_PAUSE_MAX.as_millis()
+                    );
+                    unreported = 0;
+                    last_warning = Some(now);
+                    failing = true;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                continue;
+            }
         };
         let metrics = Arc::clone(&metrics);
         let store = Arc::clone(&store);

@@ -2,6 +2,7 @@
 //! records, the exporting process sends them; on shutdown every tracked connection is
 //! exported once more (flowEndReason 4) and the queues are drained.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -21,12 +22,16 @@ use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess};
 use crate::metadata::{self, Metadata};
 use crate::metrics::Metrics;
 use crate::records::{self, PodNetworks};
+use crate::state;
 use crate::store::{ConnectionStore, Timeouts};
 
 /// How often due connections are looked for.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
-/// How long the shutdown flush may take.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// The pause before the next expiry round when the last one was cut short by the
+/// collectors' room (a backlog is waiting in the store).
+const BACKLOG_TICK: Duration = Duration::from_millis(5);
+/// How often the probe's counters are read into the metrics.
+const PROBE_STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -81,7 +86,10 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         .export
         .collectors
         .iter()
-        .map(CollectorTarget::from)
+        .map(|c| CollectorTarget {
+            log_interval: config.logging.summary_interval.0,
+            ..CollectorTarget::from(c)
+        })
         .collect();
     let process = Arc::new(ExportingProcess::start(&targets, templates, domain));
     let metrics = Arc::new(Metrics::new());
@@ -90,6 +98,12 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         idle_ms: config.export.idle_timeout.0.as_millis() as u64,
         deny_idle_ms: config.deny.idle_timeout.0.as_millis() as u64,
     }));
+    let state_directory =
+        (!config.state.directory.is_empty()).then(|| PathBuf::from(&config.state.directory));
+    let origin = state::Origin::current();
+    if let Some(directory) = &state_directory {
+        resume(&store, directory, origin);
+    }
     let networks = PodNetworks::new(
         config
             .export
@@ -212,48 +226,85 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         Arc::clone(&process),
     ));
     let mut builder = BatchBuilder::default();
-    let mut ticker = tokio::time::interval(EXPIRY_TICK);
     tokio::pin!(stop);
+    let mut next_expiry = tokio::time::Instant::now() + EXPIRY_TICK;
+    let mut next_probe_read = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = ticker.tick() => {
-                store.expire(now_ms(), true, |expired| {
-                    push_record(&mut builder, &store, &networks, &attribution, &metadata, &metrics, &expired);
-                });
-                process.export(builder.finish());
-                metrics.observe_probe(attribution.probe_stats());
+            _ = tokio::time::sleep_until(next_expiry) => {
+                // The collectors' room bounds the batch: what does not fit waits in the
+                // store, and the next round comes as soon as the queues have drained a bit.
+                let room = process.room();
+                let mut exported = 0;
+                if room > 0 {
+                    exported = store.expire_limited(now_ms(), true, room, |expired| {
+                        push_record(&mut builder, &store, &networks, &attribution, &metadata, &metrics, &expired);
+                    });
+                    process.export(builder.finish());
+                }
+                let now = tokio::time::Instant::now();
+                next_expiry = now + if exported >= room { BACKLOG_TICK } else { EXPIRY_TICK };
+                process.report_drops();
+                if now >= next_probe_read {
+                    metrics.observe_probe(attribution.probe_stats());
+                    next_probe_read = now + PROBE_STATS_INTERVAL;
+                }
             }
         }
     }
 
-    // Shutdown: stop the sources, then export everything once more.
+    // Shutdown: stop the sources, then export everything once more: what is due as due,
+    // everything else as a forced end (4), paced by the collectors' room like expiry, all
+    // within the shutdown timeout.
     stopping.store(true, Ordering::Release);
     for thread in threads {
         let _ = thread.join();
     }
     tracing::debug!("sources stopped");
+    let deadline = tokio::time::Instant::now() + config.export.shutdown_timeout.0;
     let now = now_ms();
-    let mut push = |expired: crate::store::Expired<'_>| {
-        push_record(
-            &mut builder,
-            &store,
-            &networks,
-            &attribution,
-            &metadata,
-            &metrics,
-            &expired,
-        );
-    };
-    // What is due is exported as due; everything else once more as a forced end.
-    store.expire(now, true, &mut push);
-    let flushed = store.drain(now, &mut push);
+    let mut flushed = 0;
+    loop {
+        let room = process.room();
+        let mut push = |expired: crate::store::Expired<'_>| {
+            push_record(
+                &mut builder,
+                &store,
+                &networks,
+                &attribution,
+                &metadata,
+                &metrics,
+                &expired,
+            );
+        };
+        let due = store.expire_limited(now, true, room, &mut push);
+        let forced = store.force_end(now, room - due, &mut push);
+        flushed += forced;
+        process.export(builder.finish());
+        if due + forced < room || store.unflushed() == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let left = store.unflushed();
+            tracing::warn!(
+                "{left} connection(s) not exported by the shutdown deadline ({}): {}",
+                config.export.shutdown_timeout,
+                if state_directory.is_some() {
+                    "the state file keeps what was exported, so the next agent exports the rest"
+                } else {
+                    "their counts since the last export are lost (no state.directory)"
+                }
+            );
+            break;
+        }
+        tokio::time::sleep(BACKLOG_TICK).await;
+    }
     // Detach the probe (and remove its pin) before the queues drain.
     drop(attribution);
     for watcher in watchers {
         watcher.abort();
     }
-    process.export(builder.finish());
     server.abort();
     let _ = server.await;
     // The server's handlers may still hold the process for a moment.
@@ -268,12 +319,53 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         }
     };
     tracing::debug!("flushing the collector queues");
-    process.shutdown(SHUTDOWN_DEADLINE).await;
-    log(
-        "info",
-        format_args!("stopped: {flushed} connection(s) exported with flowEndReason 4"),
-    );
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    process.shutdown(left.max(Duration::from_millis(500))).await;
+    if let Some(directory) = &state_directory {
+        save_state(&store, directory, origin);
+    }
+    tracing::info!("stopped: {flushed} connection(s) exported with flowEndReason 4");
     Ok(())
+}
+
+/// Loads the previous agent's state file, if any, into the store.
+fn resume(store: &ConnectionStore, directory: &Path, origin: state::Origin) {
+    match state::take(directory, origin) {
+        Ok(None) => tracing::info!(
+            "no state file in {}: every connection is new to this agent",
+            directory.display()
+        ),
+        Ok(Some(saved)) => {
+            let count = saved.connections.len();
+            store.resume(saved.connections);
+            tracing::info!(
+                "resuming {count} connection(s) from the state file written {:.1} s ago",
+                now_ms().saturating_sub(saved.written_ms) as f64 / 1000.0
+            );
+        }
+        Err(error) => {
+            tracing::warn!("ignoring the state file, starting clean: {error}")
+        }
+    }
+}
+
+/// Writes what was exported of every connection for the next agent.
+fn save_state(store: &ConnectionStore, directory: &Path, origin: state::Origin) {
+    let saved = state::State {
+        origin,
+        written_ms: now_ms(),
+        connections: store.saved_connections(),
+    };
+    match state::save(directory, &saved) {
+        Ok(path) => tracing::info!(
+            "saved {} connection(s) to {}",
+            saved.connections.len(),
+            path.display()
+        ),
+        Err(error) => tracing::warn!(
+            "cannot save the state file ({error}): the next agent exports ended connections again and restarts deltas"
+        ),
+    }
 }
 
 /// Connects to the Kubernetes API and starts the pod and service watchers; without an
@@ -355,6 +447,7 @@ impl ConntrackSource<'_> {
     }
 
     fn poll(&self, socket: &mut ConntrackSocket) {
+        let first = self.store.generation() == 1;
         let started = Instant::now();
         let generation = self.store.begin_poll();
         let now = now_ms();
@@ -382,6 +475,12 @@ impl ConntrackSource<'_> {
         self.metrics
             .poll_duration
             .observe(started.elapsed().as_secs_f64());
+        if first {
+            let gone = self.store.finish_resume();
+            if gone > 0 {
+                tracing::info!("{gone} connection(s) of the state file ended while no agent ran");
+            }
+        }
         if let Ok(table) = socket.table_stats() {
             self.metrics.conntrack_entries.set(i64::from(table.entries));
             self.metrics.conntrack_max.set(i64::from(table.max_entries));
@@ -419,7 +518,7 @@ impl ConntrackSource<'_> {
                 }
                 match kind {
                     EventKind::Destroy => self.store.end(entry, now),
-                    EventKind::New => self.store.update(entry, 0, now),
+                    EventKind::New => self.store.create(entry, now),
                     EventKind::Update => {
                         // UPDATE carries no counters: read the final ones of an ended TCP
                         // connection at once instead of waiting for the kernel's reaping.
@@ -449,7 +548,13 @@ impl ConntrackSource<'_> {
             for entry in &ended {
                 let mut fresh = *entry;
                 match socket.get(&entry.original, entry.zone, &mut fresh) {
-                    Ok(true) => self.store.end(&fresh, now),
+                    Ok(true) if fresh.id == entry.id && matches!(fresh.tcp_state, Some(7 | 8)) => {
+                        self.store.end(&fresh, now)
+                    }
+                    // A new connection took the tuple already (its id may even be the
+                    // old one's): the old one's DESTROY brings its final counters, the
+                    // new one's NEW event the new one.
+                    Ok(true) => {}
                     // Already gone: its DESTROY event brings the final counters.
                     Ok(false) => {}
                     Err(error) => log("error", format_args!("conntrack get: {error}")),

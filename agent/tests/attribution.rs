@@ -109,7 +109,13 @@ fn veth_counters(ns: &Netns) -> (u64, u64) {
 
 fn start_agent(ns: &Netns, config: &str, port: u16, wrapper: &[&str]) -> Child {
     let config_path = std::env::temp_dir().join(format!("{}.yaml", ns.name));
-    std::fs::write(&config_path, config).unwrap();
+    // A state directory of its own: agents of parallel tests do not resume each other.
+    let state = std::env::temp_dir().join(format!("{}-state", ns.name));
+    std::fs::write(
+        &config_path,
+        format!("{config}\nstate: {{directory: {}}}\n", state.display()),
+    )
+    .unwrap();
     let mut args: Vec<String> = vec!["netns".into(), "exec".into(), ns.name.clone()];
     args.extend(wrapper.iter().map(|s| s.to_string()));
     args.push(env!("CARGO_BIN_EXE_flowex").into());

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use collector_sim::{Collector, CollectorConfig, Endpoint, synthetic};
 use flowex_agent::config::Transport;
-use flowex_agent::export::{BatchBuilder, CollectorTarget, EncodedBatch, ExportingProcess};
+use flowex_agent::export::{
+    BatchBuilder, CollectorTarget, DropReason, EncodedBatch, ExportingProcess,
+};
 use flowex_ipfix::{Registry, Template, antrea};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -31,6 +33,8 @@ fn target(name: &str, endpoint: Endpoint, capacity: usize) -> CollectorTarget {
         max_message_size: max,
         template_refresh: Duration::from_secs(600),
         queue_capacity: capacity,
+        max_reconnect_delay: Duration::from_millis(500),
+        log_interval: flowex_agent::export::DEFAULT_LOG_INTERVAL,
     }
 }
 
@@ -101,17 +105,21 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
     }
     let stats = Arc::clone(&process.collectors()[0].stats);
     assert_eq!(stats.queued.load(Ordering::Acquire), 100);
-    assert_eq!(stats.records_dropped.load(Ordering::Acquire), 150);
+    assert_eq!(stats.dropped(DropReason::QueueFull), 150);
+    assert_eq!(process.records_produced(), 250);
     eventually("connect attempts to fail", || {
         stats.send_errors.load(Ordering::Acquire) >= 2
     })
     .await;
-    process.shutdown(Duration::from_millis(200)).await;
-    assert_eq!(stats.records_dropped.load(Ordering::Acquire), 250);
+    assert_eq!(process.shutdown(Duration::from_millis(200)).await, 100);
+    assert_eq!(stats.dropped(DropReason::QueueFull), 150);
+    assert_eq!(stats.dropped(DropReason::Shutdown), 100);
+    assert_eq!(stats.records_dropped(), 250);
+    assert_eq!(stats.records_exported.load(Ordering::Acquire), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_absent_udp_collector_counts_errors_and_the_process_carries_on() {
+async fn records_for_an_absent_udp_collector_wait_for_it_and_are_not_counted_as_sent() {
     let unused = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let endpoint = Endpoint::Udp(unused.local_addr().unwrap());
     drop(unused);
@@ -121,19 +129,24 @@ async fn an_absent_udp_collector_counts_errors_and_the_process_carries_on() {
         process.export(batch(chunk * 10, 10));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    eventually("send errors", || {
-        stats.send_errors.load(Ordering::Acquire) >= 1
+    // Nothing listens: the port refuses the templates, so no record is sent into it.
+    eventually("refused attempts", || {
+        stats.send_errors.load(Ordering::Acquire) >= 2
     })
     .await;
-    eventually("the queue to drain", || {
-        stats.queued.load(Ordering::Acquire) == 0
-    })
-    .await;
-    let exported = stats.records_exported.load(Ordering::Acquire);
-    let dropped = stats.records_dropped.load(Ordering::Acquire);
-    assert_eq!(exported + dropped, 200);
-    assert!(dropped >= 1);
+    assert!(!stats.connected.load(Ordering::Acquire));
+    assert_eq!(stats.records_exported.load(Ordering::Acquire), 0);
+    assert_eq!(stats.records_dropped(), 0);
+    assert_eq!(stats.queued.load(Ordering::Acquire), 200);
+    // The collector comes up: everything arrives, once, after the templates.
+    let late = Collector::start(CollectorConfig::new(vec![endpoint])).unwrap();
+    assert!(late.wait_for_records(200, WAIT));
+    let summary = late.wait_until_quiet(Duration::from_millis(300), WAIT);
+    assert_eq!(summary.records, 200);
+    assert_eq!(summary.sets_without_template, 0);
     process.shutdown(WAIT).await;
+    assert_eq!(stats.records_exported.load(Ordering::Acquire), 200);
+    assert_eq!(stats.records_dropped(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,5 +182,98 @@ async fn a_restarted_tcp_collector_gets_templates_again_and_the_queued_records()
     assert_eq!(after.sets_without_template, 0);
     assert_eq!(after.sequence_gaps, 0);
     assert!(stats.reconnects.load(Ordering::Acquire) >= 1);
+    process.shutdown(WAIT).await;
+    // Every record is accounted for, and what reached neither collector was resent.
+    assert_eq!(
+        stats.records_exported.load(Ordering::Acquire) + stats.records_dropped(),
+        3_000 + probes
+    );
+    assert_eq!(stats.records_dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_udp_collector_gets_templates_at_once_and_refused_records_are_counted() {
+    let first = collector("udp://127.0.0.1:0");
+    let endpoint = first.udp_endpoint().unwrap();
+    // Ten minutes between refreshes: only the refusal can bring the templates back.
+    let process = ExportingProcess::start(&[target("udp", endpoint, 100_000)], templates(), 9);
+    let stats = Arc::clone(&process.collectors()[0].stats);
+    process.export(batch(0, 1_000));
+    assert!(first.wait_for_records(1_000, WAIT));
+    eventually("the first records to be confirmed", || {
+        stats.records_exported.load(Ordering::Acquire) == 1_000
+    })
+    .await;
+    let before = first.stop();
+    assert_eq!(before.records, 1_000);
+
+    // Sent into the closed port until the refusal comes back.
+    let mut sent = 1_000;
+    while stats.connected.load(Ordering::Acquire) {
+        process.export(batch(sent, 10));
+        sent += 10;
+        assert!(sent < 20_000, "the exporter never noticed the refusal");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // These wait in the queue while nothing listens.
+    process.export(batch(sent, 500));
+    sent += 500;
+    let second = Collector::start(CollectorConfig::new(vec![endpoint])).unwrap();
+    let after = {
+        eventually("the queued records", || second.record_count() >= 500).await;
+        second.wait_until_quiet(Duration::from_millis(300), WAIT)
+    };
+    // Templates first: every data set could be decoded.
+    assert_eq!(after.sets_without_template, 0);
+    assert!(after.templates >= 2);
+    assert_eq!(after.decode_error_total(), 0);
+    eventually("the queue to drain", || {
+        stats.queued.load(Ordering::Acquire) == 0
+    })
+    .await;
+    process.shutdown(WAIT).await;
+    // What was refused is counted as dropped, never as exported: the counts reconcile
+    // with what each collector received.
+    let exported = stats.records_exported.load(Ordering::Acquire);
+    let refused = stats.dropped(DropReason::CollectorRefused);
+    assert!(refused >= 1, "{refused}");
+    assert_eq!(exported + stats.records_dropped(), sent);
+    assert_eq!(stats.records_dropped(), refused);
+    assert_eq!(exported, before.records + after.records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_resumes_within_the_reconnect_cap_after_a_long_outage() {
+    let first = collector("tcp://127.0.0.1:0");
+    let endpoint = first.tcp_endpoint().unwrap();
+    let mut down = target("tcp", endpoint, 100_000);
+    down.max_reconnect_delay = Duration::from_secs(1);
+    let process = ExportingProcess::start(&[down], templates(), 3);
+    let stats = Arc::clone(&process.collectors()[0].stats);
+    process.export(batch(0, 10));
+    assert!(first.wait_for_records(10, WAIT));
+    drop(first.stop());
+    // Long enough for the backoff to reach its cap (100 ms doubling: 1 s after ~1.5 s).
+    let mut probes = 0;
+    while stats.connected.load(Ordering::Acquire) {
+        process.export(batch(100 + probes, 1));
+        probes += 1;
+        assert!(probes < 500);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let failed_attempts = stats.send_errors.load(Ordering::Acquire);
+    // 100 ms doubling to the 1 s cap: at most about 7 attempts in 4 s, at least 4.
+    assert!((4..=9).contains(&failed_attempts), "{failed_attempts}");
+    let back = tokio::time::Instant::now();
+    let second = Collector::start(CollectorConfig::new(vec![endpoint])).unwrap();
+    eventually("the reconnect", || stats.connected.load(Ordering::Acquire)).await;
+    // At most the cap plus its jitter (1.2 s), not the old 30 s.
+    assert!(
+        back.elapsed() <= Duration::from_millis(1_500),
+        "{:?}",
+        back.elapsed()
+    );
+    assert!(second.wait_for_records(probes, WAIT));
     process.shutdown(WAIT).await;
 }

@@ -133,8 +133,12 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
              conntrack: {{pollInterval: 500ms}}\n\
              export: {{activeTimeout: 1s, idleTimeout: 3s}}\n\
              deny: {{nflogGroup: 7, idleTimeout: 1s}}\n\
-             kubernetes: {{kubeconfig: {}, podScope: {pod_scope}}}\n",
-            kubeconfig.display()
+             kubernetes: {{kubeconfig: {}, podScope: {pod_scope}}}\n\
+             state: {{directory: {}}}\n",
+            kubeconfig.display(),
+            std::env::temp_dir()
+                .join(format!("{}-state", pair.server.name))
+                .display()
         ),
     )
     .unwrap();
@@ -241,9 +245,23 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
             .unwrap_or_else(|| panic!("{name} missing from /metrics"))
     };
     assert!(value("flowex_records_exported_total{collector=\"collector-0\"}") >= 5.0);
-    assert_eq!(
-        value("flowex_records_dropped_total{collector=\"collector-0\"}"),
-        0.0
+    for reason in [
+        "queue_full",
+        "collector_refused",
+        "send_failed",
+        "too_large",
+        "shutdown",
+    ] {
+        assert_eq!(
+            value(&format!(
+                "flowex_records_dropped_total{{collector=\"collector-0\",reason=\"{reason}\"}}"
+            )),
+            0.0
+        );
+    }
+    assert!(
+        value("flowex_records_produced_total")
+            >= value("flowex_records_exported_total{collector=\"collector-0\"}")
     );
     assert_eq!(
         value("flowex_collector_connected{collector=\"collector-0\"}"),

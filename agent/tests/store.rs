@@ -217,3 +217,188 @@ fn drain_exports_everything_as_forced_end() {
     assert_eq!(forced, 100);
     assert!(store.is_empty());
 }
+
+/// `entry` with a conntrack id, a kernel start time (ms) and a TCP state.
+fn connection(
+    port: u16,
+    id: u32,
+    start_ms: Option<u64>,
+    state: u8,
+    packets: u64,
+) -> ConntrackEntry {
+    ConntrackEntry {
+        id,
+        start_ns: start_ms.map(|ms| ms * 1_000_000),
+        tcp_state: Some(state),
+        ..entry(port, packets, packets * 100)
+    }
+}
+
+fn expire_with_starts(store: &ConnectionStore, now: u64) -> Vec<(u64, EndReason, Counters)> {
+    let mut out = Vec::new();
+    store.expire(now, true, |e| {
+        out.push((e.connection.start_ms, e.reason, e.delta))
+    });
+    out.sort_by_key(|(start, ..)| *start);
+    out
+}
+
+#[test]
+fn a_reused_tuple_with_a_new_id_ends_the_old_connection_and_starts_from_zero() {
+    let store = store();
+    store.update(&connection(1000, 7, Some(100), 3, 10), 0, 100);
+    // TIME_WAIT (7): the old one's final record is due at once.
+    store.end(&connection(1000, 7, Some(100), 7, 12), 200);
+    assert_eq!(
+        expire_with_starts(&store, 200),
+        [(100, EndReason::EndOfFlow, counters(12, 1200))]
+    );
+    // The client reuses the port: another id, another start, counters from zero.
+    store.create(&connection(1000, 8, None, 1, 1), 300);
+    store.update(&connection(1000, 8, Some(300), 3, 5), 0, 400);
+    store.end(&connection(1000, 8, Some(300), 7, 9), 500);
+    let out = expire_with_starts(&store, 500);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].1, EndReason::EndOfFlow);
+    assert_eq!(out[0].2, counters(9, 900));
+    assert_eq!(store.len(), 1);
+}
+
+#[test]
+fn a_reused_tuple_with_the_same_id_is_told_apart_by_its_new_event_or_state() {
+    // The kernel's id hashes the entry's address: a new entry in the old one's memory
+    // gets the old id.
+    for second in [
+        "new event",
+        "syn state in an update",
+        "counters back in a dump",
+    ] {
+        let store = store();
+        store.create(&connection(1000, 7, None, 1, 1), 100);
+        store.end(&connection(1000, 7, Some(100), 7, 12), 200);
+        assert_eq!(expire(&store, 200).len(), 1);
+        match second {
+            "new event" => store.create(&connection(1000, 7, None, 1, 1), 300),
+            "syn state in an update" => store.update(
+                &ConntrackEntry {
+                    original_counters: None,
+                    reply_counters: None,
+                    ..connection(1000, 7, None, 2, 0)
+                },
+                0,
+                300,
+            ),
+            _ => store.update(&connection(1000, 7, Some(300), 7, 3), 0, 300),
+        }
+        store.end(&connection(1000, 7, Some(300), 7, 4), 400);
+        assert_eq!(
+            expire(&store, 400),
+            [(1000, EndReason::EndOfFlow, counters(4, 400))],
+            "{second}"
+        );
+    }
+}
+
+#[test]
+fn an_unexported_old_connection_is_retired_and_its_late_destroy_is_its_own() {
+    let store = store();
+    store.update(&connection(1000, 7, Some(100), 3, 10), 0, 100);
+    // The new connection is seen before the old one's end was exported.
+    store.update(&connection(1000, 8, Some(300), 3, 2), 0, 300);
+    // The old one's DESTROY comes late, with its final counters.
+    store.end(&connection(1000, 7, Some(100), 7, 11), 310);
+    let out = expire_with_starts(&store, 310);
+    assert_eq!(out, [(100, EndReason::EndOfFlow, counters(11, 1100))]);
+    // The new one goes on from its own counters.
+    assert_eq!(
+        expire_with_starts(&store, 300 + ACTIVE),
+        [(300, EndReason::ActiveTimeout, counters(2, 200))]
+    );
+}
+
+#[test]
+fn a_limited_expiry_leaves_the_rest_due_and_loses_nothing() {
+    let store = store();
+    for port in 0..1_000 {
+        store.update(&entry(port, 1, 100), 0, 0);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut rounds = 0;
+    loop {
+        let mut out = Vec::new();
+        let n = store.expire_limited(ACTIVE, true, 64, |e| out.push(e.key.source_port));
+        assert_eq!(n, out.len());
+        assert!(n <= 64);
+        for port in out {
+            assert!(seen.insert(port), "port {port} twice");
+        }
+        rounds += 1;
+        if n < 64 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 1_000);
+    assert_eq!(rounds, 1_000 / 64 + 1);
+    // Counted once: nothing more is due until the next active timeout.
+    assert!(expire(&store, ACTIVE).is_empty());
+}
+
+#[test]
+fn force_end_goes_on_where_it_stopped_and_keeps_the_connections() {
+    let store = store();
+    for port in 0..10 {
+        store.update(&entry(port, 3, 300), 0, 0);
+    }
+    let mut ports = Vec::new();
+    assert_eq!(store.force_end(10, 4, |e| ports.push(e.key.source_port)), 4);
+    assert_eq!(store.unflushed(), 6);
+    assert_eq!(
+        store.force_end(10, 100, |e| ports.push(e.key.source_port)),
+        6
+    );
+    assert_eq!(store.force_end(10, 100, |_| panic!("flushed twice")), 0);
+    ports.sort_unstable();
+    assert_eq!(ports, (0..10).collect::<Vec<_>>());
+    assert_eq!(store.unflushed(), 0);
+    assert_eq!(store.len(), 10);
+    // Saved as flushed: counters exported up to now, not ended.
+    let saved = store.saved_connections();
+    assert_eq!(saved.len(), 10);
+    assert!(
+        saved
+            .iter()
+            .all(|s| !s.ended && s.exported == counters(3, 300))
+    );
+}
+
+#[test]
+fn a_resumed_store_continues_deltas_and_does_not_repeat_ended_connections() {
+    let before = store();
+    before.update(&connection(1000, 7, Some(100), 3, 10), 0, 100);
+    before.end(&connection(1001, 9, Some(100), 7, 4), 100);
+    assert_eq!(expire(&before, 100).len(), 1);
+    before.force_end(200, usize::MAX, |_| {});
+    let saved = before.saved_connections();
+
+    let after = store();
+    after.resume(saved);
+    let g = after.begin_poll();
+    // The established one grew; the ended one is still in TIME_WAIT.
+    after.update(&connection(1000, 7, Some(100), 3, 15), g, 300);
+    after.update(&connection(1001, 9, Some(100), 7, 4), g, 300);
+    assert_eq!(after.finish_resume(), 0);
+    let out = expire(&after, 300 + ACTIVE);
+    assert_eq!(out, [(1000, EndReason::ActiveTimeout, counters(5, 500))]);
+
+    // A saved tuple taken by another connection (another id) starts from zero; what the
+    // first poll did not find is forgotten.
+    let again = store();
+    again.resume(after.saved_connections());
+    let g = again.begin_poll();
+    again.update(&connection(1000, 99, Some(900), 3, 2), g, 1000);
+    assert_eq!(again.finish_resume(), 1);
+    assert_eq!(
+        expire(&again, 1000 + ACTIVE),
+        [(1000, EndReason::ActiveTimeout, counters(2, 200))]
+    );
+}

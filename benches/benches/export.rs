@@ -166,8 +166,7 @@ impl Bench {
         }) as u64;
         self.process.export(self.builder.finish());
         self.sent += exported;
-        while self.stats().records_exported.load(Ordering::Acquire)
-            + self.stats().records_dropped.load(Ordering::Acquire)
+        while self.stats().records_exported.load(Ordering::Acquire) + self.stats().records_dropped()
             < self.sent
         {
             std::hint::spin_loop();
@@ -193,7 +192,7 @@ impl Bench {
             self.sent as f64 / stats.messages.load(Ordering::Acquire).max(1) as f64,
             summary.records,
             summary.missing_records,
-            stats.records_dropped.load(Ordering::Acquire),
+            stats.records_dropped(),
             allocations.0,
             self.sent / CONNECTIONS as u64,
             allocations.0 as f64 / self.sent.max(1) as f64,

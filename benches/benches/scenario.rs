@@ -124,7 +124,7 @@ fn main() {
 \"messages\":{},\"peak_rss_mb\":{:.1},\"rss_before_store_mb\":{:.1},\"poll_ms_total\":{poll_ms},\"expiry_and_encode_ms_total\":{expiry_ms}}}",
         summary.records,
         summary.missing_records,
-        stats.records_dropped.load(Ordering::Acquire),
+        stats.records_dropped(),
         stats.messages.load(Ordering::Acquire),
         resident_kib("VmHWM:") as f64 / 1024.0,
         baseline_kib as f64 / 1024.0,

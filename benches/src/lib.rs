@@ -141,6 +141,8 @@ pub fn udp_export_pair(
         max_message_size: 1472,
         template_refresh: std::time::Duration::from_secs(600),
         queue_capacity,
+        max_reconnect_delay: std::time::Duration::from_secs(2),
+        log_interval: flowex_agent::export::DEFAULT_LOG_INTERVAL,
     };
     let templates = std::sync::Arc::new(
         flowex_agent::records::templates(&flowex_ipfix::Registry::default()).expect("templates"),

@@ -400,6 +400,12 @@ impl Encoder {
         }
     }
 
+    /// Throws away the message being built (its sets and records), as if it had never
+    /// been started; the sequence number does not move.
+    pub fn discard(&mut self) {
+        self.finished = true;
+    }
+
     /// Adds a template (to a template set) or an options template (to an options template set).
     pub fn add_template(&mut self, template: &Template) -> Result<(), EncodeError> {
         let set_id = if template.is_options() {

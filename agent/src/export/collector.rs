@@ -1,8 +1,29 @@
 //! One collector: a bounded queue of shared batches, an encoder that packs them into
 //! messages (its own sequence numbers), and a UDP or TCP transport with reconnects.
+//!
+//! Every record handed to a collector is accounted for exactly once: it is *exported*
+//! when the transport confirms it, or *dropped* under a [`DropReason`]; until then it is
+//! *queued* (waiting, being packed, or sent and not yet confirmed). So at any moment
+//! `exported + dropped + queued = records offered`.
+//!
+//! What "confirmed" means follows what each transport can know:
+//! - TCP: the collector's kernel acknowledged the message's bytes (`SIOCOUTQ`: bytes
+//!   written and not yet acknowledged). When the connection fails, the messages it had
+//!   not acknowledged are sent again on the next connection: the collector never read
+//!   them, so this neither loses nor duplicates.
+//! - UDP: no refusal came back. A connected UDP socket learns from ICMP port unreachable
+//!   that the collector's port is closed (`ECONNREFUSED`, read with `SO_ERROR` or from
+//!   the next send). Messages sent since the last clean check are then counted as dropped
+//!   (`collector_refused`): some may have arrived before the collector went away, but
+//!   none is counted twice. The collector is then probed with templates alone until it
+//!   answers without a refusal, so a restarted collector gets templates before data.
+//!   A loss that produces no ICMP (a filtered or rate-limited path) cannot be seen by any
+//!   UDP exporter; the short default template refresh bounds what such a collector misses.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowex_ipfix::{EncodeError, Encoder, Template};
@@ -25,6 +46,10 @@ pub struct CollectorTarget {
     pub template_refresh: Duration,
     /// Records that may wait in the queue; more are dropped and counted.
     pub queue_capacity: usize,
+    /// Longest wait between two connection attempts (the backoff's cap).
+    pub max_reconnect_delay: Duration,
+    /// How often a continuing failure or drop is summarised in the log.
+    pub log_interval: Duration,
 }
 
 impl From<&CollectorConfig> for CollectorTarget {
@@ -36,6 +61,48 @@ impl From<&CollectorConfig> for CollectorTarget {
             max_message_size: c.max_message_size,
             template_refresh: c.template_refresh.0,
             queue_capacity: c.queue_capacity,
+            max_reconnect_delay: c.max_reconnect_delay.0,
+            log_interval: DEFAULT_LOG_INTERVAL,
+        }
+    }
+}
+
+/// Default interval of the failure and drop summaries in the log.
+pub const DEFAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why a record did not reach a collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The collector's queue was full (the collector is down or slower than the flows).
+    QueueFull,
+    /// The UDP collector's port refused what was sent (ICMP port unreachable).
+    CollectorRefused,
+    /// A UDP send failed for another reason.
+    SendFailed,
+    /// The record is larger than the collector's largest message.
+    TooLarge,
+    /// Still queued when the shutdown deadline passed.
+    Shutdown,
+}
+
+impl DropReason {
+    /// Every reason, in the order of [`CollectorStats::dropped`].
+    pub const ALL: [DropReason; 5] = [
+        DropReason::QueueFull,
+        DropReason::CollectorRefused,
+        DropReason::SendFailed,
+        DropReason::TooLarge,
+        DropReason::Shutdown,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::CollectorRefused => "collector_refused",
+            DropReason::SendFailed => "send_failed",
+            DropReason::TooLarge => "too_large",
+            DropReason::Shutdown => "shutdown",
         }
     }
 }
@@ -44,28 +111,130 @@ impl From<&CollectorConfig> for CollectorTarget {
 #[derive(Debug, Default)]
 pub struct CollectorStats {
     pub records_exported: AtomicU64,
-    pub records_dropped: AtomicU64,
+    dropped: [AtomicU64; 5],
+    /// Records sent again on a new connection after the old one failed unacknowledged.
+    pub records_resent: AtomicU64,
     pub send_errors: AtomicU64,
     pub reconnects: AtomicU64,
     pub messages: AtomicU64,
     pub bytes: AtomicU64,
-    /// Records waiting in the queue.
+    /// Records accepted and not yet exported or dropped.
     pub queued: AtomicU64,
     pub connected: AtomicBool,
+}
+
+impl CollectorStats {
+    /// Records dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Records dropped for any reason.
+    pub fn records_dropped(&self) -> u64 {
+        DropReason::ALL.iter().map(|r| self.dropped(*r)).sum()
+    }
+
+    /// Queued records the transport confirmed.
+    fn settle_exported(&self, records: u64) {
+        self.records_exported.fetch_add(records, Ordering::Relaxed);
+        self.queued.fetch_sub(records, Ordering::AcqRel);
+    }
+
+    /// Queued records that will never be sent.
+    fn settle_dropped(&self, reason: DropReason, records: u64) {
+        self.dropped[reason as usize].fetch_add(records, Ordering::Relaxed);
+        self.queued.fetch_sub(records, Ordering::AcqRel);
+    }
+
+    /// Records refused before they were queued.
+    fn reject(&self, reason: DropReason, records: u64) {
+        self.dropped[reason as usize].fetch_add(records, Ordering::Relaxed);
+    }
+}
+
+/// Part of a shared batch: records `start..end`.
+#[derive(Debug, Clone)]
+struct Chunk {
+    batch: Arc<EncodedBatch>,
+    start: usize,
+    end: usize,
+}
+
+impl Chunk {
+    fn len(&self) -> u64 {
+        (self.end - self.start) as u64
+    }
+
+    fn part(&self, start: usize, end: usize) -> Chunk {
+        Chunk {
+            batch: Arc::clone(&self.batch),
+            start,
+            end,
+        }
+    }
+}
+
+/// What was logged of a collector's drops.
+#[derive(Debug, Default)]
+struct DropLog {
+    reported: [u64; 5],
+    at: Option<Instant>,
 }
 
 /// A running collector task.
 pub struct CollectorHandle {
     pub name: String,
     pub stats: Arc<CollectorStats>,
-    queue: mpsc::UnboundedSender<Arc<EncodedBatch>>,
+    queue: mpsc::UnboundedSender<Chunk>,
     capacity: u64,
+    log_interval: Duration,
+    drop_log: Mutex<DropLog>,
     task: JoinHandle<()>,
+}
+
+impl CollectorHandle {
+    /// Records the queue can still take.
+    fn room(&self) -> u64 {
+        self.capacity
+            .saturating_sub(self.stats.queued.load(Ordering::Acquire))
+    }
+
+    /// Logs drops since the last report: the first at once, then at most one summary per
+    /// log interval.
+    fn report_drops(&self, now: Instant) {
+        let mut log = self.drop_log.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = DropReason::ALL.map(|r| self.stats.dropped(r));
+        if current == log.reported || log.at.is_some_and(|at| now - at < self.log_interval) {
+            return;
+        }
+        let mut parts = Vec::new();
+        let mut total = 0;
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            let n = current[i] - log.reported[i];
+            if n > 0 {
+                parts.push(format!("{}: {n}", reason.label()));
+                total += n;
+            }
+        }
+        let since = match log.at {
+            Some(at) => format!("in the last {:.0} s", (now - at).as_secs_f64()),
+            None => "so far".to_owned(),
+        };
+        tracing::warn!(
+            "collector {}: {total} record(s) dropped {since} ({}); {} dropped in all",
+            self.name,
+            parts.join(", "),
+            current.iter().sum::<u64>()
+        );
+        log.reported = current;
+        log.at = Some(now);
+    }
 }
 
 /// All collectors; records go to each of them.
 pub struct ExportingProcess {
     collectors: Vec<CollectorHandle>,
+    produced: AtomicU64,
 }
 
 impl ExportingProcess {
@@ -88,11 +257,16 @@ impl ExportingProcess {
                     stats,
                     queue,
                     capacity: target.queue_capacity as u64,
+                    log_interval: target.log_interval,
+                    drop_log: Mutex::default(),
                     task,
                 }
             })
             .collect();
-        Self { collectors }
+        Self {
+            collectors,
+            produced: AtomicU64::new(0),
+        }
     }
 
     /// The collectors and their counters.
@@ -100,57 +274,143 @@ impl ExportingProcess {
         &self.collectors
     }
 
-    /// Queues `batch` for every collector; a collector whose queue cannot take the whole
-    /// batch drops it and counts the records. Never waits.
+    /// Records handed to [`ExportingProcess::export`] so far: for every collector,
+    /// exported + dropped + queued equals this.
+    pub fn records_produced(&self) -> u64 {
+        self.produced.load(Ordering::Relaxed)
+    }
+
+    /// How many records the next batch may hold without a connected collector dropping
+    /// any: the most room in a connected collector's queue. Expiry asks this first, so a
+    /// large table or burst waits in the store (its counters keep adding up) instead of
+    /// overflowing a queue that is draining. When no collector is connected, waiting would
+    /// only grow the store: the batch may be of any size, and what does not fit is dropped
+    /// (and counted).
+    pub fn room(&self) -> usize {
+        let connected = self
+            .collectors
+            .iter()
+            .filter(|c| c.stats.connected.load(Ordering::Acquire));
+        match connected.map(CollectorHandle::room).max() {
+            Some(room) => room.min(usize::MAX as u64) as usize,
+            None => usize::MAX,
+        }
+    }
+
+    /// Queues `batch` for every collector; a collector whose queue cannot take all of it
+    /// takes what fits and counts the rest as dropped (`queue_full`). Never waits.
     pub fn export(&self, batch: EncodedBatch) {
         if batch.is_empty() {
             return;
         }
-        let records = batch.len() as u64;
+        let records = batch.len();
+        self.produced.fetch_add(records as u64, Ordering::Relaxed);
         let batch = Arc::new(batch);
         for collector in &self.collectors {
             let stats = &collector.stats;
-            let queued = stats.queued.fetch_add(records, Ordering::AcqRel);
-            if queued + records > collector.capacity
-                || collector.queue.send(Arc::clone(&batch)).is_err()
-            {
-                stats.queued.fetch_sub(records, Ordering::AcqRel);
-                stats.records_dropped.fetch_add(records, Ordering::Relaxed);
+            let take = collector.room().min(records as u64) as usize;
+            if take > 0 {
+                stats.queued.fetch_add(take as u64, Ordering::AcqRel);
+                let chunk = Chunk {
+                    batch: Arc::clone(&batch),
+                    start: 0,
+                    end: take,
+                };
+                if collector.queue.send(chunk).is_err() {
+                    // The task has ended: nothing will send these.
+                    stats.settle_dropped(DropReason::Shutdown, take as u64);
+                }
+            }
+            if take < records {
+                stats.reject(DropReason::QueueFull, (records - take) as u64);
             }
         }
     }
 
-    /// Closes the queues, lets each collector send what it holds for at most `deadline`,
-    /// then stops the rest (what was not sent is counted as dropped).
-    pub async fn shutdown(self, deadline: Duration) {
-        let until = tokio::time::Instant::now() + deadline;
-        for collector in self.collectors {
-            drop(collector.queue);
-            let mut task = collector.task;
-            if tokio::time::timeout_at(until, &mut task).await.is_err() {
-                task.abort();
-                let left = collector.stats.queued.swap(0, Ordering::AcqRel);
-                collector
-                    .stats
-                    .records_dropped
-                    .fetch_add(left, Ordering::Relaxed);
-            }
+    /// Logs each collector's drops, rate-limited (see [`CollectorTarget::log_interval`]).
+    pub fn report_drops(&self) {
+        let now = Instant::now();
+        for collector in &self.collectors {
+            collector.report_drops(now);
         }
+    }
+
+    /// Closes the queues, lets each collector send what it holds for at most `deadline`,
+    /// then stops the rest; what was not confirmed by then is counted as dropped
+    /// (`shutdown`) and logged. Returns the records dropped that way.
+    pub async fn shutdown(self, deadline: Duration) -> u64 {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut dropped = 0;
+        for mut collector in self.collectors {
+            // Closing the queue ends the task once it has sent what it holds.
+            let (closed, _) = mpsc::unbounded_channel();
+            drop(std::mem::replace(&mut collector.queue, closed));
+            // Nothing to send and no link: waiting would only wait for the backoff.
+            let idle = collector.stats.queued.load(Ordering::Acquire) == 0
+                && !collector.stats.connected.load(Ordering::Acquire);
+            if idle
+                || tokio::time::timeout_at(until, &mut collector.task)
+                    .await
+                    .is_err()
+            {
+                collector.task.abort();
+                let _ = (&mut collector.task).await;
+            }
+            let left = collector.stats.queued.swap(0, Ordering::AcqRel);
+            if left > 0 {
+                collector.stats.reject(DropReason::Shutdown, left);
+                tracing::warn!(
+                    "collector {}: {left} record(s) not delivered by the shutdown deadline ({deadline:?}): dropped",
+                    collector.name
+                );
+                dropped += left;
+            }
+            collector.report_drops(Instant::now() + collector.log_interval);
+            let stats = &collector.stats;
+            let by_reason: Vec<String> = DropReason::ALL
+                .iter()
+                .filter(|&&r| stats.dropped(r) > 0)
+                .map(|&r| format!("{}: {}", r.label(), stats.dropped(r)))
+                .collect();
+            tracing::info!(
+                "collector {}: {} of {} record(s) exported, {} dropped{}, {} resent",
+                collector.name,
+                stats.records_exported.load(Ordering::Acquire),
+                self.produced.load(Ordering::Acquire),
+                stats.records_dropped(),
+                if by_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", by_reason.join(", "))
+                },
+                stats.records_resent.load(Ordering::Acquire)
+            );
+        }
+        dropped
     }
 }
 
 enum Link {
     Udp(UdpSocket),
-    Tcp(TcpStream),
+    Tcp {
+        stream: TcpStream,
+        /// Bytes written on this connection.
+        written: u64,
+    },
 }
 
-impl Link {
-    async fn send(&mut self, message: &[u8]) -> std::io::Result<()> {
-        match self {
-            Link::Udp(socket) => socket.send(message).await.map(|_| ()),
-            Link::Tcp(stream) => stream.write_all(message).await,
-        }
-    }
+/// True for the error a connected UDP socket reports after ICMP port unreachable.
+fn refused(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::ConnectionRefused
+}
+
+/// Bytes written to a TCP socket and not yet acknowledged by the peer (also after the
+/// connection failed: the kernel keeps the sequence numbers).
+fn unacknowledged(stream: &TcpStream) -> Option<u64> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, on a socket fd we own.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut pending) };
+    (rc == 0).then_some(pending.max(0) as u64)
 }
 
 async fn connect(target: &CollectorTarget) -> std::io::Result<Link> {
@@ -170,13 +430,26 @@ async fn connect(target: &CollectorTarget) -> std::io::Result<Link> {
             Ok(Link::Udp(socket))
         }
         Transport::Tcp => {
-            let stream =
-                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {CONNECT_TIMEOUT:?}"),
+                    )
+                })??;
             stream.set_nodelay(true)?;
-            Ok(Link::Tcp(stream))
+            Ok(Link::Tcp { stream, written: 0 })
         }
     }
 }
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a UDP probe waits for a refusal before the collector counts as up. ICMP from
+/// a closed port on this host or a neighbour arrives within microseconds to milliseconds.
+const UDP_PROBE_WAIT: Duration = Duration::from_millis(50);
+/// How often an idle collector checks what it sent (acknowledgements, refusals).
+const CONFIRM_INTERVAL: Duration = Duration::from_millis(200);
 
 fn now_seconds() -> u32 {
     SystemTime::now()
@@ -184,38 +457,122 @@ fn now_seconds() -> u32 {
         .map_or(0, |d| d.as_secs() as u32)
 }
 
-/// Backoff for reconnects: 100 ms doubling to 30 s, with ±20% jitter.
-struct Backoff {
+/// Backoff for reconnects: 100 ms doubling up to a cap, with ±20% jitter so agents that
+/// lost the same collector do not all come back at the same instant.
+pub struct Backoff {
     next: Duration,
+    cap: Duration,
     seed: u64,
 }
 
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
 impl Backoff {
-    fn new() -> Self {
+    /// A backoff that never waits longer than `cap` (plus jitter).
+    pub fn new(cap: Duration) -> Self {
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             | 1;
         Self {
-            next: Duration::from_millis(100),
+            next: FIRST_RECONNECT_DELAY.min(cap),
+            cap,
             seed,
         }
     }
 
-    fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
+    /// Back to the first delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = FIRST_RECONNECT_DELAY.min(self.cap);
     }
 
-    fn delay(&mut self) -> Duration {
+    /// The next delay to wait.
+    pub fn delay(&mut self) -> Duration {
         // xorshift64: enough randomness to spread reconnecting agents apart
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
         let jitter = 0.8 + (self.seed % 1000) as f64 / 2500.0;
         let delay = self.next.mul_f64(jitter);
-        self.next = (self.next * 2).min(Duration::from_secs(30));
+        self.next = (self.next * 2).min(self.cap);
         delay
     }
+}
+
+/// A collector that cannot be reached: logged at the first failure, summarised once per
+/// log interval while it lasts, and logged again when it ends.
+struct Outage {
+    since: Option<Instant>,
+    attempts: u64,
+    reported: Instant,
+}
+
+impl Outage {
+    fn new() -> Self {
+        Self {
+            since: None,
+            attempts: 0,
+            reported: Instant::now(),
+        }
+    }
+
+    fn failed(&mut self, target: &CollectorTarget, what: &str, error: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        self.attempts += 1;
+        match self.since {
+            None => {
+                self.since = Some(now);
+                self.reported = now;
+                tracing::warn!(
+                    "collector {} ({} {}): {what}: {error}; retrying every {:?} at most",
+                    target.name,
+                    transport_name(target.transport),
+                    target.address,
+                    target.max_reconnect_delay
+                );
+            }
+            Some(since) if now - self.reported >= target.log_interval => {
+                self.reported = now;
+                tracing::warn!(
+                    "collector {} ({}) still unreachable after {:.0} s: {} failed attempt(s), last: {what}: {error}",
+                    target.name,
+                    target.address,
+                    (now - since).as_secs_f64(),
+                    self.attempts
+                );
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn recovered(&mut self, target: &CollectorTarget) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                "collector {} ({}) reachable again after {:.1} s and {} failed attempt(s)",
+                target.name,
+                target.address,
+                since.elapsed().as_secs_f64(),
+                self.attempts
+            );
+        }
+        self.attempts = 0;
+    }
+}
+
+fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    }
+}
+
+/// A message written and not yet confirmed.
+struct InFlight {
+    /// TCP: the connection's byte count once the message was written.
+    end: u64,
+    records: u64,
+    /// Its data records (none for a message of templates alone).
+    chunk: Option<Chunk>,
 }
 
 struct Sender {
@@ -226,26 +583,63 @@ struct Sender {
     link: Option<Link>,
     templates_sent: Option<Instant>,
     backoff: Backoff,
+    outage: Outage,
+    in_flight: VecDeque<InFlight>,
+    /// Records to send again before the queue (unacknowledged when a TCP link failed).
+    retry: VecDeque<Chunk>,
 }
 
 impl Sender {
-    /// Connects unless connected, retrying with backoff until it succeeds.
+    /// Connects unless connected, retrying with backoff until it succeeds. A new UDP
+    /// socket first sends the templates alone and waits for a refusal, so data is not
+    /// sent into a closed port.
     async fn ensure_link(&mut self) {
         while self.link.is_none() {
-            match connect(&self.target).await {
+            let error = match connect(&self.target).await {
                 Ok(link) => {
                     self.link = Some(link);
                     // A new transport session: a new stream, templates first.
                     self.encoder.set_sequence_number(0);
                     self.templates_sent = None;
+                    if self.target.transport == Transport::Udp {
+                        match self.probe_udp().await {
+                            Ok(()) => None,
+                            Err(error) => Some(("no answer to the templates", error)),
+                        }
+                    } else {
+                        None
+                    }
+                }
+                Err(error) => Some(("cannot connect", error)),
+            };
+            match error {
+                None => {
                     self.backoff.reset();
+                    self.outage.recovered(&self.target);
                     self.stats.connected.store(true, Ordering::Release);
                 }
-                Err(_) => {
+                Some((what, error)) => {
+                    self.link = None;
                     self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    self.outage.failed(&self.target, what, &error);
                     tokio::time::sleep(self.backoff.delay()).await;
                 }
             }
+        }
+    }
+
+    /// Sends the templates alone on the new UDP socket and waits briefly for a refusal.
+    async fn probe_udp(&mut self) -> std::io::Result<()> {
+        if !self.add_templates().await || !self.flush(None).await {
+            return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        }
+        tokio::time::sleep(UDP_PROBE_WAIT).await;
+        match &self.link {
+            Some(Link::Udp(socket)) => match socket.take_error()? {
+                Some(error) => Err(error),
+                None => Ok(()),
+            },
+            _ => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
         }
     }
 
@@ -259,41 +653,120 @@ impl Sender {
         }
     }
 
-    /// Sends the message being built. On a TCP failure the link is dropped (to reconnect)
-    /// and false is returned; a UDP failure drops the message's records.
-    async fn flush(&mut self) -> bool {
+    /// The link failed: TCP messages the collector did not acknowledge are sent again on
+    /// the next connection; UDP messages since the last clean check are dropped.
+    fn link_failed(&mut self, error: &std::io::Error) {
+        let Some(link) = self.link.take() else { return };
+        self.stats.connected.store(false, Ordering::Release);
+        match link {
+            Link::Tcp { stream, written } => {
+                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                let acknowledged =
+                    written - unacknowledged(&stream).unwrap_or(written).min(written);
+                self.confirm_acknowledged(acknowledged);
+                for message in self.in_flight.drain(..) {
+                    if let Some(chunk) = message.chunk {
+                        self.stats
+                            .records_resent
+                            .fetch_add(chunk.len(), Ordering::Relaxed);
+                        self.retry.push_back(chunk);
+                    }
+                }
+            }
+            Link::Udp(_) => {
+                let lost: u64 = self.in_flight.drain(..).map(|m| m.records).sum();
+                self.stats
+                    .settle_dropped(DropReason::CollectorRefused, lost);
+            }
+        }
+        self.outage
+            .failed(&self.target, "the connection failed", error);
+    }
+
+    fn confirm_acknowledged(&mut self, acknowledged: u64) {
+        while let Some(message) = self.in_flight.front() {
+            if message.end > acknowledged {
+                break;
+            }
+            self.stats.settle_exported(message.records);
+            self.in_flight.pop_front();
+        }
+    }
+
+    /// Confirms what the transport has delivered; false when the link turned out to have
+    /// failed.
+    fn confirm(&mut self) -> bool {
+        match &self.link {
+            None => false,
+            Some(Link::Tcp { stream, written }) => {
+                if let Some(pending) = unacknowledged(stream) {
+                    let acknowledged = written.saturating_sub(pending);
+                    self.confirm_acknowledged(acknowledged);
+                }
+                true
+            }
+            Some(Link::Udp(socket)) => match socket.take_error() {
+                Ok(Some(error)) => {
+                    self.link_failed(&error);
+                    false
+                }
+                _ => {
+                    let records: u64 = self.in_flight.drain(..).map(|m| m.records).sum();
+                    self.stats.settle_exported(records);
+                    true
+                }
+            },
+        }
+    }
+
+    /// Sends the message being built, whose data records are `chunk`. False when the link
+    /// is down or failed: the message was not sent, and its records must be added again.
+    async fn flush(&mut self, chunk: Option<Chunk>) -> bool {
         if self.encoder.is_empty() {
             return true;
         }
-        let records = u64::from(self.encoder.records_in_message());
-        let message = self.encoder.finish(now_seconds());
-        let Some(link) = self.link.as_mut() else {
+        // A refusal of what was sent before means this message would be lost too.
+        if self.link.is_none() || !self.confirm() {
+            self.encoder.discard();
             return false;
+        }
+        let records = u64::from(self.encoder.records_in_message());
+        let sequence = self.encoder.sequence_number();
+        let message = self.encoder.finish(now_seconds());
+        let len = message.len() as u64;
+        let result = match self.link.as_mut() {
+            Some(Link::Udp(socket)) => socket.send(message).await.map(|_| 0),
+            Some(Link::Tcp { stream, written }) => {
+                let result = stream.write_all(message).await;
+                if result.is_ok() {
+                    *written += len;
+                }
+                result.map(|()| *written)
+            }
+            None => unreachable!("checked above"),
         };
-        match link.send(message).await {
-            Ok(()) => {
+        match result {
+            Ok(end) => {
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .bytes
-                    .fetch_add(message.len() as u64, Ordering::Relaxed);
-                self.stats
-                    .records_exported
-                    .fetch_add(records, Ordering::Relaxed);
+                self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+                self.in_flight.push_back(InFlight {
+                    end,
+                    records,
+                    chunk,
+                });
                 true
             }
-            Err(_) => {
+            Err(error) => {
                 self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                if self.target.transport == Transport::Tcp {
-                    self.link = None;
-                    self.stats.connected.store(false, Ordering::Release);
-                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    false
-                } else {
-                    self.stats
-                        .records_dropped
-                        .fetch_add(records, Ordering::Relaxed);
-                    true
+                if self.target.transport == Transport::Udp && !refused(&error) {
+                    // Not a closed port: this message is lost, the link stays.
+                    self.stats.settle_dropped(DropReason::SendFailed, records);
+                    return true;
                 }
+                // Not sent (or not completely): the records go again on the next link.
+                self.encoder.set_sequence_number(sequence);
+                self.link_failed(&error);
+                false
             }
         }
     }
@@ -302,7 +775,7 @@ impl Sender {
         for index in 0..self.templates.len() {
             let template = &self.templates[index];
             if self.encoder.add_template(template) == Err(EncodeError::MessageFull) {
-                if !self.flush().await {
+                if !self.flush(None).await {
                     return false;
                 }
                 let template = &self.templates[index];
@@ -313,21 +786,24 @@ impl Sender {
         true
     }
 
-    /// Sends every record of `batch`, packing them into messages. Records of a message
-    /// lost to a TCP failure are sent again after the reconnect.
-    async fn send_batch(&mut self, batch: &EncodedBatch) {
-        let mut message_start = 0;
+    /// Sends every record of `chunk`, packing them into messages. Records of a message
+    /// that could not be sent are added again after the reconnect.
+    async fn send_chunk(&mut self, chunk: &Chunk) {
+        let mut message_start = chunk.start;
         'restart: loop {
             self.ensure_link().await;
             if self.templates_due() && !self.add_templates().await {
                 continue 'restart;
             }
             let mut index = message_start;
-            while let Some((template_id, bytes)) = batch.record(index) {
+            while index < chunk.end {
+                let Some((template_id, bytes)) = chunk.batch.record(index) else {
+                    break;
+                };
                 match self.encoder.add_encoded_record(template_id, bytes) {
                     Ok(()) => index += 1,
                     Err(EncodeError::MessageFull) => {
-                        if !self.flush().await {
+                        if !self.flush(Some(chunk.part(message_start, index))).await {
                             continue 'restart;
                         }
                         message_start = index;
@@ -336,16 +812,34 @@ impl Sender {
                         }
                     }
                     Err(_) => {
-                        // Larger than any message can be: cannot ever be sent.
-                        self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+                        // Larger than any message can be: it can never be sent. The
+                        // message so far goes first, so a resend never meets it again.
+                        if index > message_start
+                            && !self.flush(Some(chunk.part(message_start, index))).await
+                        {
+                            continue 'restart;
+                        }
+                        self.stats.settle_dropped(DropReason::TooLarge, 1);
                         index += 1;
+                        message_start = index;
                     }
                 }
             }
-            if !self.flush().await {
+            if !self.flush(Some(chunk.part(message_start, index))).await {
                 continue 'restart;
             }
             return;
+        }
+    }
+
+    /// Waits for the last messages to be confirmed (at most `limit`); the rest stay queued.
+    async fn settle(&mut self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !self.in_flight.is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if !self.confirm() {
+                break;
+            }
         }
     }
 }
@@ -354,47 +848,109 @@ async fn run(
     target: CollectorTarget,
     templates: Arc<Vec<Template>>,
     domain: u32,
-    mut queue: mpsc::UnboundedReceiver<Arc<EncodedBatch>>,
+    mut queue: mpsc::UnboundedReceiver<Chunk>,
     stats: Arc<CollectorStats>,
 ) {
-    let Ok(encoder) = Encoder::new(domain, target.max_message_size) else {
-        return;
+    let encoder = match Encoder::new(domain, target.max_message_size) {
+        Ok(encoder) => encoder,
+        Err(error) => {
+            // The configuration is validated first: this means a bug, so say it loudly.
+            tracing::error!(
+                "collector {}: cannot encode for it ({error}); its records are dropped",
+                target.name
+            );
+            while let Some(chunk) = queue.recv().await {
+                stats.settle_dropped(DropReason::SendFailed, chunk.len());
+            }
+            return;
+        }
     };
     let refresh = target.template_refresh;
     let udp = target.transport == Transport::Udp;
     let mut sender = Sender {
+        backoff: Backoff::new(target.max_reconnect_delay),
         target,
         templates,
         encoder,
         stats: Arc::clone(&stats),
         link: None,
         templates_sent: None,
-        backoff: Backoff::new(),
+        outage: Outage::new(),
+        in_flight: VecDeque::new(),
+        retry: VecDeque::new(),
     };
     sender.ensure_link().await;
-    if sender.add_templates().await {
-        sender.flush().await;
+    if sender.templates_due() && sender.add_templates().await {
+        sender.flush(None).await;
     }
     loop {
-        let next = if udp {
-            match tokio::time::timeout(refresh, queue.recv()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    // Quiet for a whole refresh interval: re-send the templates alone.
-                    if sender.add_templates().await {
-                        sender.flush().await;
-                    }
-                    continue;
+        if let Some(chunk) = sender.retry.pop_front() {
+            sender.send_chunk(&chunk).await;
+            continue;
+        }
+        let next = match tokio::time::timeout(CONFIRM_INTERVAL, queue.recv()).await {
+            Ok(next) => next,
+            Err(_) => {
+                // Idle: confirm what was sent, notice a refusal, refresh UDP templates.
+                if !sender.confirm() {
+                    sender.ensure_link().await;
                 }
+                if udp
+                    && sender
+                        .templates_sent
+                        .is_none_or(|at| at.elapsed() >= refresh)
+                    && sender.add_templates().await
+                {
+                    sender.flush(None).await;
+                }
+                continue;
             }
-        } else {
-            queue.recv().await
         };
-        let Some(batch) = next else { break };
-        sender.send_batch(&batch).await;
-        stats.queued.fetch_sub(batch.len() as u64, Ordering::AcqRel);
+        let Some(chunk) = next else { break };
+        sender.send_chunk(&chunk).await;
     }
-    if let Some(Link::Tcp(mut stream)) = sender.link.take() {
+    // The queue is closed: confirm what was sent; the caller's deadline bounds this.
+    if let Some(Link::Tcp { stream, .. }) = sender.link.as_mut() {
+        let _ = stream.flush().await;
+    }
+    sender.settle(Duration::from_secs(2)).await;
+    if let Some(Link::Tcp { mut stream, .. }) = sender.link.take() {
         let _ = stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter() {
+        let cap = Duration::from_secs(2);
+        let mut backoff = Backoff::new(cap);
+        let delays: Vec<Duration> = (0..12).map(|_| backoff.delay()).collect();
+        // 100, 200, 400, 800, 1600 ms, then 2 s: each within ±20%.
+        let nominal = [
+            100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000, 2000, 2000, 2000,
+        ];
+        for (delay, nominal) in delays.iter().zip(nominal) {
+            let nominal = Duration::from_millis(nominal);
+            assert!(
+                *delay >= nominal.mul_f64(0.8) && *delay <= nominal.mul_f64(1.2),
+                "{delay:?} vs {nominal:?}"
+            );
+        }
+        assert!(delays.iter().all(|d| *d <= cap.mul_f64(1.2)));
+        // Jitter: the capped delays are not all the same.
+        assert!(delays[6..].windows(2).any(|w| w[0] != w[1]), "{delays:?}");
+        backoff.reset();
+        assert!(backoff.delay() <= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn a_cap_below_the_first_delay_is_the_delay() {
+        let mut backoff = Backoff::new(Duration::from_millis(50));
+        for _ in 0..5 {
+            assert!(backoff.delay() <= Duration::from_millis(60));
+        }
     }
 }

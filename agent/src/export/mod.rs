@@ -6,4 +6,7 @@ mod batch;
 mod collector;
 
 pub use batch::{BatchBuilder, EncodedBatch};
-pub use collector::{CollectorHandle, CollectorStats, CollectorTarget, ExportingProcess};
+pub use collector::{
+    Backoff, CollectorHandle, CollectorStats, CollectorTarget, DEFAULT_LOG_INTERVAL, DropReason,
+    ExportingProcess,
+};

@@ -50,6 +50,11 @@ pub mod flags {
     pub const ENDED: u8 = 16;
     /// Exported once for idle timeout; not exported again until it changes.
     pub const IDLE: u8 = 4;
+    /// `start_ms` is the kernel's own start timestamp (nf_conntrack_timestamp), not the
+    /// time the agent first saw the entry: it tells two connections of one tuple apart.
+    pub const KERNEL_START: u8 = 32;
+    /// Exported with flowEndReason 4 by the shutdown flush ([`super::ConnectionStore::force_end`]).
+    pub const FLUSHED: u8 = 64;
 }
 
 /// Packet and byte counters in both directions.
@@ -177,6 +182,12 @@ struct Shard {
     allocated: u32,
     free: Vec<u32>,
     heap: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    /// Connections whose tuple a newer connection took over before their final record
+    /// was exported: exported (flowEndReason 3) at the next expiry, then forgotten.
+    retired: Vec<(ConnKey, Connection)>,
+    /// What a previous agent exported, by key, until the first complete poll
+    /// ([`ConnectionStore::resume`]).
+    resume: hashbrown::HashMap<ConnKey, SavedConnection, FxBuild>,
 }
 
 impl Shard {
@@ -241,6 +252,8 @@ pub struct ConnectionStore {
     len: AtomicUsize,
     deny_count: AtomicUsize,
     prefixes: Mutex<Vec<Arc<str>>>,
+    /// The shard the next expiry starts at.
+    next_shard: AtomicUsize,
 }
 
 fn mapped(addr: std::net::IpAddr) -> [u8; 16] {
@@ -254,6 +267,80 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How an observed entry relates to the connection stored for its tuple.
+enum Identity {
+    /// The same connection.
+    Same,
+    /// A later connection of the same tuple.
+    Newer,
+    /// An earlier connection of the same tuple, already replaced.
+    Older,
+}
+
+/// `created`: the entry comes from a NEW event, so conntrack has just made it.
+fn identity(
+    shard: &Shard,
+    key: &ConnKey,
+    stored: &Connection,
+    entry: &ConntrackEntry,
+    counters: &Counters,
+    created: bool,
+) -> Identity {
+    if stored.flags & flags::DENY != 0 {
+        // Denied packets never made a conntrack entry: conntrack's is another connection.
+        return Identity::Newer;
+    }
+    let start_ms = entry.start_ns.map(|ns| ns / 1_000_000);
+    let kernel_starts = stored.flags & flags::KERNEL_START != 0 && start_ms.is_some();
+    let id_differs = entry.id != 0 && stored.conntrack_id != 0 && entry.id != stored.conntrack_id;
+    let start_differs = kernel_starts && start_ms != Some(stored.start_ms);
+    if !id_differs && !start_differs {
+        // The id is a hash of the entry's address and tuple: a new entry of the same tuple
+        // that reuses the old one's memory gets the old id, and NEW and UPDATE events carry
+        // no start time. Once the stored connection has ended, its tuple showing up again
+        // (a NEW event, a TCP state of a new connection, counters that went back) is
+        // another connection.
+        let ended = stored.flags & (flags::ENDED | flags::DYING) != 0;
+        let reopened = created
+            || matches!(entry.tcp_state, Some(1..=3))
+            || (entry.original_counters.is_some() && counters.packets < stored.counters.packets);
+        return if ended && reopened {
+            Identity::Newer
+        } else {
+            Identity::Same
+        };
+    }
+    let retired = shard
+        .retired
+        .iter()
+        .any(|(k, c)| k == key && c.conntrack_id == entry.id);
+    if retired || (kernel_starts && start_ms < Some(stored.start_ms)) {
+        Identity::Older
+    } else {
+        Identity::Newer
+    }
+}
+
+/// Applies what a previous agent exported for this connection, if it saved any (matched by
+/// conntrack id and, where both are known, the kernel's start time).
+fn resumed(shard: &mut Shard, key: &ConnKey, connection: &mut Connection) {
+    if shard.resume.is_empty() {
+        return;
+    }
+    let Some(saved) = shard.resume.remove(key) else {
+        return;
+    };
+    let same_start = !(saved.kernel_start && connection.flags & flags::KERNEL_START != 0)
+        || saved.start_ms == connection.start_ms;
+    if saved.conntrack_id != connection.conntrack_id || !same_start {
+        return;
+    }
+    connection.exported = saved.exported;
+    if saved.ended {
+        connection.flags |= flags::ENDED;
+    }
+}
+
 impl ConnectionStore {
     /// An empty store.
     pub fn new(timeouts: Timeouts) -> Self {
@@ -264,6 +351,7 @@ impl ConnectionStore {
             len: AtomicUsize::new(0),
             deny_count: AtomicUsize::new(0),
             prefixes: Mutex::new(vec![Arc::from("")]),
+            next_shard: AtomicUsize::new(0),
         }
     }
 
@@ -304,6 +392,35 @@ impl ConnectionStore {
             .unwrap_or_else(|| Arc::from(""))
     }
 
+    /// The last poll's generation: 1 before the first poll.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Conntrack and deny connections whose final record is still to be exported (the
+    /// shutdown flush's remainder).
+    pub fn unflushed(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let shard = lock(shard);
+                let live = shard
+                    .index
+                    .iter()
+                    .filter(|&&slot| {
+                        shard.slot(slot).connection.flags & (flags::ENDED | flags::FLUSHED) == 0
+                    })
+                    .count();
+                let retired = shard
+                    .retired
+                    .iter()
+                    .filter(|(_, c)| c.flags & (flags::ENDED | flags::FLUSHED) == 0)
+                    .count();
+                live + retired
+            })
+            .sum()
+    }
+
     /// Starts a poll: entries seen by the dump that follows carry the returned generation.
     /// A connection missing from a whole completed poll is treated as ended.
     pub fn begin_poll(&self) -> u32 {
@@ -312,7 +429,26 @@ impl ConnectionStore {
 
     /// Adds or updates a connection from a dump entry or an event. `generation` is the
     /// running poll's (0 for events). Allocation-free for a known connection.
+    ///
+    /// A tuple can carry several connections one after another: a client that reuses its
+    /// port while the server's entry is still in TIME_WAIT makes conntrack destroy the old
+    /// entry and create a new one with the same tuple. Each has its own conntrack id and
+    /// start timestamp, so an entry whose id or kernel start differs from the stored one is
+    /// another connection: a newer one takes the slot (the old one, unless its final record
+    /// was exported already, is retired and exported with flowEndReason 3 at the next
+    /// expiry), and a late event of an older one (its DESTROY after the new one's NEW)
+    /// updates the retired connection, never the new one.
     pub fn update(&self, entry: &ConntrackEntry, generation: u32, now_ms: u64) {
+        self.apply(entry, generation, now_ms, false);
+    }
+
+    /// Adds a connection from a NEW event: conntrack has just created it, so a connection
+    /// stored for its tuple that has ended is an earlier one even when the ids agree.
+    pub fn create(&self, entry: &ConntrackEntry, now_ms: u64) {
+        self.apply(entry, 0, now_ms, true);
+    }
+
+    fn apply(&self, entry: &ConntrackEntry, generation: u32, now_ms: u64, created: bool) {
         let key = ConnKey::from_tuple(entry.zone, &entry.original);
         let counters = Counters {
             packets: entry.original_counters.map_or(0, |c| c.packets),
@@ -325,34 +461,94 @@ impl ConnectionStore {
         let hash = hash_key(&key);
         let mut shard = self.shard(hash);
         if let Some(slot) = shard.find(hash, &key) {
-            let c = &mut shard.slot_mut(slot).connection;
-            if generation != 0 {
-                c.seen_generation = generation;
-            }
-            if c.flags & flags::ENDED != 0 {
-                return;
-            }
-            if has_counters && counters != c.counters {
-                c.counters = counters;
-                c.last_change_ms = now_ms;
-                c.flags &= !flags::IDLE;
-            }
-            if let Some(state) = entry.tcp_state {
-                c.tcp_state = state;
-            }
-            c.mark = entry.mark;
-            c.status = entry.status;
-            if dying && c.flags & flags::DYING == 0 {
-                c.flags |= flags::DYING;
-                shard.schedule(now_ms, slot);
+            match identity(
+                &shard,
+                &key,
+                &shard.slot(slot).connection,
+                entry,
+                &counters,
+                created,
+            ) {
+                Identity::Same => {
+                    let c = &mut shard.slot_mut(slot).connection;
+                    if generation != 0 {
+                        c.seen_generation = generation;
+                    }
+                    if c.flags & flags::ENDED != 0 {
+                        return;
+                    }
+                    if has_counters && counters != c.counters {
+                        c.counters = counters;
+                        c.last_change_ms = now_ms;
+                        c.flags &= !flags::IDLE;
+                    }
+                    if let Some(state) = entry.tcp_state {
+                        c.tcp_state = state;
+                    }
+                    c.mark = entry.mark;
+                    c.status = entry.status;
+                    if dying && c.flags & flags::DYING == 0 {
+                        c.flags |= flags::DYING;
+                        shard.schedule(now_ms, slot);
+                    }
+                }
+                Identity::Older => {
+                    // A late event of a connection this tuple has since been reused by.
+                    if let Some((_, old)) = shard
+                        .retired
+                        .iter_mut()
+                        .find(|(k, c)| *k == key && c.conntrack_id == entry.id)
+                        && has_counters
+                    {
+                        old.counters = counters;
+                    }
+                }
+                Identity::Newer => {
+                    let old = shard.slot(slot).connection;
+                    if old.flags & flags::DENY != 0 {
+                        self.deny_count.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    // Kept until the next expiry even when its final record went out
+                    // already, so that its late events are still recognised as its own.
+                    let mut old = old;
+                    old.flags |= flags::DYING;
+                    shard.retired.push((key, old));
+                    let mut connection = self.fresh(entry, counters, dying, generation, now_ms);
+                    resumed(&mut shard, &key, &mut connection);
+                    let entry = shard.slot_mut(slot);
+                    entry.connection = connection;
+                    // The old connection's heap entry no longer applies.
+                    entry.generation = entry.generation.wrapping_add(1);
+                    shard.schedule(self.first_deadline(dying, now_ms), slot);
+                }
             }
             return;
         }
-        let connection = Connection {
+        let mut connection = self.fresh(entry, counters, dying, generation, now_ms);
+        resumed(&mut shard, &key, &mut connection);
+        let slot = shard.insert(hash, key, connection);
+        shard.schedule(self.first_deadline(dying, now_ms), slot);
+        self.len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection first seen in `entry`.
+    fn fresh(
+        &self,
+        entry: &ConntrackEntry,
+        counters: Counters,
+        dying: bool,
+        generation: u32,
+        now_ms: u64,
+    ) -> Connection {
+        let mut flags = if dying { flags::DYING } else { 0 };
+        if entry.start_ns.is_some() {
+            flags |= flags::KERNEL_START;
+        }
+        Connection {
             reply_source: mapped(entry.reply.source),
             reply_source_port: entry.reply.source_port,
             tcp_state: entry.tcp_state.unwrap_or(0),
-            flags: if dying { flags::DYING } else { 0 },
+            flags,
             mark: entry.mark,
             status: entry.status,
             conntrack_id: entry.id,
@@ -367,15 +563,15 @@ impl ConnectionStore {
             start_ms: entry.start_ns.map_or(now_ms, |ns| ns / 1_000_000),
             last_change_ms: now_ms,
             last_export_ms: now_ms,
-        };
-        let slot = shard.insert(hash, key, connection);
-        let deadline = if dying {
+        }
+    }
+
+    fn first_deadline(&self, dying: bool, now_ms: u64) -> u64 {
+        if dying {
             now_ms
         } else {
             now_ms + self.timeouts.active_ms.min(self.timeouts.idle_ms)
-        };
-        shard.schedule(deadline, slot);
-        self.len.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Records a connection's end with its final counters (DESTROY event, or the targeted
@@ -455,20 +651,65 @@ impl ConnectionStore {
     /// conntrack forgets them), active ones every active timeout, idle ones once, deny
     /// connections after their idle timeout (then deleted), and connections two polls no
     /// longer saw. `polled` says whether poll generations reflect complete dumps.
-    pub fn expire(&self, now_ms: u64, polled: bool, mut out: impl FnMut(Expired<'_>)) -> usize {
+    pub fn expire(&self, now_ms: u64, polled: bool, out: impl FnMut(Expired<'_>)) -> usize {
+        self.expire_limited(now_ms, polled, usize::MAX, out)
+    }
+
+    /// [`ConnectionStore::expire`], stopping after `limit` records: what is due and not
+    /// exported stays due (its deadline has passed, so it comes first next time), and its
+    /// counters keep growing in the store. This is how the collectors' queues hold expiry
+    /// back instead of dropping what does not fit. Each call starts at the next shard, so a
+    /// limit smaller than what is due does not favour the first shards.
+    pub fn expire_limited(
+        &self,
+        now_ms: u64,
+        polled: bool,
+        limit: usize,
+        mut out: impl FnMut(Expired<'_>),
+    ) -> usize {
         let generation = self.generation.load(Ordering::Acquire);
         let t = self.timeouts;
         let mut exported = 0;
-        for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            while let Some(&Reverse((deadline, slot, slot_generation))) = shard.heap.peek() {
+        let first = self.next_shard.fetch_add(1, Ordering::Relaxed);
+        for i in 0..SHARDS {
+            if exported >= limit {
+                break;
+            }
+            let mut shard = lock(&self.shards[(first + i) % SHARDS]);
+            while exported < limit {
+                let Some((key, mut c)) = shard.retired.pop() else {
+                    break;
+                };
+                if c.flags & (flags::ENDED | flags::FLUSHED) != 0 {
+                    continue;
+                }
+                let reason = if c.flags & flags::DENY != 0 {
+                    EndReason::IdleTimeout
+                } else {
+                    EndReason::EndOfFlow
+                };
+                let delta = c.counters.since(&c.exported);
+                c.last_export_ms = now_ms;
+                out(Expired {
+                    key: &key,
+                    connection: &c,
+                    reason,
+                    delta,
+                    end_ms: now_ms,
+                });
+                exported += 1;
+            }
+            while exported < limit {
+                let Some(&Reverse((deadline, slot, slot_generation))) = shard.heap.peek() else {
+                    break;
+                };
                 if deadline > now_ms {
                     break;
                 }
                 shard.heap.pop();
                 let entry = shard.slot_mut(slot);
                 if entry.generation != slot_generation {
-                    continue; // the slot was freed since
+                    continue; // the slot was freed or reused since
                 }
                 let key = entry.key;
                 let c = &mut entry.connection;
@@ -535,35 +776,137 @@ impl ConnectionStore {
         exported
     }
 
-    /// Exports every connection not yet reported as ended with flowEndReason 4 (forced end)
-    /// and empties the store: the shutdown flush, so a restart loses no counted bytes.
-    pub fn drain(&self, now_ms: u64, mut out: impl FnMut(Expired<'_>)) -> usize {
+    /// The shutdown flush, at most `limit` records per call: every connection whose final
+    /// record was not exported yet is exported with flowEndReason 4 (forced end) and marked
+    /// flushed, so the next call goes on where this one stopped; 0 means nothing is left.
+    /// Connections stay in the store (see [`ConnectionStore::saved_connections`]).
+    pub fn force_end(&self, now_ms: u64, limit: usize, mut out: impl FnMut(Expired<'_>)) -> usize {
         let mut exported = 0;
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            let slots: Vec<u32> = shard.index.iter().copied().collect();
-            for slot in slots {
-                let entry = shard.slot_mut(slot);
-                let key = entry.key;
-                let c = &mut entry.connection;
-                if c.flags & flags::ENDED != 0 {
+            while exported < limit {
+                let Some((key, c)) = shard.retired.pop() else {
+                    break;
+                };
+                if c.flags & (flags::ENDED | flags::FLUSHED) != 0 {
                     continue;
                 }
                 let delta = c.counters.since(&c.exported);
                 out(Expired {
                     key: &key,
+                    connection: &c,
+                    reason: EndReason::EndOfFlow,
+                    delta,
+                    end_ms: now_ms,
+                });
+                exported += 1;
+            }
+            let Shard { index, chunks, .. } = &mut *shard;
+            for &slot in index.iter() {
+                if exported >= limit {
+                    return exported;
+                }
+                let entry = &mut chunks[slot as usize / CHUNK][slot as usize % CHUNK];
+                let c = &mut entry.connection;
+                if c.flags & (flags::ENDED | flags::FLUSHED) != 0 {
+                    continue;
+                }
+                let delta = c.counters.since(&c.exported);
+                out(Expired {
+                    key: &entry.key,
                     connection: c,
                     reason: EndReason::ForcedEnd,
                     delta,
                     end_ms: now_ms,
                 });
                 c.exported = c.counters;
+                c.last_export_ms = now_ms;
+                c.flags |= flags::FLUSHED;
                 exported += 1;
             }
-            *shard = Shard::default();
+        }
+        exported
+    }
+
+    /// Exports every connection not yet reported as ended with flowEndReason 4 (forced end)
+    /// and empties the store.
+    pub fn drain(&self, now_ms: u64, out: impl FnMut(Expired<'_>)) -> usize {
+        let exported = self.force_end(now_ms, usize::MAX, out);
+        for shard in self.shards.iter() {
+            *lock(shard) = Shard::default();
         }
         self.len.store(0, Ordering::Relaxed);
         self.deny_count.store(0, Ordering::Relaxed);
         exported
     }
+
+    /// What was exported of every conntrack connection (not denials), for the state file
+    /// a restarted agent resumes from. A connection whose final record was exported, or
+    /// that was ending when it was flushed, is saved as ended; one that was not flushed
+    /// (the shutdown deadline passed) keeps the counters last exported, so the next agent
+    /// exports the rest.
+    pub fn saved_connections(&self) -> Vec<SavedConnection> {
+        let mut saved = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for &slot in shard.index.iter() {
+                let Slot {
+                    key, connection: c, ..
+                } = shard.slot(slot);
+                if c.flags & flags::DENY != 0 {
+                    continue;
+                }
+                saved.push(SavedConnection {
+                    key: *key,
+                    conntrack_id: c.conntrack_id,
+                    start_ms: c.start_ms,
+                    kernel_start: c.flags & flags::KERNEL_START != 0,
+                    // Ended and reported, or flushed while ending: final either way.
+                    ended: c.flags & flags::ENDED != 0
+                        || c.flags & (flags::FLUSHED | flags::DYING)
+                            == flags::FLUSHED | flags::DYING,
+                    exported: c.exported,
+                });
+            }
+        }
+        saved
+    }
+
+    /// Loads what a previous agent on this node exported: a connection seen again (same
+    /// tuple, conntrack id and start) continues from those counters, and one whose final
+    /// record was exported is not exported again. Call before the first poll; call
+    /// [`ConnectionStore::finish_resume`] after it.
+    pub fn resume(&self, saved: impl IntoIterator<Item = SavedConnection>) {
+        for connection in saved {
+            let hash = hash_key(&connection.key);
+            self.shard(hash).resume.insert(connection.key, connection);
+        }
+    }
+
+    /// Forgets saved connections no poll found (they ended while no agent ran); returns
+    /// how many there were.
+    pub fn finish_resume(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut shard = lock(shard);
+                let left = shard.resume.len();
+                shard.resume = Default::default();
+                left
+            })
+            .sum()
+    }
+}
+
+/// What was exported of one connection, kept across an agent restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedConnection {
+    pub key: ConnKey,
+    pub conntrack_id: u32,
+    pub start_ms: u64,
+    /// `start_ms` is the kernel's start timestamp.
+    pub kernel_start: bool,
+    /// The final record was exported.
+    pub ended: bool,
+    pub exported: Counters,
 }
