@@ -3,12 +3,15 @@
 
 For each variant: `helm lint --strict` (Helm's own SDK, no helm binary), render, every
 manifest checked by kubernetes-validate in strict mode against Kubernetes KUBE_VERSION, and
-the rendered agent configuration accepted by `flowex check-config`. Also checks that the
-schema refuses bad values. Prints one line per check and ends with "N passed, M failed".
+the rendered agent configuration accepted by `flowex check-config`, and the state
+directory mounted from the node exactly when the configuration names one. Also checks
+that every agent option (a collector's too) can be set from values, and that the schema
+refuses bad values. Prints one line per check and ends with "N passed, M failed".
 
 Usage: scripts/check_chart.py [path/to/flowex-binary]
 (needs: pip install helm-python-sdk kubernetes-validate pyyaml; scripts/test.sh does it)
 """
+import json
 import os
 import subprocess
 import sys
@@ -34,21 +37,24 @@ VARIANTS = {
     "several collectors": {
         "collectors": [
             {"name": "aggregator", "address": "flow-aggregator.flow-aggregator.svc:4739", "transport": "tcp"},
-            {"name": "nfacctd", "address": "[fd00::5]:2055", "transport": "udp", "templateRefresh": "1m"},
+            {"name": "nfacctd", "address": "[fd00::5]:2055", "transport": "udp", "templateRefresh": "1m",
+             "maxReconnectDelay": "500ms"},
         ]
     },
     "cluster pod scope": {"config": {"kubernetes": {"podScope": "cluster"}}},
+    "no state file": {"config": {"state": {"directory": ""}}},
     "monitoring, no rbac, tuned agent": {
         "metrics": {"port": 9500, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "rbac": {"create": False},
         "config": {
             "conntrack": {"pollInterval": "10s", "zones": [0, 7]},
             "export": {"activeTimeout": "30s", "idleTimeout": "1m", "observationDomainId": 7,
-                       "podCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"]},
+                       "podCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"], "shutdownTimeout": "25s"},
             "deny": {"enabled": False},
             "attribution": {"maxSockets": 262144},
             "kubernetes": {"enabled": False},
-            "logging": {"level": "debug", "format": "text"},
+            "logging": {"level": "debug", "format": "text", "summaryInterval": "5m"},
+            "state": {"directory": "/var/lib/flowex-test"},
         },
     },
 }
@@ -61,6 +67,10 @@ BAD_VALUES = [
     ({"config": {"export": {"activeTimeout": "5 seconds"}}}, "/config/export/activeTimeout"),
     ({"config": {"conntrack": {"pollInterval": "5s", "polInterval": "5s"}}}, "/config/conntrack"),
     ({"config": {"kubernetes": {"podScope": "namespace"}}}, "/config/kubernetes/podScope"),
+    ({"config": {"export": {"shutdownTimeout": "20"}}}, "/config/export/shutdownTimeout"),
+    ({"collectors": [{"name": "a", "address": "collector:4739", "maxReconnectDelay": "2 s"}]},
+     "/collectors/0/maxReconnectDelay"),
+    ({"config": {"state": {"directory": "var/lib/flowex"}}}, "/config/state/directory"),
 ]
 
 # Agent keys the chart sets itself rather than from values.config.
@@ -107,6 +117,14 @@ def main():
     settable = set(key_paths(chart_values["config"])) | SET_BY_CHART
     missing = sorted(set(key_paths(defaults)) - settable)
     check("every agent option can be set from values", not missing, str(missing))
+    # A collector's keys: the chart's top-level `collectors` items, as the schema allows them.
+    with open(os.path.join(CHART, "values.schema.json")) as file:
+        schema = json.load(file)
+    collector_keys = set(schema["properties"]["collectors"]["items"]["properties"])
+    missing = sorted(set(defaults["export"]["collectors"][0]) - collector_keys)
+    check("every collector option can be set from values", not missing, str(missing))
+    missing = sorted(set(defaults["export"]["collectors"][0]) - set(chart_values["collectors"][0]))
+    check("the default collector in values.yaml sets every collector option", not missing, str(missing))
     for variant, values in VARIANTS.items():
         report = helm.lint(CHART, values, strict=True, kube_version="v" + KUBE_VERSION)
         problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
@@ -160,6 +178,30 @@ def main():
               and security["capabilities"]["drop"] == ["ALL"]
               and sorted(security["capabilities"]["add"]) == ["BPF", "NET_ADMIN", "PERFMON"],
               str(security))
+
+        # The state file outlives the pod only on the node: a hostPath at the configured
+        # directory (the root filesystem is read-only), and nothing when there is none.
+        directory = yaml.safe_load(config).get("state", {}).get("directory", "")
+        mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"].get("volumes", [])}
+        at_directory = [name for name, m in mounts.items() if directory and m["mountPath"] == directory]
+        if directory:
+            volume = volumes.get(at_directory[0], {}) if at_directory else {}
+            host_path = volume.get("hostPath", {})
+            mount = mounts.get(at_directory[0], {}) if at_directory else {}
+            check(f"{variant}: state directory {directory} mounted writable from the node",
+                  host_path.get("path") == directory and host_path.get("type") == "DirectoryOrCreate"
+                  and not mount.get("readOnly", False),
+                  f"mounts {sorted(mounts)}, volume {volume}")
+        else:
+            host_paths = sorted(v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v)
+            check(f"{variant}: no state directory, no state volume",
+                  "state" not in mounts and "state" not in volumes
+                  and host_paths == ["/proc", "/sys/fs/bpf"],
+                  f"mounts {sorted(mounts)}, host paths {host_paths}")
+        if variant == "default":
+            check("default: the agent keeps a state file",
+                  directory == defaults["state"]["directory"], repr(directory))
 
     for values, path in BAD_VALUES:
         try:

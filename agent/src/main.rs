@@ -275,34 +275,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         config.validate()?;
     }
     flowex_agent::run::init_logging(&config.logging);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let duration = args.duration.map(Duration::from_secs_f64);
-    runtime.block_on(async move {
-        // SIGHUP stops the agent like SIGTERM, with the shutdown flush and the state file:
-        // a reload would have to restart every source and collector anyway, and a process
-        // manager (or the DaemonSet) starts a new agent that resumes from the state file.
-        let stop = async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-            let sleep = async {
-                match duration {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-                _ = hangup.recv() => tracing::info!("SIGHUP: stopping (flowex does not reload its configuration; restart it instead)"),
-                _ = sleep => {}
-            }
-        };
-        flowex_agent::run::run(config, stop).await
-    })
+    flowex_agent::run::run_blocking(config, args.duration.map(Duration::from_secs_f64))
 }
 
 fn main() -> ExitCode {

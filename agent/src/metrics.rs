@@ -133,7 +133,7 @@ impl Metrics {
             ),
             records_exported: per_collector(
                 "flowex_records_exported_total",
-                "Data records sent to the collector.",
+                "Data records the collector confirmed (TCP: acknowledged; UDP: sent and not refused).",
             ),
             records_produced: counter(
                 "flowex_records_produced_total",
@@ -164,13 +164,13 @@ impl Metrics {
             ),
             reconnects: per_collector(
                 "flowex_reconnects_total",
-                "TCP connections re-established after a failure.",
+                "TCP connections to the collector that failed after they were established.",
             ),
             messages: per_collector("flowex_messages_sent_total", "IPFIX messages sent."),
             bytes: per_collector("flowex_bytes_sent_total", "Bytes of IPFIX messages sent."),
             queue_depth: per_collector_gauge(
                 "flowex_queue_depth_records",
-                "Records waiting in the collector's queue.",
+                "Records accepted for the collector and not yet confirmed or dropped (waiting, or sent and unacknowledged).",
             ),
             connected: per_collector_gauge(
                 "flowex_collector_connected",

@@ -14,8 +14,8 @@ use flowex_ipfix::Registry;
 use crate::attribution::Attribution;
 use crate::config::{Config, parse_cidr};
 use crate::conntrack::{
-    ConntrackEvents, ConntrackSocket, DumpFilter, EventGroups, EventKind, Received, check_settings,
-    default_root,
+    ConntrackEvents, ConntrackSocket, DumpFilter, EventGroups, EventKind, GET_BATCH, Received,
+    check_settings, default_root,
 };
 use crate::deny::{DEFAULT_COPY_RANGE, DenyListener};
 use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess};
@@ -30,6 +30,11 @@ const EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// The pause before the next expiry round when the last one was cut short by the
 /// collectors' room (a backlog is waiting in the store).
 const BACKLOG_TICK: Duration = Duration::from_millis(5);
+/// After a wake-up that found conntrack events, the source waits this long before reading
+/// again, so that a burst is read a batch per system call instead of an event per wake-up.
+/// Records leave on the 100 ms expiry tick anyway; 8 MiB of event buffer holds far more
+/// than a few milliseconds of events.
+const EVENT_COALESCE: Duration = Duration::from_millis(2);
 /// How often the probe's counters are read into the metrics.
 const PROBE_STATS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -66,6 +71,38 @@ pub fn init_logging(config: &crate::config::LoggingConfig) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Runs the agent on its own runtime until SIGTERM, SIGHUP, SIGINT or `duration` (when
+/// given), then flushes and returns: what `flowex run` does after reading its config.
+pub fn run_blocking(config: Config, duration: Option<Duration>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // SIGHUP stops the agent like SIGTERM, with the shutdown flush and the state file:
+        // a reload would have to restart every source and collector anyway, and a process
+        // manager (or the DaemonSet) starts a new agent that resumes from the state file.
+        let stop = async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+            let sleep = async {
+                match duration {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = hangup.recv() => tracing::info!("SIGHUP: stopping (flowex does not reload its configuration; restart it instead)"),
+                _ = sleep => {}
+            }
+        };
+        run(config, stop).await
+    })
 }
 
 /// Runs the agent until `stop` resolves.
@@ -152,9 +189,17 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
     let socket = ConntrackSocket::open().context("opening ctnetlink")?;
     let events = if config.conntrack.events {
-        let events =
+        let mut events =
             ConntrackEvents::subscribe(EventGroups::ALL, config.conntrack.event_buffer_bytes)
                 .context("subscribing to conntrack events")?;
+        if let Err(error) = events.keep_only_ended_tcp_updates() {
+            log(
+                "warn",
+                format_args!(
+                    "cannot filter conntrack UPDATE events in the kernel ({error}): every update is read"
+                ),
+            );
+        }
         if !events.buffer_forced() {
             log(
                 "warn",
@@ -496,6 +541,9 @@ impl ConntrackSource<'_> {
         self.poll(&mut socket);
         let mut next_poll = Instant::now() + self.interval;
         let mut ended = Vec::new();
+        let mut unsure = Vec::new();
+        let mut wanted = Vec::with_capacity(GET_BATCH);
+        let mut fresh = crate::conntrack::ConntrackEntry::default();
         while !stopping.load(Ordering::Acquire) {
             if Instant::now() >= next_poll {
                 self.poll(&mut socket);
@@ -509,8 +557,10 @@ impl ConntrackSource<'_> {
                 continue;
             };
             ended.clear();
+            unsure.clear();
             let now = now_ms();
             let mut received = 0;
+            let mut coalesce = false;
             let result = events.receive(Some(wait), |kind, entry| {
                 received += 1;
                 if !self.wanted(entry) {
@@ -518,7 +568,11 @@ impl ConntrackSource<'_> {
                 }
                 match kind {
                     EventKind::Destroy => self.store.end(entry, now),
-                    EventKind::New => self.store.create(entry, now),
+                    EventKind::New => {
+                        if !self.store.create_unless_stale(entry, now) {
+                            unsure.push(*entry);
+                        }
+                    }
                     EventKind::Update => {
                         // UPDATE carries no counters: read the final ones of an ended TCP
                         // connection at once instead of waiting for the kernel's reaping.
@@ -537,28 +591,52 @@ impl ConntrackSource<'_> {
                     self.metrics.resyncs.inc();
                     log(
                         "warn",
-                        "conntrack events were lost (ENOBUFS): resyncing with a dump",
+                        "conntrack events were lost (ENOBUFS, or an event that did not fit or parse): resyncing with a dump",
                     );
                     self.poll(&mut socket);
                     next_poll = Instant::now() + self.interval;
                 }
-                Ok(_) => {}
+                Ok(Received::Events(_)) => coalesce = true,
+                Ok(Received::Idle) => {}
                 Err(error) => log("error", format_args!("conntrack events: {error}")),
             }
-            for entry in &ended {
-                let mut fresh = *entry;
-                match socket.get(&entry.original, entry.zone, &mut fresh) {
-                    Ok(true) if fresh.id == entry.id && matches!(fresh.tcp_state, Some(7 | 8)) => {
-                        self.store.end(&fresh, now)
+            // One datagram of requests per batch of ended connections.
+            for batch in ended.chunks(GET_BATCH) {
+                wanted.clear();
+                wanted.extend(batch.iter().map(|entry| (entry.original, entry.zone)));
+                let result = socket.get_many(&wanted, &mut fresh, |index, found| {
+                    let Some(fresh) = found else {
+                        // Already gone: its DESTROY event brings the final counters.
+                        return;
+                    };
+                    // A new connection may have taken the tuple already (its id may even
+                    // be the old one's): then the old one's DESTROY brings its final
+                    // counters, the new one's NEW event the new one.
+                    if fresh.id == batch[index].id && matches!(fresh.tcp_state, Some(7 | 8)) {
+                        self.store.end(fresh, now)
                     }
-                    // A new connection took the tuple already (its id may even be the
-                    // old one's): the old one's DESTROY brings its final counters, the
-                    // new one's NEW event the new one.
-                    Ok(true) => {}
-                    // Already gone: its DESTROY event brings the final counters.
-                    Ok(false) => {}
-                    Err(error) => log("error", format_args!("conntrack get: {error}")),
+                });
+                if let Err(error) = result {
+                    log("error", format_args!("conntrack get: {error}"));
                 }
+            }
+            // NEW events that may be older than the last dump: the kernel's entry, with its
+            // start time, tells a new connection of the tuple from the one already seen.
+            for batch in unsure.chunks(GET_BATCH) {
+                wanted.clear();
+                wanted.extend(batch.iter().map(|entry| (entry.original, entry.zone)));
+                let result = socket.get_many(&wanted, &mut fresh, |_, found| {
+                    // Gone: a newer connection's DESTROY brings it whole, with its start.
+                    if let Some(fresh) = found {
+                        self.store.update(fresh, 0, now)
+                    }
+                });
+                if let Err(error) = result {
+                    log("error", format_args!("conntrack get: {error}"));
+                }
+            }
+            if coalesce {
+                std::thread::sleep(EVENT_COALESCE);
             }
         }
     }

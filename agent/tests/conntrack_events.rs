@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use flowex_agent::conntrack::{
     ConntrackEntry, ConntrackEvents, ConntrackSocket, DEFAULT_EVENT_BUFFER, DumpFilter,
-    EventGroups, EventKind, Received,
+    EventGroups, EventKind, GET_BATCH, Received,
 };
 use support::{Netns, Pair, conntrack_cli};
 
@@ -311,4 +311,165 @@ fn lost_events_are_recovered_by_a_resync_dump() {
     assert!(resyncs >= 1);
     assert_eq!(live.len(), 10_000);
     assert_eq!(mirror, live);
+}
+
+/// The kernel-side filter lets through, of a short TCP connection's events, only NEW, the
+/// UPDATE into TIME_WAIT and DESTROY, and of a UDP exchange only NEW and DESTROY.
+#[test]
+fn the_update_filter_keeps_only_what_the_agent_acts_on() {
+    let _serial = serial();
+    let pair = Pair::new();
+    for setting in [
+        "net.netfilter.nf_conntrack_events=1",
+        "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+        "net.netfilter.nf_conntrack_udp_timeout=1",
+    ] {
+        pair.server.exec(&["sysctl", "-qw", setting]);
+    }
+    let connections = 5u16;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let watcher = pair.server.enter_async(move || {
+        let mut events =
+            ConntrackEvents::subscribe(EventGroups::ALL, DEFAULT_EVENT_BUFFER).expect("subscribe");
+        events.keep_only_ended_tcp_updates().expect("filter");
+        ready_tx.send(()).unwrap();
+        // (protocol, kind, TCP state) of every event seen
+        let mut seen: Vec<(u8, EventKind, Option<u8>)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut destroyed = 0;
+        while destroyed < 2 * usize::from(connections) && Instant::now() < deadline {
+            events
+                .receive(Some(Duration::from_millis(100)), |kind, entry| {
+                    seen.push((entry.original.protocol, kind, entry.tcp_state));
+                    destroyed += usize::from(kind == EventKind::Destroy);
+                })
+                .expect("receive");
+        }
+        seen
+    });
+    ready_rx.recv().unwrap();
+    let server = serve_short_exchanges(&pair.server, connections, 7002, 7003);
+    pair.client
+        .enter(move || short_exchanges(connections, 7002, 7003));
+    server.join().unwrap();
+    let seen = watcher.join().unwrap();
+    let count = |protocol: u8, kind: EventKind| {
+        seen.iter()
+            .filter(|(p, k, _)| *p == protocol && *k == kind)
+            .count()
+    };
+    let n = usize::from(connections);
+    assert_eq!(count(6, EventKind::New), n, "{seen:?}");
+    assert_eq!(count(6, EventKind::Update), n, "{seen:?}");
+    assert_eq!(count(6, EventKind::Destroy), n, "{seen:?}");
+    assert_eq!(count(17, EventKind::New), n, "{seen:?}");
+    assert_eq!(count(17, EventKind::Update), 0, "{seen:?}");
+    assert_eq!(count(17, EventKind::Destroy), n, "{seen:?}");
+    assert!(
+        seen.iter()
+            .filter(|(_, k, _)| *k == EventKind::Update)
+            .all(|(_, _, state)| matches!(state, Some(TIME_WAIT) | Some(CLOSE))),
+        "{seen:?}"
+    );
+}
+
+/// The server side of [`short_exchanges`], bound in `ns` before this returns (so the
+/// client cannot connect too early), served on a thread.
+fn serve_short_exchanges(
+    ns: &Netns,
+    connections: u16,
+    tcp_port: u16,
+    udp_port: u16,
+) -> std::thread::JoinHandle<()> {
+    let (listener, udp) = ns.enter(move || {
+        (
+            TcpListener::bind(("10.200.0.2", tcp_port)).unwrap(),
+            std::net::UdpSocket::bind(("10.200.0.2", udp_port)).unwrap(),
+        )
+    });
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 100];
+            stream.read_exact(&mut request).unwrap();
+            stream.write_all(&[5u8; 1000]).unwrap();
+            drop(stream);
+            let mut buffer = [0u8; 64];
+            let (n, peer) = udp.recv_from(&mut buffer).unwrap();
+            udp.send_to(&buffer[..n], peer).unwrap();
+        }
+    })
+}
+
+/// `connections` TCP exchanges (100 bytes out, 1,000 back, the server closes) and UDP
+/// exchanges (64 bytes each way, a new socket each) from the client to 10.200.0.2.
+fn short_exchanges(connections: u16, tcp_port: u16, udp_port: u16) {
+    for _ in 0..connections {
+        let mut stream = TcpStream::connect(("10.200.0.2", tcp_port)).unwrap();
+        stream.write_all(&[1u8; 100]).unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply.len(), 1000);
+        let udp = std::net::UdpSocket::bind("10.200.0.1:0").unwrap();
+        udp.send_to(&[2u8; 64], ("10.200.0.2", udp_port)).unwrap();
+        let mut buffer = [0u8; 64];
+        udp.recv_from(&mut buffer).unwrap();
+    }
+}
+
+/// One batch of gets returns every entry with the counters `conntrack -L` shows, and
+/// says which tuples the kernel does not have.
+#[test]
+fn a_batch_of_gets_reads_each_entry_once() {
+    let pair = Pair::new();
+    let connections = 40u16;
+    let server = serve_short_exchanges(&pair.server, connections, 7004, 7005);
+    pair.client
+        .enter(move || short_exchanges(connections, 7004, 7005));
+    server.join().unwrap();
+    let table = conntrack_cli(&pair.server);
+    assert_eq!(table.len(), 2 * usize::from(connections));
+    let (listed, fetched, missing) = pair.server.enter(|| {
+        let mut socket = ConntrackSocket::open().unwrap();
+        let mut listed = Vec::new();
+        socket
+            .dump(&DumpFilter::default(), |e| listed.push(*e))
+            .unwrap();
+        let mut wanted: Vec<_> = listed.iter().map(|e| (e.original, e.zone)).collect();
+        // A tuple conntrack does not have, in the middle of a batch.
+        let mut absent = wanted[0];
+        absent.0.source_port = 1;
+        wanted.insert(5, absent);
+        let mut fetched = vec![None; wanted.len()];
+        let mut missing = Vec::new();
+        let mut fresh = ConntrackEntry::default();
+        for (chunk, batch) in wanted.chunks(GET_BATCH).enumerate() {
+            socket
+                .get_many(batch, &mut fresh, |index, found| match found {
+                    Some(entry) => fetched[chunk * GET_BATCH + index] = Some(*entry),
+                    None => missing.push(chunk * GET_BATCH + index),
+                })
+                .unwrap();
+        }
+        (listed, fetched, missing)
+    });
+    assert_eq!(missing, vec![5]);
+    let fetched: Vec<ConntrackEntry> = fetched.into_iter().flatten().collect();
+    assert_eq!(fetched.len(), listed.len());
+    for (got, dumped) in fetched.iter().zip(&listed) {
+        assert_eq!(got.original, dumped.original);
+        assert_eq!(got.id, dumped.id);
+        let cli = table
+            .iter()
+            .find(|c| {
+                c.protocol == got.original.protocol && c.original.2 == got.original.source_port
+            })
+            .expect("listed by conntrack -L");
+        let o = got.original_counters.unwrap();
+        let r = got.reply_counters.unwrap();
+        assert_eq!(
+            ((o.packets, o.bytes), (r.packets, r.bytes)),
+            (cli.original_counters, cli.reply_counters)
+        );
+    }
 }

@@ -10,7 +10,8 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use super::entry::{ConntrackEntry, parse_entry};
 use super::socket::ConntrackError;
 use crate::netlink::{
-    Messages, NLM_F_CREATE, NLM_F_EXCL, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, set_receive_buffer,
+    DatagramBatch, HEADER_LEN, Messages, NFGEN_LEN, NLM_F_CREATE, NLM_F_EXCL, NLMSG_ERROR,
+    NLMSG_NOOP, NLMSG_OVERRUN, attach_filter, set_receive_buffer,
 };
 
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
@@ -21,9 +22,70 @@ const CT_DELETE: u16 = (1 << 8) | 2;
 
 /// Datagrams read per [`ConntrackEvents::receive`] call before returning to the caller.
 pub const DRAIN_LIMIT: usize = 1024;
+/// Events read per system call (recvmmsg), and the room for each: an event message is a
+/// few hundred bytes (more with labels or a helper), far below a page.
+const EVENTS_PER_READ: usize = 64;
+const EVENT_SLOT: usize = 4096;
 
 /// Default receive buffer: a flush of 100k entries lost none with 8 MiB on this kernel.
 pub const DEFAULT_EVENT_BUFFER: usize = 8 << 20;
+
+const CTA_PROTOINFO: u32 = 4;
+const CTA_PROTOINFO_TCP: u32 = 1;
+const CTA_PROTOINFO_TCP_STATE: u32 = 1;
+const TCP_TIME_WAIT: u32 = 7;
+const TCP_CLOSE: u32 = 8;
+
+/// The classic BPF program of [`ConntrackEvents::keep_only_ended_tcp_updates`]. It runs on
+/// each event's netlink message: the header's type and flags tell an UPDATE, then the
+/// kernel's attribute-finding extensions walk CTA_PROTOINFO → CTA_PROTOINFO_TCP →
+/// CTA_PROTOINFO_TCP_STATE, and the state byte decides.
+fn ended_tcp_update_filter() -> [libc::sock_filter; 20] {
+    const LD_H_ABS: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const LD_B_IND: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_IND) as u16;
+    const LD_IMM: u16 = (libc::BPF_LD | libc::BPF_IMM) as u16;
+    const LDX_IMM: u16 = (libc::BPF_LDX | libc::BPF_IMM) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    // A = offset of attribute X, searched from offset A (0: none); _NEST searches inside
+    // the attribute whose header is at A.
+    const NLATTR: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_NLATTR) as u32;
+    const NLATTR_NEST: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_NLATTR_NEST) as u32;
+    // Netlink headers are in host byte order; BPF loads read big-endian.
+    let host16 = |value: u16| u32::from(u16::from_be_bytes(value.to_ne_bytes()));
+    let op = |code, k| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+    [
+        /* 0 */ op(LD_H_ABS, 4), // nlmsg_type
+        /* 1 */ jump(JEQ, host16(CT_NEW), 0, 17), // not NEW/UPDATE: accept
+        /* 2 */ op(LD_H_ABS, 6), // nlmsg_flags
+        /* 3 */ jump(JSET, host16(NLM_F_CREATE | NLM_F_EXCL), 15, 0), // NEW: accept
+        /* 4 */ op(LD_IMM, (HEADER_LEN + NFGEN_LEN) as u32),
+        /* 5 */ op(LDX_IMM, CTA_PROTOINFO),
+        /* 6 */ op(LD_W_ABS, NLATTR),
+        /* 7 */ jump(JEQ, 0, 10, 0), // no protocol info (not TCP): drop
+        /* 8 */ op(LDX_IMM, CTA_PROTOINFO_TCP),
+        /* 9 */ op(LD_W_ABS, NLATTR_NEST),
+        /* 10 */ jump(JEQ, 0, 7, 0),
+        /* 11 */ op(LDX_IMM, CTA_PROTOINFO_TCP_STATE),
+        /* 12 */ op(LD_W_ABS, NLATTR_NEST),
+        /* 13 */ jump(JEQ, 0, 4, 0),
+        /* 14 */ op(TAX, 0),
+        /* 15 */ op(LD_B_IND, 4), // the state, after the attribute's 4-byte header
+        /* 16 */ jump(JEQ, TCP_TIME_WAIT, 2, 0),
+        /* 17 */ jump(JEQ, TCP_CLOSE, 1, 0),
+        /* 18 */ op(RET, 0),
+        /* 19 */ op(RET, u32::MAX),
+    ]
+}
 
 /// What happened to an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,14 +119,15 @@ pub enum Received {
     Events(usize),
     /// The wait timed out with nothing to read.
     Idle,
-    /// The kernel dropped events (ENOBUFS): the caller must resync with a full dump.
+    /// Events were lost: the kernel dropped them (ENOBUFS), or one did not fit its slot or
+    /// did not parse. The caller must resync with a full dump.
     Lost,
 }
 
 /// A subscription to conntrack events in the calling thread's network namespace.
 pub struct ConntrackEvents {
     socket: Socket,
-    buffer: Vec<u8>,
+    batch: DatagramBatch,
     receive_buffer: usize,
     forced: bool,
     lost: u64,
@@ -87,11 +150,21 @@ impl ConntrackEvents {
         }
         Ok(Self {
             socket,
-            buffer: Vec::with_capacity(64 * 1024),
+            batch: DatagramBatch::new(EVENTS_PER_READ, EVENT_SLOT),
             receive_buffer: granted,
             forced,
             lost: 0,
         })
+    }
+
+    /// Lets through only the UPDATE events of TCP connections entering TIME_WAIT or CLOSE
+    /// (NEW, DESTROY and every other message pass). The other UPDATEs (a short TCP
+    /// connection makes five: SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK) carry
+    /// no counters and nothing the poll does not bring; dropped by the kernel, they cost
+    /// the agent neither a wake-up nor a system call nor room in the receive buffer.
+    pub fn keep_only_ended_tcp_updates(&mut self) -> Result<(), ConntrackError> {
+        attach_filter(self.socket.as_raw_fd(), &ended_tcp_update_filter())?;
+        Ok(())
     }
 
     /// The receive buffer the kernel granted (it reports twice the size asked for).
@@ -122,10 +195,10 @@ impl ConntrackEvents {
         }
         let mut entry = ConntrackEntry::default();
         let mut delivered = 0;
-        for _ in 0..DRAIN_LIMIT {
-            self.buffer.clear();
-            match self.socket.recv(&mut self.buffer, libc::MSG_DONTWAIT) {
-                Ok(_) => {}
+        let fd = self.socket.as_raw_fd();
+        for _ in 0..DRAIN_LIMIT / EVENTS_PER_READ {
+            let count = match self.batch.receive(fd) {
+                Ok(count) => count,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     self.lost += 1;
                     return Ok(Received::Lost);
@@ -139,23 +212,41 @@ impl ConntrackEvents {
                     break;
                 }
                 Err(e) => return Err(e.into()),
-            }
-            for message in Messages::new(&self.buffer) {
-                let (header, payload) = message?;
-                let kind = match header.kind {
-                    CT_NEW if header.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 => EventKind::New,
-                    CT_NEW => EventKind::Update,
-                    CT_DELETE => EventKind::Destroy,
-                    NLMSG_OVERRUN => {
+            };
+            for index in 0..count {
+                // An event larger than its slot lost its end: as good as lost.
+                let Some(datagram) = self.batch.datagram(index) else {
+                    self.lost += 1;
+                    return Ok(Received::Lost);
+                };
+                for message in Messages::new(datagram) {
+                    // The kernel's bytes did not parse: what else the batch held is
+                    // dropped with it, so the caller resyncs as for a loss.
+                    let Ok((header, payload)) = message else {
+                        self.lost += 1;
+                        return Ok(Received::Lost);
+                    };
+                    let kind = match header.kind {
+                        CT_NEW if header.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 => EventKind::New,
+                        CT_NEW => EventKind::Update,
+                        CT_DELETE => EventKind::Destroy,
+                        NLMSG_OVERRUN => {
+                            self.lost += 1;
+                            return Ok(Received::Lost);
+                        }
+                        NLMSG_NOOP | NLMSG_ERROR => continue,
+                        _ => continue,
+                    };
+                    if parse_entry(payload, &mut entry).is_err() {
                         self.lost += 1;
                         return Ok(Received::Lost);
                     }
-                    NLMSG_NOOP | NLMSG_ERROR => continue,
-                    _ => continue,
-                };
-                parse_entry(payload, &mut entry)?;
-                on_event(kind, &entry);
-                delivered += 1;
+                    on_event(kind, &entry);
+                    delivered += 1;
+                }
+            }
+            if count < EVENTS_PER_READ {
+                break;
             }
         }
         Ok(if delivered == 0 {

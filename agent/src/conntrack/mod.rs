@@ -12,4 +12,4 @@ pub use entry::{
 };
 pub use events::{ConntrackEvents, DEFAULT_EVENT_BUFFER, EventGroups, EventKind, Received};
 pub use settings::{Check, SETTINGS, Setting, check_settings, default_root};
-pub use socket::{ConntrackError, ConntrackSocket, DumpFilter, DumpStats, TableStats};
+pub use socket::{ConntrackError, ConntrackSocket, DumpFilter, DumpStats, GET_BATCH, TableStats};

@@ -117,8 +117,13 @@ pub struct ConntrackSocket {
     socket: Socket,
     receive: Vec<u8>,
     request: Vec<u8>,
+    batch: Vec<u8>,
     sequence: u32,
 }
+
+/// Most entries fetched by one [`ConntrackSocket::get_many`]: the kernel queues all the
+/// replies before the agent reads them, and 32 replies fit the default receive buffer.
+pub const GET_BATCH: usize = 32;
 
 impl ConntrackSocket {
     /// Opens a socket (needs CAP_NET_ADMIN).
@@ -130,6 +135,7 @@ impl ConntrackSocket {
             socket,
             receive: Vec::with_capacity(RECEIVE_BUFFER),
             request: Vec::with_capacity(256),
+            batch: Vec::with_capacity(GET_BATCH * 128),
             sequence: 1,
         })
     }
@@ -253,7 +259,83 @@ impl ConntrackSocket {
         zone: u16,
         out: &mut ConntrackEntry,
     ) -> Result<bool, ConntrackError> {
-        let sequence = self.next_sequence();
+        let mut found = false;
+        self.get_many(&[(*tuple, zone)], out, |_, entry| found = entry.is_some())?;
+        Ok(found)
+    }
+
+    /// Fetches the entries of several (tuple, zone) pairs, at most [`GET_BATCH`], with one
+    /// send: the requests travel in one datagram and the kernel answers each with its
+    /// entry or an error (no acknowledgement is asked for, so one reply each). `answer`
+    /// gets each request's index and its entry, or None when the kernel has none; the
+    /// entry is parsed into `out`, which is reused.
+    pub fn get_many(
+        &mut self,
+        wanted: &[(Tuple, u16)],
+        out: &mut ConntrackEntry,
+        mut answer: impl FnMut(usize, Option<&ConntrackEntry>),
+    ) -> Result<(), ConntrackError> {
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if wanted.len() > GET_BATCH {
+            return Err(ConntrackError::Kernel(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} gets in one batch, at most {GET_BATCH}", wanted.len()),
+            )));
+        }
+        let first = self.sequence.wrapping_add(1);
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+        for (tuple, zone) in wanted {
+            let sequence = self.next_sequence();
+            batch.extend_from_slice(self.get_request(tuple, *zone, sequence)?);
+        }
+        let sent = self.socket.send(&batch, 0);
+        self.batch = batch;
+        sent?;
+        let mut answered = 0;
+        while answered < wanted.len() {
+            self.receive()?;
+            for message in Messages::new(&self.receive) {
+                let (header, payload) = message?;
+                let index = header.sequence.wrapping_sub(first) as usize;
+                if index >= wanted.len() {
+                    continue;
+                }
+                match header.kind {
+                    NLMSG_ERROR => {
+                        answered += 1;
+                        match -error_code(payload)? {
+                            // An acknowledgement would follow an entry: not asked for.
+                            0 => {}
+                            libc::ENOENT => answer(index, None),
+                            errno => {
+                                return Err(ConntrackError::Kernel(io::Error::from_raw_os_error(
+                                    errno,
+                                )));
+                            }
+                        }
+                    }
+                    kind if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
+                        answered += 1;
+                        parse_entry(payload, out)?;
+                        answer(index, Some(out));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a GET request for one entry into the request buffer.
+    fn get_request(
+        &mut self,
+        tuple: &Tuple,
+        zone: u16,
+        sequence: u32,
+    ) -> Result<&[u8], ConntrackError> {
         let family = if tuple.source.is_ipv4() {
             libc::AF_INET
         } else {
@@ -262,7 +344,7 @@ impl ConntrackSocket {
         let mut request = RequestBuilder::new(
             &mut self.request,
             (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-            NLM_F_REQUEST | NLM_F_ACK,
+            NLM_F_REQUEST,
             sequence,
             family,
         );
@@ -302,37 +384,7 @@ impl ConntrackSocket {
         request.end_nested();
         request.end_nested();
         request.attribute(CTA_ZONE, &zone.to_be_bytes());
-        let request = request.finish();
-        self.socket.send(request, 0)?;
-
-        let mut found = false;
-        loop {
-            self.receive()?;
-            for message in Messages::new(&self.receive) {
-                let (header, payload) = message?;
-                if header.sequence != sequence {
-                    continue;
-                }
-                match header.kind {
-                    NLMSG_ERROR => {
-                        let code = error_code(payload)?;
-                        return match -code {
-                            0 => Ok(found),
-                            libc::ENOENT => Ok(false),
-                            errno => {
-                                Err(ConntrackError::Kernel(io::Error::from_raw_os_error(errno)))
-                            }
-                        };
-                    }
-                    NLMSG_DONE => return Ok(found),
-                    kind if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
-                        parse_entry(payload, out)?;
-                        found = true;
-                    }
-                    _ => {}
-                }
-            }
-        }
+        Ok(request.finish())
     }
 
     /// Reads the table size, its maximum, and the per-CPU counters summed.

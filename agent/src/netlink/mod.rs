@@ -340,6 +340,108 @@ pub fn set_receive_buffer(fd: std::os::fd::RawFd, bytes: usize) -> (usize, bool)
     (if rc == 0 { actual as usize } else { 0 }, forced)
 }
 
+/// Reads many datagrams per system call (`recvmmsg`) into one buffer allocated once, a
+/// fixed-size slot each. For sockets whose datagrams are small and many: conntrack events
+/// (a few hundred bytes each) arrive one per datagram.
+pub struct DatagramBatch {
+    buffer: Vec<u8>,
+    slot: usize,
+    /// Length and truncation of each datagram of the last read.
+    received: Vec<(usize, bool)>,
+}
+
+impl DatagramBatch {
+    /// Room for `slots` datagrams of up to `slot` bytes each.
+    pub fn new(slots: usize, slot: usize) -> Self {
+        Self {
+            buffer: vec![0; slots * slot],
+            slot,
+            received: Vec::with_capacity(slots),
+        }
+    }
+
+    /// Datagrams one read can return.
+    pub fn slots(&self) -> usize {
+        self.received.capacity()
+    }
+
+    /// Reads what is queued on `fd` without waiting, up to one datagram per slot; returns
+    /// how many were read (WouldBlock when none is queued).
+    pub fn receive(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        const MAX_SLOTS: usize = 128;
+        let slots = self.slots().min(MAX_SLOTS);
+        // SAFETY: all-zero iovec and mmsghdr values are valid (null pointers, zero lengths).
+        let mut iovecs: [libc::iovec; MAX_SLOTS] = unsafe { std::mem::zeroed() };
+        let mut headers: [libc::mmsghdr; MAX_SLOTS] = unsafe { std::mem::zeroed() };
+        for (i, (iovec, header)) in iovecs
+            .iter_mut()
+            .zip(headers.iter_mut())
+            .take(slots)
+            .enumerate()
+        {
+            iovec.iov_base = self.buffer[i * self.slot..].as_mut_ptr().cast();
+            iovec.iov_len = self.slot;
+            header.msg_hdr.msg_iov = iovec;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        self.received.clear();
+        // SAFETY: each header points at one iovec of `iovecs`, each iovec at its own slot
+        // of `buffer`; all outlive the call. No address or control buffer is asked for.
+        let count = unsafe {
+            libc::recvmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                slots as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if count < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for header in &headers[..count as usize] {
+            let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.received
+                .push(((header.msg_len as usize).min(self.slot), truncated));
+        }
+        Ok(count as usize)
+    }
+
+    /// Datagram `index` of the last read, or None when it did not fit its slot.
+    pub fn datagram(&self, index: usize) -> Option<&[u8]> {
+        let (length, truncated) = self.received[index];
+        (!truncated).then(|| &self.buffer[index * self.slot..index * self.slot + length])
+    }
+}
+
+/// Attaches a classic BPF program to a socket: the kernel runs it on every message before
+/// queueing it, and a message the program drops costs the receiver nothing (no buffer
+/// space, no wake-up, no system call).
+pub fn attach_filter(fd: std::os::fd::RawFd, program: &[libc::sock_filter]) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "BPF program too long")
+        })?,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: fd is a live socket; fprog points into `program`, which outlives the call
+    // (the kernel copies the program).
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -448,6 +448,34 @@ impl ConnectionStore {
         self.apply(entry, 0, now_ms, true);
     }
 
+    /// Like [`ConnectionStore::create`], unless the NEW event may be older than what the
+    /// store knows: the stored connection of its tuple has ended and has the same conntrack
+    /// id and a kernel start. A poll's dump can see a connection whole (to TIME_WAIT) while
+    /// its NEW event still waits in the event socket; applied then, that event would make
+    /// a second connection of the same entry and export it twice. Returns false, without
+    /// changing anything, for the caller to fetch the entry and apply it with its start
+    /// time (a new connection of the tuple has another start).
+    pub fn create_unless_stale(&self, entry: &ConntrackEntry, now_ms: u64) -> bool {
+        let key = ConnKey::from_tuple(entry.zone, &entry.original);
+        let hash = hash_key(&key);
+        {
+            let shard = self.shard(hash);
+            if let Some(slot) = shard.find(hash, &key) {
+                let c = &shard.slot(slot).connection;
+                let ended = c.flags & (flags::ENDED | flags::DYING) != 0;
+                if ended
+                    && c.flags & flags::KERNEL_START != 0
+                    && entry.id != 0
+                    && entry.id == c.conntrack_id
+                {
+                    return false;
+                }
+            }
+        }
+        self.apply(entry, 0, now_ms, true);
+        true
+    }
+
     fn apply(&self, entry: &ConntrackEntry, generation: u32, now_ms: u64, created: bool) {
         let key = ConnKey::from_tuple(entry.zone, &entry.original);
         let counters = Counters {
