@@ -125,6 +125,10 @@ pub struct ConntrackConfig {
     /// Also track loopback connections (127.0.0.0/8, ::1): off by default, as they are not
     /// pod traffic and include the agent's own export to a local collector.
     pub include_loopback: bool,
+    /// Export a TCP connection's final record as soon as it reaches TIME_WAIT or CLOSE
+    /// (an UPDATE event and a targeted get per connection) instead of from the next poll,
+    /// which sees the same final counters within `pollInterval` at no cost per connection.
+    pub prompt_tcp_end: bool,
 }
 
 /// How records are built and where they go.
@@ -316,6 +320,7 @@ impl Default for ConntrackConfig {
             event_buffer_bytes: 8 << 20,
             set_sysctls: false,
             include_loopback: false,
+            prompt_tcp_end: false,
         }
     }
 }

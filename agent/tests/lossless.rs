@@ -270,7 +270,7 @@ fn serve_and_close_first(listener: TcpListener, count: usize) -> std::thread::Jo
     })
 }
 
-fn reused_port_connections_are_each_their_own_record(events: bool) {
+fn reused_port_connections_are_each_their_own_record(events: bool, prompt: bool) {
     let pair = Pair::new();
     // Events stay on in the kernel for conntrack's own DESTROY log; the agent is told
     // whether to listen to them.
@@ -303,7 +303,9 @@ fn reused_port_connections_are_each_their_own_record(events: bool) {
             &state_dir(&pair.server),
             "activeTimeout: 1s, idleTimeout: 2s",
             &format!("{{name: c0, address: '127.0.0.1:{port}'}}"),
-            &format!("conntrack: {{pollInterval: 300ms, events: {events}}}\n"),
+            &format!(
+                "conntrack: {{pollInterval: 300ms, events: {events}, promptTcpEnd: {prompt}}}\n"
+            ),
         )
         .replace("conntrack: {pollInterval: 500ms}\n", ""),
     );
@@ -396,15 +398,98 @@ fn reused_port_connections_are_each_their_own_record(events: bool) {
 
 #[test]
 fn a_reused_client_port_gives_one_record_per_connection_with_events() {
-    reused_port_connections_are_each_their_own_record(true);
+    reused_port_connections_are_each_their_own_record(true, false);
+}
+
+#[test]
+fn a_reused_client_port_gives_one_record_per_connection_with_prompt_tcp_ends() {
+    reused_port_connections_are_each_their_own_record(true, true);
 }
 
 #[test]
 fn a_reused_client_port_gives_one_record_per_connection_from_dumps_alone() {
-    reused_port_connections_are_each_their_own_record(false);
+    reused_port_connections_are_each_their_own_record(false, false);
 }
 
-/// Inserts `count` UDP entries (10.9.x.y:1000+ -> 10.8.0.1:53) into the namespace's table.
+/// One TCP connection, closed by the server: its final record (flowEndReason 3) carries
+/// the counters conntrack shows for the entry in TIME_WAIT. With `promptTcpEnd` it comes
+/// from the UPDATE event and a get, with polls an hour apart (so no poll can be the one
+/// that exported it); without, from the next poll.
+fn an_ended_tcp_connection_is_exported_once_with_its_final_counters(prompt: bool) {
+    let pair = Pair::new();
+    pair.server
+        .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=1"]);
+    let collector = start_collector(&pair.server, "udp://127.0.0.1:0", true);
+    let port = collector.udp_endpoint().unwrap().addr().port();
+    let poll = if prompt { "1h" } else { "1s" };
+    let agent = Agent::start(
+        &pair.server,
+        "agent",
+        &config(
+            &state_dir(&pair.server),
+            "activeTimeout: 1h, idleTimeout: 1h",
+            &format!("{{name: c0, address: '127.0.0.1:{port}'}}"),
+            &format!("conntrack: {{pollInterval: {poll}, promptTcpEnd: {prompt}}}\n"),
+        )
+        .replace("conntrack: {pollInterval: 500ms}\n", ""),
+    );
+    let server: SocketAddr = format!("{SERVER}:7410").parse().unwrap();
+    let listener = pair
+        .server
+        .enter(move || TcpListener::bind(server).unwrap());
+    let served = serve_and_close_first(listener, 1);
+    let client: SocketAddr = "10.200.0.1:40010".parse().unwrap();
+    pair.client.enter(move || reuse_connect(client, server));
+    served.join().unwrap();
+    let ended = |collector: &Collector| {
+        let records = collector.records();
+        records_for(&records, 40010, 7410)
+            .iter()
+            .filter(|r| number(r, "flowEndReason") == 3)
+            .map(|r| {
+                (
+                    number(r, "packetDeltaCount"),
+                    number(r, "octetDeltaCount"),
+                    number(r, "reversePacketDeltaCount"),
+                    number(r, "reverseOctetDeltaCount"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ended(&collector).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let table = pair.server.exec(&[
+        "conntrack",
+        "-L",
+        "-o",
+        "extended",
+        "-p",
+        "tcp",
+        "--dport",
+        "7410",
+    ]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("TIME_WAIT"), "{table}");
+    let expected: Vec<(u64, u64, u64, u64)> = table.lines().map(|l| cli_counters(l).1).collect();
+    // A few more polls (or none, with the prompt path) change nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    let found = ended(&collector);
+    let log = agent.stop("TERM");
+    assert_eq!(found, expected, "{log}");
+}
+
+#[test]
+fn an_ended_tcp_connection_leaves_from_the_next_poll() {
+    an_ended_tcp_connection_is_exported_once_with_its_final_counters(false);
+}
+
+#[test]
+fn an_ended_tcp_connection_leaves_at_once_with_prompt_tcp_end() {
+    an_ended_tcp_connection_is_exported_once_with_its_final_counters(true);
+}
+
 fn fill_table(ns: &Netns, count: u32) {
     let path = std::env::temp_dir().join(format!("{}-table.txt", ns.name));
     let mut lines = String::with_capacity(count as usize * 80);

@@ -17,7 +17,8 @@
 //! table) is measured before the traffic and printed beside it.
 //!
 //! Not a criterion benchmark: `cargo bench -p flowex-benches --bench short_connections`
-//! prints a table and one JSON line. `FLOWEX_SHORT_CONNECTIONS` (default 4000) sets N.
+//! prints a table and one JSON line. `FLOWEX_SHORT_CONNECTIONS` (default 4000) sets N;
+//! `FLOWEX_SHORT_CONNECTIONS_PROMPT=1` runs the agent with `conntrack.promptTcpEnd: true`.
 //! Needs root (namespaces, conntrack, eBPF).
 
 use std::collections::{BTreeMap, HashMap};
@@ -186,7 +187,9 @@ impl Bench {
         std::thread::sleep(Duration::from_secs(2));
         let idle_start = cpu_ns(agent.id());
         let idle_clock = Instant::now();
-        std::thread::sleep(Duration::from_secs(3));
+        // Two poll intervals (5 s each by default): a window that holds polls in the same
+        // proportion as any long stretch of time.
+        std::thread::sleep(Duration::from_secs(10));
         let idle_ns_per_s =
             (cpu_ns(agent.id()) - idle_start) as f64 / idle_clock.elapsed().as_secs_f64();
 
@@ -264,10 +267,12 @@ impl Bench {
     fn start_agent(&self) -> Child {
         let config = self.dir.join("agent.yaml");
         let pin = format!("/sys/fs/bpf/flowex-bench-{}", std::process::id());
+        let prompt = std::env::var_os("FLOWEX_SHORT_CONNECTIONS_PROMPT").is_some();
         std::fs::write(
             &config,
             format!(
                 "export:\n  collectors: [{{name: sim, address: \"{COLLECTOR}\", transport: tcp, maxMessageSize: 65535}}]\n\
+                 conntrack: {{promptTcpEnd: {prompt}}}\n\
                  kubernetes: {{enabled: false}}\n\
                  attribution: {{pinPath: {pin}}}\n\
                  state: {{directory: \"\"}}\n\

@@ -11,7 +11,7 @@ use super::entry::{ConntrackEntry, parse_entry};
 use super::socket::ConntrackError;
 use crate::netlink::{
     DatagramBatch, HEADER_LEN, Messages, NFGEN_LEN, NLM_F_CREATE, NLM_F_EXCL, NLMSG_ERROR,
-    NLMSG_NOOP, NLMSG_OVERRUN, attach_filter, set_receive_buffer,
+    NLMSG_NOOP, NLMSG_OVERRUN, attach_filter, set_receive_buffer, wait_readable,
 };
 
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
@@ -131,6 +131,7 @@ pub struct ConntrackEvents {
     receive_buffer: usize,
     forced: bool,
     lost: u64,
+    interrupt: Option<std::os::fd::RawFd>,
 }
 
 impl ConntrackEvents {
@@ -154,6 +155,7 @@ impl ConntrackEvents {
             receive_buffer: granted,
             forced,
             lost: 0,
+            interrupt: None,
         })
     }
 
@@ -165,6 +167,12 @@ impl ConntrackEvents {
     pub fn keep_only_ended_tcp_updates(&mut self) -> Result<(), ConntrackError> {
         attach_filter(self.socket.as_raw_fd(), &ended_tcp_update_filter())?;
         Ok(())
+    }
+
+    /// Ends every later wait of [`ConntrackEvents::receive`] early once `interrupt` (an
+    /// [`crate::netlink::Interrupt`]'s descriptor, which must outlive this) is raised.
+    pub fn set_interrupt(&mut self, interrupt: std::os::fd::RawFd) {
+        self.interrupt = Some(interrupt);
     }
 
     /// The receive buffer the kernel granted (it reports twice the size asked for).
@@ -257,21 +265,10 @@ impl ConntrackEvents {
     }
 
     fn wait(&self, timeout: Option<Duration>) -> Result<bool, ConntrackError> {
-        let mut pollfd = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-        // SAFETY: pollfd is a valid single-element array for the duration of the call.
-        let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
-        if ready < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(error.into());
-        }
-        Ok(ready > 0)
+        Ok(wait_readable(
+            self.socket.as_raw_fd(),
+            self.interrupt,
+            timeout,
+        )?)
     }
 }

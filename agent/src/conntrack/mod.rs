@@ -10,6 +10,8 @@ mod socket;
 pub use entry::{
     ConntrackEntry, Counters, IPS_CONFIRMED, IPS_DYING, Tuple, parse_entry, tcp_state_name,
 };
-pub use events::{ConntrackEvents, DEFAULT_EVENT_BUFFER, EventGroups, EventKind, Received};
+pub use events::{
+    ConntrackEvents, DEFAULT_EVENT_BUFFER, DRAIN_LIMIT, EventGroups, EventKind, Received,
+};
 pub use settings::{Check, SETTINGS, Setting, check_settings, default_root};
 pub use socket::{ConntrackError, ConntrackSocket, DumpFilter, DumpStats, GET_BATCH, TableStats};

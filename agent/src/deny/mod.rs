@@ -18,7 +18,9 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 pub use packet::{PacketError, PacketTuple, parse_packet};
 
-use crate::netlink::{Attributes, Messages, NFGEN_LEN, NLMSG_ERROR, ParseError, error_code};
+use crate::netlink::{
+    Attributes, Messages, NFGEN_LEN, NLMSG_ERROR, ParseError, error_code, wait_readable,
+};
 
 const NFULNL_MSG_PACKET: u16 = 4 << 8;
 const NFULA_PACKET_HDR: u16 = 1;
@@ -137,6 +139,7 @@ pub struct DenyListener {
     group: u16,
     buffer: Vec<u8>,
     stats: DenyStats,
+    interrupt: Option<std::os::fd::RawFd>,
 }
 
 impl DenyListener {
@@ -149,6 +152,7 @@ impl DenyListener {
             group,
             buffer: Vec::with_capacity(64 * 1024),
             stats: DenyStats::default(),
+            interrupt: None,
         };
         // The kernel batches logged packets for up to 1 s by default; 100 ms keeps deny
         // records prompt without a message per packet under a flood.
@@ -164,6 +168,12 @@ impl DenyListener {
     /// The group this listener is bound to.
     pub fn group(&self) -> u16 {
         self.group
+    }
+
+    /// Ends every later wait of [`DenyListener::receive`] early once `interrupt` (an
+    /// [`crate::netlink::Interrupt`]'s descriptor, which must outlive this) is raised.
+    pub fn set_interrupt(&mut self, interrupt: std::os::fd::RawFd) {
+        self.interrupt = Some(interrupt);
     }
 
     /// Counters so far.
@@ -205,14 +215,7 @@ impl DenyListener {
         timeout: Option<Duration>,
         mut on_event: impl FnMut(&DenyEvent<'_>),
     ) -> Result<usize, DenyError> {
-        let mut pollfd = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-        // SAFETY: pollfd is a valid single-element array for the duration of the call.
-        if unsafe { libc::poll(&mut pollfd, 1, millis) } <= 0 {
+        if !wait_readable(self.socket.as_raw_fd(), self.interrupt, timeout)? {
             return Ok(0);
         }
         self.buffer.clear();

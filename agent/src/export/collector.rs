@@ -888,7 +888,23 @@ async fn run(
             sender.send_chunk(&chunk).await;
             continue;
         }
-        let next = match tokio::time::timeout(CONFIRM_INTERVAL, queue.recv()).await {
+        // Wake up without new records only when there is something to do: confirm what
+        // is in flight, reconnect, or refresh UDP templates. An idle collector with
+        // nothing unconfirmed sleeps until records come (a refusal or a closed connection
+        // is then noticed at the next send, which confirms first).
+        let wait = if sender.link.is_none() || !sender.in_flight.is_empty() {
+            Some(CONFIRM_INTERVAL)
+        } else if udp {
+            let since = sender.templates_sent.map_or(refresh, |at| at.elapsed());
+            Some(refresh.saturating_sub(since).max(CONFIRM_INTERVAL))
+        } else {
+            None
+        };
+        let received = match wait {
+            Some(wait) => tokio::time::timeout(wait, queue.recv()).await,
+            None => Ok(queue.recv().await),
+        };
+        let next = match received {
             Ok(next) => next,
             Err(_) => {
                 // Idle: confirm what was sent, notice a refusal, refresh UDP templates.

@@ -340,6 +340,75 @@ pub fn set_receive_buffer(fd: std::os::fd::RawFd, bytes: usize) -> (usize, bool)
     (if rc == 0 { actual as usize } else { 0 }, forced)
 }
 
+/// An eventfd that wakes the threads waiting in [`wait_readable`] for good: once raised
+/// it stays readable, so a source thread can block until its next poll is due and still
+/// stop at once.
+pub struct Interrupt(std::os::fd::OwnedFd);
+
+impl Interrupt {
+    /// A new, unraised interrupt.
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd has no memory preconditions; a valid result is a new descriptor.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by eventfd and is owned by nothing else.
+        Ok(Self(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+
+    /// Wakes every waiter, now and later.
+    pub fn raise(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to an eventfd this value owns. A full
+        // counter (EAGAIN) is already raised.
+        unsafe { libc::write(self.raw(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// The descriptor to pass to [`wait_readable`].
+    pub fn raw(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+}
+
+/// Waits until `fd` is readable, `interrupt` (if any) was raised, or `timeout` (None:
+/// no limit) passed; true only when `fd` is readable. A signal ends the wait early.
+pub fn wait_readable(
+    fd: std::os::fd::RawFd,
+    interrupt: Option<std::os::fd::RawFd>,
+    timeout: Option<std::time::Duration>,
+) -> std::io::Result<bool> {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            // A negative descriptor is ignored by poll.
+            fd: interrupt.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let millis = timeout.map_or(-1, |t| {
+        // Round up: a 0.4 ms wait must not become a busy 0 ms one.
+        t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
+    // SAFETY: fds is a valid two-element array for the duration of the call.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) };
+    if ready < 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(error);
+    }
+    Ok(fds[0].revents & libc::POLLIN != 0)
+}
+
 /// Reads many datagrams per system call (`recvmmsg`) into one buffer allocated once, a
 /// fixed-size slot each. For sockets whose datagrams are small and many: conntrack events
 /// (a few hundred bytes each) arrive one per datagram.
