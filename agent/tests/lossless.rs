@@ -259,6 +259,22 @@ fn reuse_connect(client: SocketAddr, server: SocketAddr) {
 }
 
 /// Serves `count` connections: reads 100 bytes, answers 1,000 and closes first.
+/// `conntrack -L -o extended` of the TCP entries to `port` in `ns`.
+fn tcp_entries_to(ns: &Netns, port: u16) -> String {
+    let port = port.to_string();
+    let output = ns.exec(&[
+        "conntrack",
+        "-L",
+        "-o",
+        "extended",
+        "-p",
+        "tcp",
+        "--dport",
+        &port,
+    ]);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn serve_and_close_first(listener: TcpListener, count: usize) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for _ in 0..count {
@@ -326,16 +342,7 @@ fn reused_port_connections_are_each_their_own_record(events: bool, prompt: bool)
     served.join().unwrap();
     // The last connection's TIME_WAIT entry is still in the table: its counters.
     std::thread::sleep(Duration::from_millis(1500));
-    let table = pair.server.exec(&[
-        "conntrack",
-        "-L",
-        "-o",
-        "extended",
-        "-p",
-        "tcp",
-        "--dport",
-        "7400",
-    ]);
+    let table = tcp_entries_to(&pair.server, 7400);
     let log = agent.stop("TERM");
     let mut destroys = destroys;
     let _ = destroys.kill();
@@ -352,7 +359,7 @@ fn reused_port_connections_are_each_their_own_record(events: bool, prompt: bool)
         .filter(|l| l.contains("sport=40000"))
         .map(|l| cli_counters(l).1)
         .collect();
-    let last: Vec<(u64, u64, u64, u64)> = String::from_utf8_lossy(&table.stdout)
+    let last: Vec<(u64, u64, u64, u64)> = table
         .lines()
         .filter(|l| l.contains("sport=40000"))
         .map(|l| cli_counters(l).1)
@@ -362,7 +369,7 @@ fn reused_port_connections_are_each_their_own_record(events: bool, prompt: bool)
         2,
         "conntrack's DESTROY events:\n{destroyed}"
     );
-    assert_eq!(last.len(), 1, "{:?}", table);
+    assert_eq!(last.len(), 1, "{table}");
     expected.extend(last);
 
     quiet(&collector);
@@ -460,17 +467,7 @@ fn an_ended_tcp_connection_is_exported_once_with_its_final_counters(prompt: bool
     while ended(&collector).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let table = pair.server.exec(&[
-        "conntrack",
-        "-L",
-        "-o",
-        "extended",
-        "-p",
-        "tcp",
-        "--dport",
-        "7410",
-    ]);
-    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let table = tcp_entries_to(&pair.server, 7410);
     assert!(table.contains("TIME_WAIT"), "{table}");
     let expected: Vec<(u64, u64, u64, u64)> = table.lines().map(|l| cli_counters(l).1).collect();
     // A few more polls (or none, with the prompt path) change nothing.
