@@ -859,3 +859,70 @@ fn out_of_file_descriptors_the_metrics_server_backs_off_and_recovers() {
         "{log}"
     );
 }
+
+/// Two collectors behind a 500-record queue each and a table of 100,000: the slower one
+/// paces expiry, so neither drops anything; then one that accepts and never reads stops
+/// pacing after a few seconds without progress, and the other still gets everything while
+/// the stuck one's drops are counted.
+#[test]
+fn the_slowest_collector_paces_expiry_and_a_stuck_one_does_not() {
+    let pair = Pair::new();
+    fill_table(&pair.client, 100_000);
+    let first = start_collector(&pair.server, &format!("tcp://{SERVER}:0"), false);
+    let second = start_collector(&pair.server, &format!("udp://{SERVER}:0"), false);
+    let first_port = first.tcp_endpoint().unwrap().addr().port();
+    let second_port = second.udp_endpoint().unwrap().addr().port();
+    // Accepts connections and never reads: a stuck collector.
+    let stuck = pair
+        .server
+        .enter(|| TcpListener::bind((SERVER, 0)).unwrap());
+    let stuck_port = stuck.local_addr().unwrap().port();
+    // Holds what it accepts until the test is done.
+    let (done, done_rx) = std::sync::mpsc::channel::<()>();
+    let held = std::thread::spawn(move || {
+        stuck.set_nonblocking(true).unwrap();
+        let mut streams = Vec::new();
+        while done_rx.try_recv() == Err(std::sync::mpsc::TryRecvError::Empty) {
+            if let Ok((stream, _)) = stuck.accept() {
+                streams.push(stream);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let collectors = format!(
+        "{{name: c0, address: '{SERVER}:{first_port}', transport: tcp, maxMessageSize: 65535, queueCapacity: 500}}, \
+         {{name: c1, address: '{SERVER}:{second_port}', transport: udp, queueCapacity: 500}}, \
+         {{name: c2, address: '{SERVER}:{stuck_port}', transport: tcp, maxMessageSize: 65535, queueCapacity: 500}}"
+    );
+    let agent = Agent::start(
+        &pair.client,
+        "agent",
+        &config(
+            &state_dir(&pair.client),
+            "activeTimeout: 1s, idleTimeout: 2s, shutdownTimeout: 30s",
+            &collectors,
+            "",
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(15));
+    let log = agent.stop("TERM");
+    let first_summary = quiet(&first);
+    let second_summary = quiet(&second);
+    for (name, summary) in [("c0", &first_summary), ("c1", &second_summary)] {
+        let (exported, produced, dropped, _) = reconciliation(&log, name);
+        assert_eq!(dropped, 0, "{name}:\n{log}");
+        assert_eq!(exported, produced, "{name}:\n{log}");
+        assert_eq!(summary.records, exported, "{name}");
+        assert_eq!(summary.sequence_gaps, 0, "{name}");
+        assert_eq!(
+            summary.by_flow_end_reason.get(&4),
+            Some(&100_000),
+            "{name}: {summary:?}"
+        );
+    }
+    let (exported, produced, dropped, _) = reconciliation(&log, "c2");
+    assert!(dropped > 0, "{log}");
+    assert_eq!(exported + dropped, produced, "{log}");
+    drop(done);
+    held.join().unwrap();
+}

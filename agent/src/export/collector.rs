@@ -190,13 +190,35 @@ pub struct CollectorHandle {
     log_interval: Duration,
     drop_log: Mutex<DropLog>,
     task: JoinHandle<()>,
+    /// Progress as expiry last saw it: the exported count, and when it last moved (or
+    /// the queue was empty).
+    progress: Mutex<(u64, Instant)>,
 }
+
+/// A connected collector whose queue has not moved for this long no longer paces expiry:
+/// it is stuck (a collector that accepts and never reads), and waiting for it would stop
+/// the export to every other collector. Its queue fills and drops, counted and logged.
+const STALL_AFTER: Duration = Duration::from_secs(5);
 
 impl CollectorHandle {
     /// Records the queue can still take.
     fn room(&self) -> u64 {
         self.capacity
             .saturating_sub(self.stats.queued.load(Ordering::Acquire))
+    }
+
+    /// Connected, and exporting (or with nothing to export) within [`STALL_AFTER`].
+    fn paces(&self, now: Instant) -> bool {
+        if !self.stats.connected.load(Ordering::Acquire) {
+            return false;
+        }
+        let exported = self.stats.records_exported.load(Ordering::Acquire);
+        let idle = self.stats.queued.load(Ordering::Acquire) == 0;
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle || exported != progress.0 {
+            *progress = (exported, now);
+        }
+        now.duration_since(progress.1) < STALL_AFTER
     }
 
     /// Logs drops since the last report: the first at once, then at most one summary per
@@ -260,6 +282,7 @@ impl ExportingProcess {
                     log_interval: target.log_interval,
                     drop_log: Mutex::default(),
                     task,
+                    progress: Mutex::new((0, Instant::now())),
                 }
             })
             .collect();
@@ -281,17 +304,17 @@ impl ExportingProcess {
     }
 
     /// How many records the next batch may hold without a connected collector dropping
-    /// any: the most room in a connected collector's queue. Expiry asks this first, so a
-    /// large table or burst waits in the store (its counters keep adding up) instead of
-    /// overflowing a queue that is draining. When no collector is connected, waiting would
-    /// only grow the store: the batch may be of any size, and what does not fit is dropped
-    /// (and counted).
+    /// any: the least room among the queues of the connected collectors that are making
+    /// progress, so the slowest of them paces expiry. Expiry asks this first, so a large
+    /// table or burst waits in the store (its counters keep adding up) instead of
+    /// overflowing a queue that is draining. A collector that is down, or connected but
+    /// stuck (no progress for [`STALL_AFTER`]), does not hold the others back: its queue
+    /// fills, and what does not fit is dropped and counted. When no collector paces,
+    /// waiting would only grow the store: the batch may be of any size.
     pub fn room(&self) -> usize {
-        let connected = self
-            .collectors
-            .iter()
-            .filter(|c| c.stats.connected.load(Ordering::Acquire));
-        match connected.map(CollectorHandle::room).max() {
+        let now = Instant::now();
+        let pacing = self.collectors.iter().filter(|c| c.paces(now));
+        match pacing.map(CollectorHandle::room).min() {
             Some(room) => room.min(usize::MAX as u64) as usize,
             None => usize::MAX,
         }
