@@ -116,7 +116,8 @@ pub struct ConntrackConfig {
     pub poll_interval: HumanDuration,
     /// Zones to watch; empty: all.
     pub zones: Vec<u16>,
-    /// Subscribe to conntrack events (NEW/UPDATE/DESTROY).
+    /// Subscribe to conntrack events: NEW and DESTROY, and the UPDATEs into TIME_WAIT or
+    /// CLOSE with `prompt_tcp_end`.
     pub events: bool,
     /// Receive buffer for events, in bytes.
     pub event_buffer_bytes: usize,

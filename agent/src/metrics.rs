@@ -121,7 +121,7 @@ impl Metrics {
             ),
             events_lost: counter(
                 "flowex_conntrack_events_lost_total",
-                "Times the kernel dropped conntrack events (ENOBUFS).",
+                "Times conntrack events were lost (the kernel dropped them, ENOBUFS, or one did not fit or parse); each is followed by a resync dump.",
             ),
             resyncs: counter(
                 "flowex_conntrack_resyncs_total",

@@ -14,8 +14,8 @@ use flowex_ipfix::Registry;
 use crate::attribution::Attribution;
 use crate::config::{Config, parse_cidr};
 use crate::conntrack::{
-    ConntrackEvents, ConntrackSocket, DRAIN_LIMIT, DumpFilter, EventGroups, EventKind, GET_BATCH,
-    Received, check_settings, default_root,
+    ConntrackEvents, ConntrackSocket, DumpFilter, EventGroups, EventKind, GET_BATCH, Received,
+    check_settings, default_root,
 };
 use crate::deny::{DEFAULT_COPY_RANGE, DenyListener};
 use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess};
@@ -34,8 +34,9 @@ const BACKLOG_TICK: Duration = Duration::from_millis(5);
 /// After a wake-up that found conntrack events (and did not leave more queued), the
 /// source waits this long before reading again, so that a burst is read up to 64 events per
 /// system call instead of one event per wake-up (each wake-up costs two context switches).
-/// Records leave on the 100 ms expiry tick anyway, and 8 MiB of event buffer holds tens of
-/// thousands of events: far more than 10 ms of any burst measured here.
+/// Records leave on the 100 ms expiry tick anyway, and the default 8 MiB event buffer holds
+/// tens of thousands of events: far more than 10 ms of any burst measured here. Without
+/// SO_RCVBUFFORCE (a buffer of net.core.rmem_max) the source does not pause.
 const EVENT_COALESCE: Duration = Duration::from_millis(10);
 /// How often the probe's counters are read into the metrics.
 const PROBE_STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -225,6 +226,12 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     } else {
         None
     };
+    if config.conntrack.prompt_tcp_end && !config.conntrack.events {
+        log(
+            "warn",
+            "conntrack.promptTcpEnd needs conntrack.events: ended TCP connections are exported from the polls",
+        );
+    }
     let deny = if config.deny.enabled {
         Some(
             DenyListener::bind(config.deny.nflog_group, DEFAULT_COPY_RANGE)
@@ -616,6 +623,12 @@ impl ConntrackSource<'_> {
                 Ok(Received::Lost) => {
                     self.metrics.events_lost.inc();
                     self.metrics.resyncs.inc();
+                    // Empty the queue first: until it is, the kernel drops new events
+                    // without saying so, and the dump below would miss the ones of its
+                    // own time. What is discarded is older than the dump, which has it.
+                    if let Err(error) = events.discard_queued() {
+                        log("error", format_args!("conntrack events: {error}"));
+                    }
                     log(
                         "warn",
                         "conntrack events were lost (ENOBUFS, or an event that did not fit or parse): resyncing with a dump",
@@ -623,8 +636,11 @@ impl ConntrackSource<'_> {
                     self.poll(&mut socket);
                     next_poll = Instant::now() + self.interval;
                 }
-                // A full drain means more is queued: read on at once.
-                Ok(Received::Events(count)) => coalesce = count < DRAIN_LIMIT,
+                // More queued: read on at once. Without a forced (large) buffer, a pause
+                // could overflow it.
+                Ok(Received::Events(_)) => {
+                    coalesce = !events.more_queued() && events.buffer_forced()
+                }
                 Ok(Received::Idle) => {}
                 Err(error) => log("error", format_args!("conntrack events: {error}")),
             }

@@ -258,7 +258,6 @@ fn reuse_connect(client: SocketAddr, server: SocketAddr) {
     assert_eq!(reply.len(), 1000);
 }
 
-/// Serves `count` connections: reads 100 bytes, answers 1,000 and closes first.
 /// `conntrack -L -o extended` of the TCP entries to `port` in `ns`.
 fn tcp_entries_to(ns: &Netns, port: u16) -> String {
     let port = port.to_string();
@@ -275,6 +274,7 @@ fn tcp_entries_to(ns: &Netns, port: u16) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Serves `count` connections: reads 100 bytes, answers 1,000 and closes first.
 fn serve_and_close_first(listener: TcpListener, count: usize) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for _ in 0..count {

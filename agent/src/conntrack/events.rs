@@ -117,7 +117,7 @@ impl EventGroups {
 pub enum Received {
     /// This many events were delivered to the callback.
     Events(usize),
-    /// The wait timed out with nothing to read.
+    /// Nothing to read: the wait timed out, the interrupt was raised, or a signal came.
     Idle,
     /// Events were lost: the kernel dropped them (ENOBUFS), or one did not fit its slot or
     /// did not parse. The caller must resync with a full dump.
@@ -132,6 +132,7 @@ pub struct ConntrackEvents {
     forced: bool,
     lost: u64,
     interrupt: Option<std::os::fd::RawFd>,
+    more_queued: bool,
 }
 
 impl ConntrackEvents {
@@ -156,6 +157,7 @@ impl ConntrackEvents {
             forced,
             lost: 0,
             interrupt: None,
+            more_queued: false,
         })
     }
 
@@ -190,6 +192,35 @@ impl ConntrackEvents {
         self.lost
     }
 
+    /// True when the last [`ConntrackEvents::receive`] stopped at [`DRAIN_LIMIT`] with more
+    /// datagrams still queued.
+    pub fn more_queued(&self) -> bool {
+        self.more_queued
+    }
+
+    /// Reads and discards everything queued, without waiting; returns the datagrams
+    /// discarded. After a loss, the kernel drops every new event without another error
+    /// until the queue has been read empty, so a resync dump must come after this, not
+    /// before: events of the dump's time then reach the reader.
+    pub fn discard_queued(&mut self) -> Result<usize, ConntrackError> {
+        let fd = self.socket.as_raw_fd();
+        let mut discarded = 0;
+        // Bounded: under a flood the queue may never be empty for long; what is left is
+        // read normally and a later loss resyncs again.
+        for _ in 0..4096 {
+            match self.batch.receive(fd) {
+                Ok(0) => return Ok(discarded),
+                Ok(count) => discarded += count,
+                // The loss is what the caller is handling already.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(discarded),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(discarded)
+    }
+
     /// Waits up to `timeout` (None: forever) for events, then drains every datagram already
     /// queued (up to [`DRAIN_LIMIT`]) without waiting again, handing each event to
     /// `on_event`. Parsing reuses one entry: nothing is allocated per event.
@@ -204,6 +235,8 @@ impl ConntrackEvents {
         let mut entry = ConntrackEntry::default();
         let mut delivered = 0;
         let fd = self.socket.as_raw_fd();
+        // Cleared when a read finds the queue empty before the limit.
+        self.more_queued = true;
         for _ in 0..DRAIN_LIMIT / EVENTS_PER_READ {
             let count = match self.batch.receive(fd) {
                 Ok(count) => count,
@@ -217,6 +250,7 @@ impl ConntrackEvents {
                         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) =>
                 {
+                    self.more_queued = false;
                     break;
                 }
                 Err(e) => return Err(e.into()),
@@ -254,6 +288,7 @@ impl ConntrackEvents {
                 }
             }
             if count < EVENTS_PER_READ {
+                self.more_queued = false;
                 break;
             }
         }

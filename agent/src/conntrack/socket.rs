@@ -294,6 +294,9 @@ impl ConntrackSocket {
         let sent = self.socket.send(&batch, 0);
         self.batch = batch;
         sent?;
+        // An error for one request is returned once every request has its answer, so the
+        // others are still delivered and no reply is left behind.
+        let mut failure = None;
         let mut answered = 0;
         while answered < wanted.len() {
             self.receive()?;
@@ -311,9 +314,7 @@ impl ConntrackSocket {
                             0 => {}
                             libc::ENOENT => answer(index, None),
                             errno => {
-                                return Err(ConntrackError::Kernel(io::Error::from_raw_os_error(
-                                    errno,
-                                )));
+                                failure.get_or_insert(io::Error::from_raw_os_error(errno));
                             }
                         }
                     }
@@ -326,7 +327,7 @@ impl ConntrackSocket {
                 }
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), |error| Err(ConntrackError::Kernel(error)))
     }
 
     /// Writes a GET request for one entry into the request buffer.

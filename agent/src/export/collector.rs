@@ -913,8 +913,8 @@ async fn run(
         }
         // Wake up without new records only when there is something to do: confirm what
         // is in flight, reconnect, or refresh UDP templates. An idle collector with
-        // nothing unconfirmed sleeps until records come (a refusal or a closed connection
-        // is then noticed at the next send, which confirms first).
+        // nothing unconfirmed sleeps until records come: a UDP refusal is then noticed at
+        // the next send, which confirms first, and a closed TCP connection by the write.
         let wait = if sender.link.is_none() || !sender.in_flight.is_empty() {
             Some(CONFIRM_INTERVAL)
         } else if udp {

@@ -406,7 +406,9 @@ pub fn wait_readable(
         }
         return Err(error);
     }
-    Ok(fds[0].revents & libc::POLLIN != 0)
+    // Any event on the socket (an error or hang-up too) is for the read that follows to
+    // report: treating it as "not ready" would send the caller straight back to poll.
+    Ok(fds[0].revents != 0)
 }
 
 /// Reads many datagrams per system call (`recvmmsg`) into one buffer allocated once, a
@@ -415,52 +417,61 @@ pub fn wait_readable(
 pub struct DatagramBatch {
     buffer: Vec<u8>,
     slot: usize,
+    slots: usize,
     /// Length and truncation of each datagram of the last read.
     received: Vec<(usize, bool)>,
 }
 
 impl DatagramBatch {
-    /// Room for `slots` datagrams of up to `slot` bytes each.
+    /// Most datagrams one read returns.
+    pub const MAX_SLOTS: usize = 128;
+
+    /// Room for `slots` (at most [`DatagramBatch::MAX_SLOTS`]) datagrams of up to `slot`
+    /// bytes each.
     pub fn new(slots: usize, slot: usize) -> Self {
+        let slots = slots.clamp(1, Self::MAX_SLOTS);
         Self {
             buffer: vec![0; slots * slot],
             slot,
+            slots,
             received: Vec::with_capacity(slots),
         }
     }
 
     /// Datagrams one read can return.
     pub fn slots(&self) -> usize {
-        self.received.capacity()
+        self.slots
     }
 
     /// Reads what is queued on `fd` without waiting, up to one datagram per slot; returns
     /// how many were read (WouldBlock when none is queued).
     pub fn receive(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
-        const MAX_SLOTS: usize = 128;
-        let slots = self.slots().min(MAX_SLOTS);
         // SAFETY: all-zero iovec and mmsghdr values are valid (null pointers, zero lengths).
-        let mut iovecs: [libc::iovec; MAX_SLOTS] = unsafe { std::mem::zeroed() };
-        let mut headers: [libc::mmsghdr; MAX_SLOTS] = unsafe { std::mem::zeroed() };
+        let mut iovecs: [libc::iovec; Self::MAX_SLOTS] = unsafe { std::mem::zeroed() };
+        let mut headers: [libc::mmsghdr; Self::MAX_SLOTS] = unsafe { std::mem::zeroed() };
+        let base = self.buffer.as_mut_ptr();
         for (i, (iovec, header)) in iovecs
             .iter_mut()
             .zip(headers.iter_mut())
-            .take(slots)
+            .take(self.slots)
             .enumerate()
         {
-            iovec.iov_base = self.buffer[i * self.slot..].as_mut_ptr().cast();
+            // SAFETY: i < slots, and the buffer holds slots * slot bytes: the offset is
+            // inside it.
+            iovec.iov_base = unsafe { base.add(i * self.slot) }.cast();
             iovec.iov_len = self.slot;
             header.msg_hdr.msg_iov = iovec;
             header.msg_hdr.msg_iovlen = 1;
         }
         self.received.clear();
         // SAFETY: each header points at one iovec of `iovecs`, each iovec at its own slot
-        // of `buffer`; all outlive the call. No address or control buffer is asked for.
+        // of `buffer` (disjoint ranges derived from one pointer); all outlive the call. No
+        // address or control buffer is asked for.
         let count = unsafe {
             libc::recvmmsg(
                 fd,
                 headers.as_mut_ptr(),
-                slots as libc::c_uint,
+                self.slots as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
