@@ -299,6 +299,35 @@ fn a_reused_tuple_with_the_same_id_is_told_apart_by_its_new_event_or_state() {
     }
 }
 
+/// A poll's dump saw a connection through to TIME_WAIT before its NEW event was read: the
+/// late NEW (same id, no start) must not make a second connection of the same entry. The
+/// caller's get then brings the kernel's entry: the same start changes nothing, another
+/// start is a new connection of the tuple.
+#[test]
+fn a_new_event_older_than_the_dump_is_checked_before_it_is_applied() {
+    let store = store();
+    store.update(&connection(1000, 7, Some(100), 7, 12), 1, 200);
+    assert_eq!(
+        expire_with_starts(&store, 200),
+        [(100, EndReason::EndOfFlow, counters(12, 1200))]
+    );
+    // The late NEW is held back for a get.
+    assert!(!store.create_unless_stale(&connection(1000, 7, None, 1, 1), 250));
+    // The get finds the same entry (same start): nothing to export again.
+    store.update(&connection(1000, 7, Some(100), 7, 12), 0, 260);
+    assert_eq!(expire_with_starts(&store, 300), []);
+    // A NEW for a tuple the store does not hold, or whose connection is live, applies.
+    assert!(store.create_unless_stale(&connection(2000, 9, None, 1, 1), 300));
+    assert_eq!(store.len(), 2);
+    // A NEW (same id) whose get shows another start is a new connection of the tuple.
+    assert!(!store.create_unless_stale(&connection(1000, 7, None, 1, 1), 400));
+    store.update(&connection(1000, 7, Some(400), 7, 3), 0, 410);
+    assert_eq!(
+        expire_with_starts(&store, 410),
+        [(400, EndReason::EndOfFlow, counters(3, 300))]
+    );
+}
+
 #[test]
 fn an_unexported_old_connection_is_retired_and_its_late_destroy_is_its_own() {
     let store = store();
