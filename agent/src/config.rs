@@ -392,7 +392,51 @@ fn invalid(key: &str, message: impl fmt::Display) -> ConfigError {
     ConfigError(format!("{key}: {message}"))
 }
 
-/// Checks `HOST:PORT` (IPv6 hosts in brackets) without resolving the host.
+/// serde_yaml names only the section of a value its field type refused ("export: \"5d\"
+/// has unknown unit"). The refused value is quoted at the start of the message: the one
+/// key of that section holding it completes the path ("export.activeTimeout: ...").
+fn name_the_key(text: &str, error: &serde_yaml::Error) -> ConfigError {
+    let message = error.to_string();
+    let named = || -> Option<String> {
+        let (path, detail) = message.split_once(": ")?;
+        if path.contains(' ') {
+            return None;
+        }
+        let value = detail.strip_prefix('"')?.split_once('"')?.0;
+        let root: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+        let mut section = &root;
+        for part in path.split('.') {
+            let (name, index) = match part.split_once('[') {
+                Some((name, rest)) => (name, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+                None => (part, None),
+            };
+            section = section.get(name)?;
+            if let Some(index) = index {
+                section = section.get(index)?;
+            }
+        }
+        let scalar = |v: &serde_yaml::Value| match v {
+            serde_yaml::Value::String(s) => Some(s.clone()),
+            serde_yaml::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let mut keys = section
+            .as_mapping()?
+            .iter()
+            .filter(|(_, v)| scalar(v).as_deref() == Some(value))
+            .filter_map(|(k, _)| k.as_str());
+        let key = keys.next()?;
+        // Two keys with the same refused value: do not guess.
+        keys.next()
+            .is_none()
+            .then(|| format!("{path}.{key}: {detail}"))
+    };
+    ConfigError(named().unwrap_or(message))
+}
+
+/// Checks `HOST:PORT` (IPv6 hosts in brackets) without resolving the host. A host of
+/// digits and dots must be an IPv4 address (no DNS name is all digits): `1.2.3.4.5` and
+/// `999.999.999.999` are refused here rather than failing every connection attempt.
 fn check_host_port(key: &str, text: &str) -> Result<(), ConfigError> {
     let (host, port) = text
         .rsplit_once(':')
@@ -412,10 +456,24 @@ fn check_host_port(key: &str, text: &str) -> Result<(), ConfigError> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
     };
-    if !host_ok {
+    let numeric = !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if !host_ok || (numeric && host.parse::<std::net::Ipv4Addr>().is_err()) {
         return Err(invalid(key, format!("{text:?} has an invalid host")));
     }
     Ok(())
+}
+
+/// Checks an address to listen on: `IP:PORT` (IPv6 in brackets); a name is not resolved.
+fn check_listen(key: &str, text: &str) -> Result<(), ConfigError> {
+    check_host_port(key, text)?;
+    text.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| {
+            invalid(
+                key,
+                format!("{text:?}: listen on an IP address (0.0.0.0, 127.0.0.1, [::])"),
+            )
+        })
 }
 
 /// Parses `ADDRESS/PREFIX`.
@@ -442,7 +500,7 @@ impl Config {
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError(e.to_string()))?
+            serde_yaml::from_str(text).map_err(|e| name_the_key(text, &e))?
         };
         config.validate()?;
         Ok(config)
@@ -533,7 +591,7 @@ impl Config {
             }
             positive(&key("maxReconnectDelay"), collector.max_reconnect_delay)?;
         }
-        check_host_port("metrics.listen", &self.metrics.listen)?;
+        check_listen("metrics.listen", &self.metrics.listen)?;
         Ok(())
     }
 

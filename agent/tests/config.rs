@@ -20,12 +20,39 @@ fn invalid_configs_are_rejected_with_one_clear_line() {
             "export: {activeTimeout: 0s}",
             "export.activeTimeout: must be greater than 0",
         ),
-        ("export: {idleTimeout: 5}", "has no unit"),
+        (
+            "export: {idleTimeout: 5}",
+            "export.idleTimeout: \"5\" has no unit",
+        ),
         (
             "kubernetes: {podScope: namespace}",
             "kubernetes.podScope: unknown variant `namespace`, expected `node` or `cluster`",
         ),
         ("export: {idleTimeout: 5d}", "unknown unit"),
+        (
+            "export:\n  idleTimeout: 15s\n  activeTimeout: 5d\n",
+            "export.activeTimeout: \"5d\" has unknown unit",
+        ),
+        (
+            "export:\n  collectors:\n    - name: a\n      address: \"a:1\"\n      templateRefresh: 1y\n",
+            "export.collectors[0].templateRefresh: \"1y\" has unknown unit",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"999.999.999.999:4739\"}]}",
+            "export.collectors[0].address: \"999.999.999.999:4739\" has an invalid host",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"1.2.3.4.5:4739\"}]}",
+            "export.collectors[0].address: \"1.2.3.4.5:4739\" has an invalid host",
+        ),
+        (
+            "metrics: {listen: \"1.2.3.4.5:9400\"}",
+            "metrics.listen: \"1.2.3.4.5:9400\" has an invalid host",
+        ),
+        (
+            "metrics: {listen: \"localhost:9400\"}",
+            "metrics.listen: \"localhost:9400\": listen on an IP address",
+        ),
         (
             "conntrack: {pollInterval: 0ms}",
             "conntrack.pollInterval: must be greater than 0",
