@@ -25,6 +25,12 @@ pub struct Metrics {
     pub events_lost: IntCounter,
     pub resyncs: IntCounter,
     pub deny_packets: IntCounter,
+    /// NFLOG messages whose copied bytes were not a readable IP packet.
+    pub deny_unreadable: IntCounter,
+    /// Times the NFLOG socket overflowed (ENOBUFS): denied packets were lost.
+    pub deny_overflows: IntCounter,
+    /// Records refused by the batch builder (a record type that misreports its length).
+    pub records_unencodable: IntCounter,
     records_produced: IntCounter,
     records_exported: IntCounterVec,
     records_dropped: IntCounterVec,
@@ -130,6 +136,18 @@ impl Metrics {
             deny_packets: counter(
                 "flowex_deny_packets_total",
                 "Denied packets received from NFLOG.",
+            ),
+            deny_unreadable: counter(
+                "flowex_deny_packets_unreadable_total",
+                "NFLOG messages whose copied bytes were not a readable IP packet (not exported).",
+            ),
+            deny_overflows: counter(
+                "flowex_deny_overflows_total",
+                "Times the NFLOG socket buffer overflowed (ENOBUFS): denied packets were lost.",
+            ),
+            records_unencodable: counter(
+                "flowex_records_unencodable_total",
+                "Records refused before export because they wrote another length than announced (a bug: please report it).",
             ),
             records_exported: per_collector(
                 "flowex_records_exported_total",

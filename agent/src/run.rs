@@ -268,6 +268,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         threads.push(std::thread::spawn(move || {
             // Keeps the interrupt's descriptor open while the listener waits on it.
             let _interrupt = interrupt;
+            let mut seen = listener.stats();
             while !stopping.load(Ordering::Acquire) {
                 if let Err(error) = listener.receive(None, |event| {
                     metrics.deny_packets.inc();
@@ -276,6 +277,18 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                     log("error", format_args!("deny source: {error}"));
                     std::thread::sleep(Duration::from_millis(100));
                 }
+                let now = listener.stats();
+                if now.lost > seen.lost {
+                    metrics.deny_overflows.inc_by(now.lost - seen.lost);
+                    log(
+                        "warn",
+                        "the NFLOG socket overflowed (ENOBUFS): denied packets were lost",
+                    );
+                }
+                metrics
+                    .deny_unreadable
+                    .inc_by(now.unreadable - seen.unreadable);
+                seen = now;
             }
         }));
     }
@@ -295,6 +308,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         Arc::clone(&process),
     ));
     let mut builder = BatchBuilder::default();
+    let mut unencodable = 0;
     tokio::pin!(stop);
     let mut next_expiry = tokio::time::Instant::now() + EXPIRY_TICK;
     let mut next_probe_read = tokio::time::Instant::now();
@@ -312,6 +326,9 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                     });
                     process.export(builder.finish());
                 }
+                let rejected = builder.rejected();
+                metrics.records_unencodable.inc_by(rejected - unencodable);
+                unencodable = rejected;
                 let now = tokio::time::Instant::now();
                 next_expiry = now + if exported >= room { BACKLOG_TICK } else { EXPIRY_TICK };
                 process.report_drops();

@@ -45,6 +45,7 @@ pub const RESERVE_BYTES: usize = 4 << 20;
 pub struct BatchBuilder {
     buffer: BytesMut,
     records: Vec<(u16, u32, u32)>,
+    rejected: u64,
 }
 
 impl BatchBuilder {
@@ -56,11 +57,18 @@ impl BatchBuilder {
         let mut writer = FieldWriter::new(&mut self.buffer[start..]);
         record.emit(&mut writer);
         if writer.overflowed() || writer.position() != len {
-            // A record that misreports its length is dropped rather than corrupting others.
+            // A record that misreports its length is dropped rather than corrupting others,
+            // and counted (a bug in a record type, which the metrics should show).
             self.buffer.truncate(start);
+            self.rejected += 1;
             return;
         }
         self.records.push((template_id, start as u32, len as u32));
+    }
+
+    /// Records refused so far because they wrote another length than they announced.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
     }
 
     /// Records pushed since the last `finish`.
@@ -87,5 +95,48 @@ impl BatchBuilder {
         };
         self.buffer.reserve(bytes);
         batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Announces 8 bytes and writes 4.
+    struct Misreported;
+
+    impl Record for Misreported {
+        fn encoded_len(&self) -> usize {
+            8
+        }
+        fn emit(&self, writer: &mut FieldWriter<'_>) {
+            writer.u32(7);
+        }
+    }
+
+    /// Announces and writes 4 bytes.
+    struct Honest;
+
+    impl Record for Honest {
+        fn encoded_len(&self) -> usize {
+            4
+        }
+        fn emit(&self, writer: &mut FieldWriter<'_>) {
+            writer.u32(9);
+        }
+    }
+
+    #[test]
+    fn a_record_that_misreports_its_length_is_refused_and_counted() {
+        let mut builder = BatchBuilder::default();
+        builder.push(256, &Honest);
+        builder.push(256, &Misreported);
+        builder.push(256, &Honest);
+        assert_eq!(builder.len(), 2);
+        assert_eq!(builder.rejected(), 1);
+        let batch = builder.finish();
+        assert_eq!(batch.record(0), Some((256, &[0, 0, 0, 9][..])));
+        assert_eq!(batch.record(1), Some((256, &[0, 0, 0, 9][..])));
+        assert_eq!(batch.record(2), None);
     }
 }
