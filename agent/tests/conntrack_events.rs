@@ -352,6 +352,13 @@ fn the_update_filter_keeps_only_what_the_agent_acts_on() {
     pair.client
         .enter(move || short_exchanges(connections, 7002, 7003));
     server.join().unwrap();
+    // The kernel reaps expired entries lazily (its collector may take a minute); a dump
+    // evicts the expired ones it walks, with their DESTROY events.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !watcher.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        pair.server.exec(&["conntrack", "-L"]);
+    }
     let seen = watcher.join().unwrap();
     let count = |protocol: u8, kind: EventKind| {
         seen.iter()
