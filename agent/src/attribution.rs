@@ -69,6 +69,13 @@ pub struct FlowOwners {
     pub destination: Option<EndOwner>,
 }
 
+/// The owners of a flow's ends, and which ends are remote (source, destination).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowLookup {
+    pub owners: FlowOwners,
+    pub remote: [bool; 2],
+}
+
 /// A container id without allocation: 64 ASCII hex digits, or empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ContainerId {
@@ -171,11 +178,22 @@ impl Attribution {
     /// The owners of both ends of a connection (TCP, UDP and SCTP only). Allocates only
     /// the first time a cgroup is seen.
     pub fn flow_owners(&self, key: &ConnKey, connection: &Connection) -> FlowOwners {
+        self.flow_lookup(key, connection).owners
+    }
+
+    /// [`Attribution::flow_owners`], also telling which ends are remote (their address
+    /// belongs to no namespace the probe knows), so that a caller keeping the result does
+    /// not look them up again.
+    pub fn flow_lookup(&self, key: &ConnKey, connection: &Connection) -> FlowLookup {
         let Some(probe) = &self.probe else {
-            return FlowOwners::default();
+            return FlowLookup::default();
         };
         if !matches!(key.protocol, 6 | 17 | 132) {
-            return FlowOwners::default();
+            // No sockets to find: both ends are as good as remote.
+            return FlowLookup {
+                owners: FlowOwners::default(),
+                remote: [true; 2],
+            };
         }
         let owners = probe.owners();
         let source = SocketKey::from_octets(
@@ -195,9 +213,14 @@ impl Attribution {
             probe_form(key.source),
             key.source_port,
         );
-        FlowOwners {
-            source: owners.find(&source).map(|o| self.end_owner(&o)),
-            destination: owners.find(&destination).map(|o| self.end_owner(&o)),
+        let (source, source_local) = owners.find_end(&source);
+        let (destination, destination_local) = owners.find_end(&destination);
+        FlowLookup {
+            owners: FlowOwners {
+                source: source.map(|o| self.end_owner(&o)),
+                destination: destination.map(|o| self.end_owner(&o)),
+            },
+            remote: [!source_local, !destination_local],
         }
     }
 

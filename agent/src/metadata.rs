@@ -838,7 +838,7 @@ impl KubeMetrics {
             IntCounterVec::new(
                 Opts::new(
                     "flowex_records_pod_lookups_total",
-                    "Record ends by how their pod was found: ip, container, none.",
+                    "Pod lookups per end (a connection's first export, and retries), by how the pod was found: ip, container, none.",
                 ),
                 &["end", "result"],
             )

@@ -2,18 +2,22 @@
 //! flowStartMilliseconds and flowEndMilliseconds, and flowex's owner elements (process id,
 //! name, cgroup id and container id of each end), built from the store without allocating.
 
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use flowex_ipfix::antrea::{self, Counters as AntreaCounters, FlowRecord, PolicyRule};
 use flowex_ipfix::encoder::variable_len;
 use flowex_ipfix::{FieldWriter, Record, Registry, Template, TemplateError};
 
-use crate::attribution::{EndOwner, FlowOwners};
-use crate::metadata::FlowMeta;
+use crate::attribution::{Attribution, EndOwner, FlowOwners};
+use crate::metadata::{FlowMeta, Metadata};
+use crate::metrics::Metrics;
 
 use crate::conntrack::tcp_state_name;
 use crate::deny::parse_prefix;
-use crate::store::{Expired, flags};
+use crate::export::BatchBuilder;
+use crate::store::{Annotation, ConnectionStore, Due, Expired, flags};
 
 /// Names of the extra elements appended to Antrea's, in template order.
 const EXTRA: [&str; 10] = [
@@ -273,6 +277,293 @@ pub fn build<'a>(
         start_ms: c.start_ms,
         end_ms: expired.end_ms,
         owners,
+    }
+}
+
+/// Lookups of an end's owner (or pod) before a connection settles for not having one: an
+/// end can be exported before the probe has seen its socket or the watch its pod, and a
+/// remote end never has one.
+const LOOKUPS: u8 = 3;
+
+/// What a connection's records carry beyond conntrack: the owners of its ends and its
+/// pods and service. Resolved when the connection is first exported and kept with it in
+/// the store ([`Annotation`]), so later exports look nothing up. Interned: connections
+/// with the same owners and pods share one value.
+#[derive(Debug, Clone, Default)]
+pub struct Enrichment {
+    pub owners: FlowOwners,
+    pub meta: FlowMeta,
+    /// Ends (source, destination) whose address the probe knows no namespace for.
+    remote: [bool; 2],
+    owner_lookups: u8,
+    pod_lookups: u8,
+}
+
+impl Enrichment {
+    /// True when the owners need no (further) lookup: both ends found or remote, or
+    /// looked up [`LOOKUPS`] times.
+    fn owners_settled(&self) -> bool {
+        self.owner_lookups >= LOOKUPS
+            || ((self.owners.source.is_some() || self.remote[0])
+                && (self.owners.destination.is_some() || self.remote[1]))
+    }
+
+    /// True when the pods need no (further) lookup: each end's pod found, or the end is
+    /// not a pod address, or looked up [`LOOKUPS`] times.
+    fn pods_settled(&self) -> bool {
+        let meta = &self.meta;
+        meta.known
+            && (self.pod_lookups >= LOOKUPS
+                || ((meta.source.is_some() || !meta.source_is_pod)
+                    && (meta.destination.is_some() || !meta.destination_is_pod)))
+    }
+
+    /// True when nothing is left to look up; `probe` and `pods` say whether the probe and
+    /// the watchers run.
+    fn settled(&self, probe: bool, pods: bool) -> bool {
+        (!probe || self.owners_settled()) && (!pods || self.pods_settled())
+    }
+}
+
+fn hash_owner<H: Hasher>(owner: &Option<EndOwner>, state: &mut H) {
+    if let Some(o) = owner {
+        (o.pid, o.cgroup_id, o.name(), o.container_id()).hash(state);
+    }
+    owner.is_some().hash(state);
+}
+
+fn same_arc<T: ?Sized>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn arc_address<T: ?Sized>(a: &Option<Arc<T>>) -> usize {
+    a.as_ref()
+        .map_or(0, |a| Arc::as_ptr(a).cast::<u8>() as usize)
+}
+
+// Pods and service names are compared by identity: the index hands out one Arc per pod.
+impl PartialEq for Enrichment {
+    fn eq(&self, other: &Self) -> bool {
+        self.owners == other.owners
+            && self.remote == other.remote
+            && self.owner_lookups == other.owner_lookups
+            && self.pod_lookups == other.pod_lookups
+            && self.meta.known == other.meta.known
+            && self.meta.source_is_pod == other.meta.source_is_pod
+            && self.meta.destination_is_pod == other.meta.destination_is_pod
+            && same_arc(&self.meta.source, &other.meta.source)
+            && same_arc(&self.meta.destination, &other.meta.destination)
+            && same_arc(&self.meta.service_port_name, &other.meta.service_port_name)
+    }
+}
+
+impl Eq for Enrichment {}
+
+impl Hash for Enrichment {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_owner(&self.owners.source, state);
+        hash_owner(&self.owners.destination, state);
+        (self.remote, self.owner_lookups, self.pod_lookups).hash(state);
+        self.meta.known.hash(state);
+        (self.meta.source_is_pod, self.meta.destination_is_pod).hash(state);
+        arc_address(&self.meta.source).hash(state);
+        arc_address(&self.meta.destination).hash(state);
+        arc_address(&self.meta.service_port_name).hash(state);
+    }
+}
+
+/// An interned [`Enrichment`], found in the set by value.
+struct Interned(Arc<Enrichment>);
+
+impl PartialEq for Interned {
+    fn eq(&self, other: &Self) -> bool {
+        *self.0 == *other.0
+    }
+}
+
+impl Eq for Interned {}
+
+impl Hash for Interned {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+impl hashbrown::Equivalent<Interned> for Enrichment {
+    fn equivalent(&self, key: &Interned) -> bool {
+        *self == *key.0
+    }
+}
+
+/// How the record builder spent its work, for benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuilderStats {
+    /// Records built from the enrichment kept with their connection.
+    pub cached: u64,
+    /// Records that looked owners or pods up (a first export, or a retry).
+    pub resolved: u64,
+    /// Distinct enrichments held.
+    pub interned: usize,
+}
+
+/// Turns due connections into records: the one path from the store to the exporting
+/// process, used by the agent and the benchmarks alike. Runs outside the store's locks
+/// ([`ConnectionStore::expire_into`]); owners and pods are looked up at a connection's
+/// first export (and retried a bounded number of times while an end has none), then kept
+/// with the connection.
+pub struct RecordBuilder {
+    networks: PodNetworks,
+    attribution: Attribution,
+    metadata: Arc<Metadata>,
+    metrics: Option<Arc<Metrics>>,
+    interned: hashbrown::HashSet<Interned, crate::store::FxBuild>,
+    /// The enrichment of every record while neither the probe nor the watchers run.
+    bare: Enrichment,
+    /// Interned values beyond which unused ones are swept out.
+    sweep_at: usize,
+    stats: BuilderStats,
+}
+
+impl RecordBuilder {
+    /// A builder that enriches with `attribution` and `metadata` (either may be disabled).
+    pub fn new(networks: PodNetworks, attribution: Attribution, metadata: Arc<Metadata>) -> Self {
+        Self {
+            networks,
+            attribution,
+            metadata,
+            metrics: None,
+            interned: Default::default(),
+            bare: Enrichment::default(),
+            sweep_at: 1024,
+            stats: BuilderStats::default(),
+        }
+    }
+
+    /// Counts owners found and missing per record into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The attribution it enriches with.
+    pub fn attribution(&self) -> &Attribution {
+        &self.attribution
+    }
+
+    /// Work counts so far.
+    pub fn stats(&self) -> BuilderStats {
+        BuilderStats {
+            interned: self.interned.len(),
+            ..self.stats
+        }
+    }
+
+    /// Looks up what `kept` (the enrichment kept with `due`, if any) still lacks and keeps
+    /// the result with the connection in `store`.
+    fn resolve(
+        &mut self,
+        store: &ConnectionStore,
+        due: &Due,
+        kept: Option<&Enrichment>,
+    ) -> Arc<Enrichment> {
+        self.stats.resolved += 1;
+        let mut next = kept.cloned().unwrap_or_default();
+        if self.attribution.is_active() && !next.owners_settled() {
+            let found = self.attribution.flow_lookup(&due.key, &due.connection);
+            next.owners.source = next.owners.source.or(found.owners.source);
+            next.owners.destination = next.owners.destination.or(found.owners.destination);
+            next.remote = found.remote;
+            next.owner_lookups += 1;
+        }
+        if self.metadata.is_active() && !next.pods_settled() {
+            let found = self
+                .metadata
+                .lookup(&due.key, &due.connection, &next.owners);
+            if found.known {
+                let meta = &mut next.meta;
+                meta.known = true;
+                meta.source = meta.source.take().or(found.source);
+                meta.destination = meta.destination.take().or(found.destination);
+                meta.source_is_pod |= found.source_is_pod;
+                meta.destination_is_pod |= found.destination_is_pod;
+                meta.service_port_name = meta.service_port_name.take().or(found.service_port_name);
+                next.pod_lookups += 1;
+            }
+        }
+        let shared = self.intern(next);
+        if kept.is_none_or(|kept| !std::ptr::eq(kept, &*shared)) {
+            store.annotate(due, Annotation::new(Arc::clone(&shared) as _));
+        }
+        shared
+    }
+
+    fn intern(&mut self, value: Enrichment) -> Arc<Enrichment> {
+        if let Some(found) = self.interned.get(&value) {
+            return Arc::clone(&found.0);
+        }
+        if self.interned.len() >= self.sweep_at {
+            // Values no connection holds any more (only the set does) go; the threshold
+            // doubles over what stays, so sweeping costs O(1) per insertion.
+            self.interned.retain(|v| Arc::strong_count(&v.0) > 1);
+            self.sweep_at = (2 * self.interned.len()).max(1024);
+        }
+        let shared = Arc::new(value);
+        self.interned.insert(Interned(Arc::clone(&shared)));
+        shared
+    }
+
+    /// Builds the record of `due` into `batch`. Allocates nothing once the connection's
+    /// enrichment is settled (the common case: every export after the first).
+    pub fn push(&mut self, store: &ConnectionStore, due: &Due, batch: &mut BatchBuilder) {
+        self.with_record(store, due, |record| {
+            batch.push(record.flow.template_id(), record)
+        });
+    }
+
+    /// Builds the record of `due` and hands it to `f` (what [`RecordBuilder::push`] does,
+    /// for callers that look at the record rather than encode it).
+    pub fn with_record<R>(
+        &mut self,
+        store: &ConnectionStore,
+        due: &Due,
+        f: impl FnOnce(&AgentRecord<'_>) -> R,
+    ) -> R {
+        let probe = self.attribution.is_active();
+        let resolved;
+        let enrichment = match due.annotation.get::<Enrichment>() {
+            Some(kept) if kept.settled(probe, self.metadata.is_active()) => {
+                self.stats.cached += 1;
+                kept
+            }
+            // Nothing to look up, nothing to keep.
+            None if !probe && !self.metadata.is_active() => {
+                self.stats.cached += 1;
+                &self.bare
+            }
+            kept => {
+                resolved = self.resolve(store, due, kept);
+                &*resolved
+            }
+        };
+        if probe && let Some(metrics) = &self.metrics {
+            metrics.observe_owners(&enrichment.owners);
+        }
+        let prefix = match due.connection.deny_prefix {
+            0 => None,
+            id => Some(store.prefix(id)),
+        };
+        let record = build(
+            &due.expired(),
+            prefix.as_deref().unwrap_or(""),
+            &self.networks,
+            enrichment.owners,
+            &enrichment.meta,
+        );
+        f(&record)
     }
 }
 

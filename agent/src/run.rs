@@ -22,6 +22,7 @@ use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess};
 use crate::metadata::{self, Metadata};
 use crate::metrics::Metrics;
 use crate::netlink::{Interrupt, wait_readable};
+use crate::records::RecordBuilder;
 use crate::records::{self, PodNetworks};
 use crate::state;
 use crate::store::{ConnectionStore, Timeouts};
@@ -307,7 +308,11 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         Arc::clone(&store),
         Arc::clone(&process),
     ));
+    let mut records = RecordBuilder::new(networks, attribution, Arc::clone(&metadata))
+        .with_metrics(Arc::clone(&metrics));
     let mut builder = BatchBuilder::default();
+    // Due connections copied out of the store, reused round after round.
+    let mut due = Vec::new();
     let mut unencodable = 0;
     tokio::pin!(stop);
     let mut next_expiry = tokio::time::Instant::now() + EXPIRY_TICK;
@@ -321,9 +326,11 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                 let room = process.room();
                 let mut exported = 0;
                 if room > 0 {
-                    exported = store.expire_limited(now_ms(), true, room, |expired| {
-                        push_record(&mut builder, &store, &networks, &attribution, &metadata, &metrics, &expired);
-                    });
+                    due.clear();
+                    exported = store.expire_into(now_ms(), true, room, &mut due);
+                    for due in &due {
+                        records.push(&store, due, &mut builder);
+                    }
                     process.export(builder.finish());
                 }
                 let rejected = builder.rejected();
@@ -333,7 +340,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                 next_expiry = now + if exported >= room { BACKLOG_TICK } else { EXPIRY_TICK };
                 process.report_drops();
                 if now >= next_probe_read {
-                    metrics.observe_probe(attribution.probe_stats());
+                    metrics.observe_probe(records.attribution().probe_stats());
                     next_probe_read = now + PROBE_STATS_INTERVAL;
                 }
             }
@@ -354,22 +361,15 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let mut flushed = 0;
     loop {
         let room = process.room();
-        let mut push = |expired: crate::store::Expired<'_>| {
-            push_record(
-                &mut builder,
-                &store,
-                &networks,
-                &attribution,
-                &metadata,
-                &metrics,
-                &expired,
-            );
-        };
-        let due = store.expire_limited(now, true, room, &mut push);
-        let forced = store.force_end(now, room - due, &mut push);
+        due.clear();
+        let expired = store.expire_into(now, true, room, &mut due);
+        let forced = store.force_end_into(now, room - expired, &mut due);
+        for due in &due {
+            records.push(&store, due, &mut builder);
+        }
         flushed += forced;
         process.export(builder.finish());
-        if due + forced < room || store.unflushed() == 0 {
+        if expired + forced < room || store.unflushed() == 0 {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -388,7 +388,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         tokio::time::sleep(BACKLOG_TICK).await;
     }
     // Detach the probe (and remove its pin) before the queues drain.
-    drop(attribution);
+    drop(records);
     for watcher in watchers {
         watcher.abort();
     }
@@ -491,29 +491,6 @@ async fn start_metadata(
     );
     let watchers = metadata::start_watchers(&metadata, client, scope, node_name);
     Ok((metadata, watchers))
-}
-
-/// Builds one expired connection's record, with its owners and pods, into the shared batch.
-fn push_record(
-    builder: &mut BatchBuilder,
-    store: &ConnectionStore,
-    networks: &PodNetworks,
-    attribution: &Attribution,
-    metadata: &Metadata,
-    metrics: &Metrics,
-    expired: &crate::store::Expired<'_>,
-) {
-    let prefix = store.prefix(expired.connection.deny_prefix);
-    let owners = if attribution.is_active() {
-        let owners = attribution.flow_owners(expired.key, expired.connection);
-        metrics.observe_owners(&owners);
-        owners
-    } else {
-        Default::default()
-    };
-    let meta = metadata.lookup(expired.key, expired.connection, &owners);
-    let record = records::build(expired, &prefix, networks, owners, &meta);
-    builder.push(record.flow.template_id(), &record);
 }
 
 /// The conntrack source: polls the table every `interval` and applies events in between.

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use collector_sim::Collector;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flowex_agent::attribution::Attribution;
+use flowex_agent::config::AttributionConfig;
 use flowex_agent::conntrack::ConntrackEntry;
 use flowex_agent::deny::{DenyEvent, PacketTuple};
 use flowex_agent::export::{BatchBuilder, CollectorStats, ExportingProcess};
 use flowex_agent::metadata::Metadata;
-use flowex_agent::records::{self, PodNetworks};
-use flowex_agent::store::{ConnectionStore, Timeouts};
+use flowex_agent::records::{PodNetworks, RecordBuilder};
+use flowex_agent::store::{ConnectionStore, Due, Timeouts};
 use flowex_benches::{
     CountingAllocator, alloc_snapshot, count_only_marked_threads, mark_this_thread, tcp_entry,
     udp_export_pair,
@@ -49,14 +51,28 @@ struct Bench {
     process: ExportingProcess,
     collector: Collector,
     store: ConnectionStore,
-    networks: PodNetworks,
+    /// The agent's own record builder (enrichment as configured by the variant).
+    records: RecordBuilder,
     builder: BatchBuilder,
+    due: Vec<Due>,
     sent: u64,
     now_ms: u64,
     /// Allocations and bytes during the timed exports only.
     allocations: (u64, u64),
-    /// Pod metadata looked up for every record, when set.
+    /// The pod metadata of [`Bench::with_pods`].
     metadata: Option<std::sync::Arc<Metadata>>,
+}
+
+fn networks() -> PodNetworks {
+    PodNetworks::new(vec![("10.244.0.0".parse().expect("ip"), 16)])
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        active_ms: 1_000,
+        idle_ms: 600_000,
+        deny_idle_ms: 1_000,
+    }
 }
 
 impl Bench {
@@ -76,18 +92,45 @@ impl Bench {
             runtime,
             process,
             collector,
-            store: ConnectionStore::new(Timeouts {
-                active_ms: 1_000,
-                idle_ms: 600_000,
-                deny_idle_ms: 1_000,
-            }),
-            networks: PodNetworks::new(vec![("10.244.0.0".parse().expect("ip"), 16)]),
+            store: ConnectionStore::new(timeouts()),
+            records: RecordBuilder::new(
+                networks(),
+                Attribution::disabled(),
+                Metadata::disabled(None),
+            ),
             builder: BatchBuilder::default(),
+            due: Vec::new(),
             sent: 0,
             now_ms: 1_764_000_000_000,
             allocations: (0, 0),
             metadata: None,
         }
+    }
+
+    /// Attaches the eBPF socket probe, as the agent does: every record's ends are looked
+    /// up in its map at the connection's first export. None without root or BPF.
+    fn with_probe(mut self) -> Option<Self> {
+        let config = AttributionConfig {
+            pin_path: String::new(),
+            ..AttributionConfig::default()
+        };
+        match Attribution::start(&config) {
+            Ok(attribution) => {
+                let metadata = self.metadata();
+                self.records = RecordBuilder::new(networks(), attribution, metadata);
+                Some(self)
+            }
+            Err(error) => {
+                println!("export with the probe: skipped, the probe does not load here: {error}");
+                None
+            }
+        }
+    }
+
+    fn metadata(&self) -> std::sync::Arc<Metadata> {
+        self.metadata
+            .clone()
+            .unwrap_or_else(|| Metadata::disabled(None))
     }
 
     /// Makes every record look up its pods: one pod per source address of [`entry`]
@@ -139,7 +182,8 @@ impl Bench {
         };
         metadata.on_service_event(Event::Apply(service));
         metadata.mark_active();
-        self.metadata = Some(metadata);
+        self.metadata = Some(std::sync::Arc::clone(&metadata));
+        self.records = RecordBuilder::new(networks(), Attribution::disabled(), metadata);
         self
     }
 
@@ -151,19 +195,13 @@ impl Bench {
     /// until the exporter has sent all of them. Returns the records exported.
     fn export(&mut self) -> u64 {
         let before = alloc_snapshot();
-        let store = &self.store;
-        let networks = &self.networks;
-        let builder = &mut self.builder;
-        let metadata = self.metadata.as_deref();
-        let exported = store.expire(self.now_ms, true, |expired| {
-            let prefix = store.prefix(expired.connection.deny_prefix);
-            let owners = Default::default();
-            let meta = metadata.map_or_else(Default::default, |m| {
-                m.lookup(expired.key, expired.connection, &owners)
-            });
-            let record = records::build(&expired, &prefix, networks, owners, &meta);
-            builder.push(record.flow.template_id(), &record);
-        }) as u64;
+        self.due.clear();
+        let exported =
+            self.store
+                .expire_into(self.now_ms, true, usize::MAX, &mut self.due) as u64;
+        for due in &self.due {
+            self.records.push(&self.store, due, &mut self.builder);
+        }
         self.process.export(self.builder.finish());
         self.sent += exported;
         while self.stats().records_exported.load(Ordering::Acquire) + self.stats().records_dropped()
@@ -183,6 +221,12 @@ impl Bench {
             .collector
             .wait_until_quiet(Duration::from_millis(300), Duration::from_secs(30));
         let stats = self.stats();
+        let work = self.records.stats();
+        println!(
+            "{name}: records built from the enrichment kept with the connection {}, with lookups {} \
+             ({} distinct enrichments)",
+            work.cached, work.resolved, work.interned
+        );
         println!(
             "{name}: sent {} records in {} messages ({:.1} records/message), collector-sim received {}, \
              missing by sequence {}, dropped {}; {} allocations in {} exports of {CONNECTIONS} \
@@ -210,6 +254,84 @@ fn export_conntrack(c: &mut Criterion) {
         "20k_conns_2k_dying_with_pods",
         "export_conntrack with pod metadata",
     );
+}
+
+/// As in production: the probe attached and the pods indexed, so every connection's ends
+/// are looked up in the probe's map and the pod index at its first export and the result
+/// kept with it. `steady`: 20,000 connections exported again and again (the enrichment
+/// kept); `first`: 20,000 connections new to the store each time (every record looks
+/// up). The same shapes without enrichment are the baselines.
+fn export_enriched(c: &mut Criterion) {
+    let mut group = c.benchmark_group("export_enriched");
+    group.throughput(Throughput::Elements(CONNECTIONS as u64));
+    export_steady(&mut group, Bench::new(), "20k_steady_bare");
+    if let Some(bench) = Bench::new().with_pods().with_probe() {
+        export_steady(&mut group, bench, "20k_steady_probe_and_pods");
+    }
+    export_first(&mut group, Bench::new(), "20k_first_bare");
+    if let Some(bench) = Bench::new().with_pods().with_probe() {
+        export_first(&mut group, bench, "20k_first_probe_and_pods");
+    }
+    group.finish();
+}
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+fn export_steady(group: &mut Group<'_>, mut bench: Bench, id: &str) {
+    let mut active: Vec<ConntrackEntry> = (0..CONNECTIONS as u32).map(entry).collect();
+    // Untimed: the first exports, which look the ends up.
+    let generation = bench.store.begin_poll();
+    for e in &active {
+        bench.store.update(e, generation, bench.now_ms);
+    }
+    bench.export();
+    bench.allocations = (0, 0);
+    group.bench_function(id, |b| {
+        b.iter_custom(|iterations| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iterations {
+                bench.now_ms += 1_000;
+                let generation = bench.store.begin_poll();
+                for e in &mut active {
+                    if let Some(c) = e.original_counters.as_mut() {
+                        c.packets += 1;
+                        c.bytes += 100;
+                    }
+                    bench.store.update(e, generation, bench.now_ms);
+                }
+                let started = Instant::now();
+                let exported = bench.export();
+                timed += started.elapsed();
+                assert_eq!(exported, CONNECTIONS as u64);
+            }
+            timed
+        })
+    });
+    bench.report(&format!("export_enriched/{id}"));
+}
+
+fn export_first(group: &mut Group<'_>, mut bench: Bench, id: &str) {
+    let active: Vec<ConntrackEntry> = (0..CONNECTIONS as u32).map(entry).collect();
+    group.bench_function(id, |b| {
+        b.iter_custom(|iterations| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iterations {
+                // Untimed: a store of connections the builder has not seen.
+                bench.store = ConnectionStore::new(timeouts());
+                let generation = bench.store.begin_poll();
+                for e in &active {
+                    bench.store.update(e, generation, bench.now_ms);
+                }
+                bench.now_ms += 1_000;
+                let started = Instant::now();
+                let exported = bench.export();
+                timed += started.elapsed();
+                assert_eq!(exported, CONNECTIONS as u64);
+            }
+            timed
+        })
+    });
+    bench.report(&format!("export_enriched/{id}"));
 }
 
 fn export_conntrack_with(c: &mut Criterion, mut bench: Bench, id: &str, report: &str) {
@@ -309,6 +431,6 @@ fn export_deny(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = export_conntrack, export_deny
+    targets = export_conntrack, export_enriched, export_deny
 }
 criterion_main!(benches);

@@ -13,9 +13,11 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use flowex_agent::attribution::Attribution;
 use flowex_agent::conntrack::ConntrackEntry;
 use flowex_agent::export::BatchBuilder;
-use flowex_agent::records::{self, PodNetworks};
+use flowex_agent::metadata::Metadata;
+use flowex_agent::records::{PodNetworks, RecordBuilder};
 use flowex_agent::store::{ConnectionStore, Timeouts};
 use flowex_benches::tcp_entry;
 
@@ -69,7 +71,10 @@ fn main() {
         deny_idle_ms: 15_000,
     });
     let networks = PodNetworks::new(vec![("10.244.0.0".parse().expect("ip"), 16)]);
+    let mut records =
+        RecordBuilder::new(networks, Attribution::disabled(), Metadata::disabled(None));
     let mut builder = BatchBuilder::default();
+    let mut due = Vec::new();
     let baseline_kib = resident_kib("VmRSS:");
 
     let clock = || {
@@ -100,18 +105,11 @@ fn main() {
             poll_ms += t.elapsed().as_millis();
         }
         let t = Instant::now();
-        let no_metadata = Default::default();
-        sent += store.expire(clock(), polled, |expired| {
-            let prefix = store.prefix(expired.connection.deny_prefix);
-            let record = records::build(
-                &expired,
-                &prefix,
-                &networks,
-                Default::default(),
-                &no_metadata,
-            );
-            builder.push(record.flow.template_id(), &record);
-        }) as u64;
+        due.clear();
+        sent += store.expire_into(clock(), polled, usize::MAX, &mut due) as u64;
+        for due in &due {
+            records.push(&store, due, &mut builder);
+        }
         process.export(builder.finish());
         expiry_ms += t.elapsed().as_millis();
         std::thread::sleep(Duration::from_millis(100));

@@ -268,6 +268,22 @@ impl OwnerMap {
         })
     }
 
+    /// [`OwnerMap::find`], also saying whether the key's local address is known to be on
+    /// this node (a connected socket matched, or its namespace is known). `(None, false)`
+    /// is a remote end: looking it up again later is unlikely to find an owner.
+    pub fn find_end(&self, key: &SocketKey) -> (Option<SocketOwner>, bool) {
+        if let Some(owner) = self.get(key) {
+            return (Some(owner), true);
+        }
+        let Some(netns) = self.address_netns(key) else {
+            return (None, false);
+        };
+        let owner = self
+            .get(&key.unconnected(netns))
+            .or_else(|| self.get(&key.wildcard(netns)));
+        (owner, true)
+    }
+
     /// Every recorded socket and its owner (walks the whole map: for tools, not hot paths).
     pub fn entries(&self) -> impl Iterator<Item = (SocketKey, SocketOwner)> + '_ {
         self.map.iter().filter_map(Result::ok)

@@ -14,6 +14,7 @@
 
 mod key;
 
+use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
@@ -114,6 +115,66 @@ pub struct Expired<'a> {
     pub end_ms: u64,
 }
 
+/// What the record builder learned about a connection (its owners, its pods), kept with
+/// the connection so that later exports reuse it. The store only carries it: a new
+/// connection of the same tuple starts without one.
+#[derive(Clone, Default)]
+pub struct Annotation(Option<Arc<dyn Any + Send + Sync>>);
+
+impl Annotation {
+    /// An annotation holding `value` (shared, not copied).
+    pub fn new(value: Arc<dyn Any + Send + Sync>) -> Self {
+        Self(Some(value))
+    }
+
+    /// The value, when there is one of type `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_deref().and_then(|value| value.downcast_ref())
+    }
+
+    /// True when nothing is attached.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl std::fmt::Debug for Annotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Annotation(..)"
+        } else {
+            "Annotation(none)"
+        })
+    }
+}
+
+/// One due export, copied out of the store so that records are built without its locks
+/// ([`ConnectionStore::expire_into`]).
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub key: ConnKey,
+    pub connection: Connection,
+    pub annotation: Annotation,
+    pub reason: EndReason,
+    /// Counters since the previous export.
+    pub delta: Counters,
+    /// End of the reported interval, milliseconds since the Unix epoch.
+    pub end_ms: u64,
+}
+
+impl Due {
+    /// The borrowed view the record functions take.
+    pub fn expired(&self) -> Expired<'_> {
+        Expired {
+            key: &self.key,
+            connection: &self.connection,
+            reason: self.reason,
+            delta: self.delta,
+            end_ms: self.end_ms,
+        }
+    }
+}
+
 /// Timeouts, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -127,11 +188,12 @@ pub const SHARDS: usize = 16;
 /// Slots per slab chunk.
 const CHUNK: usize = 1024;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Slot {
     key: ConnKey,
     generation: u32,
     connection: Connection,
+    annotation: Annotation,
 }
 
 impl Slot {
@@ -163,6 +225,7 @@ impl Slot {
                 last_change_ms: 0,
                 last_export_ms: 0,
             },
+            annotation: Annotation::default(),
         }
     }
 }
@@ -184,7 +247,7 @@ struct Shard {
     heap: BinaryHeap<Reverse<(u64, u32, u32)>>,
     /// Connections whose tuple a newer connection took over before their final record
     /// was exported: exported (flowEndReason 3) at the next expiry, then forgotten.
-    retired: Vec<(ConnKey, Connection)>,
+    retired: Vec<(ConnKey, Connection, Annotation)>,
     /// What a previous agent exported, by key, until the first complete poll
     /// ([`ConnectionStore::resume`]).
     resume: hashbrown::HashMap<ConnKey, SavedConnection, FxBuild>,
@@ -221,6 +284,7 @@ impl Shard {
         let entry = self.slot_mut(slot);
         entry.key = key;
         entry.connection = connection;
+        entry.annotation = Annotation::default();
         let chunks = &self.chunks;
         self.index
             .insert_unique(hash, slot, |&s| hash_key(&slot_in(chunks, s).key));
@@ -233,6 +297,7 @@ impl Shard {
         }
         let entry = self.slot_mut(slot);
         entry.generation = entry.generation.wrapping_add(1);
+        entry.annotation = Annotation::default();
         let connection = entry.connection;
         self.free.push(slot);
         connection
@@ -313,7 +378,7 @@ fn identity(
     let retired = shard
         .retired
         .iter()
-        .any(|(k, c)| k == key && c.conntrack_id == entry.id);
+        .any(|(k, c, _)| k == key && c.conntrack_id == entry.id);
     if retired || (kernel_starts && start_ms < Some(stored.start_ms)) {
         Identity::Older
     } else {
@@ -414,7 +479,7 @@ impl ConnectionStore {
                 let retired = shard
                     .retired
                     .iter()
-                    .filter(|(_, c)| c.flags & (flags::ENDED | flags::FLUSHED) == 0)
+                    .filter(|(_, c, _)| c.flags & (flags::ENDED | flags::FLUSHED) == 0)
                     .count();
                 live + retired
             })
@@ -522,10 +587,10 @@ impl ConnectionStore {
                 }
                 Identity::Older => {
                     // A late event of a connection this tuple has since been reused by.
-                    if let Some((_, old)) = shard
+                    if let Some((_, old, _)) = shard
                         .retired
                         .iter_mut()
-                        .find(|(k, c)| *k == key && c.conntrack_id == entry.id)
+                        .find(|(k, c, _)| *k == key && c.conntrack_id == entry.id)
                         && has_counters
                     {
                         old.counters = counters;
@@ -540,7 +605,8 @@ impl ConnectionStore {
                     // already, so that its late events are still recognised as its own.
                     let mut old = old;
                     old.flags |= flags::DYING;
-                    shard.retired.push((key, old));
+                    let annotation = std::mem::take(&mut shard.slot_mut(slot).annotation);
+                    shard.retired.push((key, old, annotation));
                     let mut connection = self.fresh(entry, counters, dying, generation, now_ms);
                     resumed(&mut shard, &key, &mut connection);
                     let entry = shard.slot_mut(slot);
@@ -695,6 +761,23 @@ impl ConnectionStore {
         limit: usize,
         mut out: impl FnMut(Expired<'_>),
     ) -> usize {
+        let mut due = Vec::new();
+        let exported = self.expire_into(now_ms, polled, limit, &mut due);
+        due.iter().for_each(|d| out(d.expired()));
+        exported
+    }
+
+    /// [`ConnectionStore::expire_limited`] into `due` (appended, so a buffer reused across
+    /// rounds allocates nothing once grown). Each shard's lock is held only while its due
+    /// connections are copied out: the caller builds records (owner and pod lookups)
+    /// while the sources go on updating the store.
+    pub fn expire_into(
+        &self,
+        now_ms: u64,
+        polled: bool,
+        limit: usize,
+        due: &mut Vec<Due>,
+    ) -> usize {
         let generation = self.generation.load(Ordering::Acquire);
         let t = self.timeouts;
         let mut exported = 0;
@@ -705,7 +788,7 @@ impl ConnectionStore {
             }
             let mut shard = lock(&self.shards[(first + i) % SHARDS]);
             while exported < limit {
-                let Some((key, mut c)) = shard.retired.pop() else {
+                let Some((key, mut c, annotation)) = shard.retired.pop() else {
                     break;
                 };
                 if c.flags & (flags::ENDED | flags::FLUSHED) != 0 {
@@ -718,9 +801,10 @@ impl ConnectionStore {
                 };
                 let delta = c.counters.since(&c.exported);
                 c.last_export_ms = now_ms;
-                out(Expired {
-                    key: &key,
-                    connection: &c,
+                due.push(Due {
+                    key,
+                    connection: c,
+                    annotation,
                     reason,
                     delta,
                     end_ms: now_ms,
@@ -740,6 +824,7 @@ impl ConnectionStore {
                     continue; // the slot was freed or reused since
                 }
                 let key = entry.key;
+                let annotation = &entry.annotation;
                 let c = &mut entry.connection;
                 // A connection two polls have not seen is gone from conntrack.
                 let gone = polled
@@ -750,9 +835,10 @@ impl ConnectionStore {
                 }
                 let mut emit = |c: &mut Connection, reason: EndReason| {
                     let delta = c.counters.since(&c.exported);
-                    out(Expired {
-                        key: &key,
-                        connection: c,
+                    due.push(Due {
+                        key,
+                        connection: *c,
+                        annotation: annotation.clone(),
                         reason,
                         delta,
                         end_ms: now_ms,
@@ -804,25 +890,53 @@ impl ConnectionStore {
         exported
     }
 
+    /// Keeps what the record builder learned about a connection with it, unless the tuple
+    /// has moved on to another connection (another conntrack id or start) since `due` was
+    /// copied out. Returns whether it was kept.
+    pub fn annotate(&self, due: &Due, annotation: Annotation) -> bool {
+        let hash = hash_key(&due.key);
+        let mut shard = self.shard(hash);
+        let Some(slot) = shard.find(hash, &due.key) else {
+            return false;
+        };
+        let entry = shard.slot_mut(slot);
+        let c = &entry.connection;
+        if c.conntrack_id != due.connection.conntrack_id || c.start_ms != due.connection.start_ms {
+            return false;
+        }
+        entry.annotation = annotation;
+        true
+    }
+
     /// The shutdown flush, at most `limit` records per call: every connection whose final
     /// record was not exported yet is exported with flowEndReason 4 (forced end) and marked
     /// flushed, so the next call goes on where this one stopped; 0 means nothing is left.
     /// Connections stay in the store (see [`ConnectionStore::saved_connections`]).
     pub fn force_end(&self, now_ms: u64, limit: usize, mut out: impl FnMut(Expired<'_>)) -> usize {
+        let mut due = Vec::new();
+        let exported = self.force_end_into(now_ms, limit, &mut due);
+        due.iter().for_each(|d| out(d.expired()));
+        exported
+    }
+
+    /// [`ConnectionStore::force_end`] into `due` (appended), each shard's lock held only
+    /// while its connections are copied out.
+    pub fn force_end_into(&self, now_ms: u64, limit: usize, due: &mut Vec<Due>) -> usize {
         let mut exported = 0;
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             while exported < limit {
-                let Some((key, c)) = shard.retired.pop() else {
+                let Some((key, c, annotation)) = shard.retired.pop() else {
                     break;
                 };
                 if c.flags & (flags::ENDED | flags::FLUSHED) != 0 {
                     continue;
                 }
                 let delta = c.counters.since(&c.exported);
-                out(Expired {
-                    key: &key,
-                    connection: &c,
+                due.push(Due {
+                    key,
+                    connection: c,
+                    annotation,
                     reason: EndReason::EndOfFlow,
                     delta,
                     end_ms: now_ms,
@@ -840,9 +954,10 @@ impl ConnectionStore {
                     continue;
                 }
                 let delta = c.counters.since(&c.exported);
-                out(Expired {
-                    key: &entry.key,
-                    connection: c,
+                due.push(Due {
+                    key: entry.key,
+                    connection: *c,
+                    annotation: entry.annotation.clone(),
                     reason: EndReason::ForcedEnd,
                     delta,
                     end_ms: now_ms,
