@@ -284,8 +284,9 @@ fn main() -> ExitCode {
         Command::Run(run_args) => run(run_args),
         Command::Conntrack(conntrack_args) => conntrack(conntrack_args),
         Command::CheckConfig { file } => Config::load(file)
-            .map(|_| println!("ok"))
-            .map_err(anyhow::Error::from),
+            .map_err(anyhow::Error::from)
+            .and_then(|config| flowex_agent::run::check(&config))
+            .map(|()| println!("ok")),
         Command::PrintDefaultConfig => {
             print!("{}", Config::default().to_yaml());
             Ok(())

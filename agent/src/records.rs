@@ -12,7 +12,7 @@ use flowex_ipfix::{FieldWriter, Record, Registry, Template, TemplateError};
 
 use crate::attribution::{Attribution, EndOwner, FlowOwners};
 use crate::metadata::{FlowMeta, Metadata};
-use crate::metrics::Metrics;
+use crate::telemetry::Metrics;
 
 use crate::conntrack::tcp_state_name;
 use crate::deny::parse_prefix;

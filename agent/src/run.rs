@@ -18,14 +18,14 @@ use crate::conntrack::{
     check_settings, default_root,
 };
 use crate::deny::{DEFAULT_COPY_RANGE, DenyListener};
-use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess};
+use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess, check_target};
 use crate::metadata::{self, Metadata};
-use crate::metrics::Metrics;
 use crate::netlink::{Interrupt, wait_readable};
 use crate::records::RecordBuilder;
 use crate::records::{self, PodNetworks};
 use crate::state;
 use crate::store::{ConnectionStore, Timeouts};
+use crate::telemetry::{Health, Metrics};
 
 /// How often due connections are looked for.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
@@ -109,6 +109,17 @@ pub fn run_blocking(config: Config, duration: Option<Duration>) -> Result<()> {
     })
 }
 
+/// What `run` refuses beyond the configuration's own checks, for `check-config`: a
+/// collector whose messages cannot carry flowex's templates and one record.
+pub fn check(config: &Config) -> Result<()> {
+    let registry = Registry::new(config.export.enterprise_number)?;
+    let templates = records::templates(&registry)?;
+    for collector in &config.export.collectors {
+        check_target(&CollectorTarget::from(collector), &templates)?;
+    }
+    Ok(())
+}
+
 /// Runs the agent until `stop` resolves.
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<()> {
     for check in check_settings(&default_root(), config.conntrack.set_sysctls) {
@@ -132,7 +143,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             ..CollectorTarget::from(c)
         })
         .collect();
-    let process = Arc::new(ExportingProcess::start(&targets, templates, domain));
+    let process = Arc::new(ExportingProcess::start(&targets, templates, domain)?);
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(ConnectionStore::new(Timeouts {
         active_ms: config.export.active_timeout.0.as_millis() as u64,
@@ -185,6 +196,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let node_name = config.resolved_node_name();
     let (metadata, watchers) = start_metadata(&config, &metrics, &node_name).await?;
     let stopping = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Health::new());
     // Raised at shutdown: the source threads block until their next poll or packet and
     // still stop at once.
     let interrupt = Arc::new(Interrupt::new().context("creating the sources' stop eventfd")?);
@@ -249,16 +261,21 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         let interval = config.conntrack.poll_interval.0;
         let metrics = Arc::clone(&metrics);
         let interrupt = Arc::clone(&interrupt);
-        threads.push(std::thread::spawn(move || {
-            let source = ConntrackSource {
-                store: &store,
-                metrics: &metrics,
-                zones: &zones,
-                include_loopback: loopback,
-                interval,
-            };
-            source.run(socket, events, &stopping, &interrupt)
-        }));
+        threads.push(supervise(
+            "conntrack source",
+            &health,
+            &Arc::clone(&stopping),
+            move || {
+                let source = ConntrackSource {
+                    store: &store,
+                    metrics: &metrics,
+                    zones: &zones,
+                    include_loopback: loopback,
+                    interval,
+                };
+                source.run(socket, events, &stopping, &interrupt)
+            },
+        )?);
     }
     if let Some(mut listener) = deny {
         let store = Arc::clone(&store);
@@ -266,32 +283,37 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         let metrics = Arc::clone(&metrics);
         listener.set_interrupt(interrupt.raw());
         let interrupt = Arc::clone(&interrupt);
-        threads.push(std::thread::spawn(move || {
-            // Keeps the interrupt's descriptor open while the listener waits on it.
-            let _interrupt = interrupt;
-            let mut seen = listener.stats();
-            while !stopping.load(Ordering::Acquire) {
-                if let Err(error) = listener.receive(None, |event| {
-                    metrics.deny_packets.inc();
-                    store.deny(event, now_ms())
-                }) {
-                    log("error", format_args!("deny source: {error}"));
-                    std::thread::sleep(Duration::from_millis(100));
+        threads.push(supervise(
+            "deny source",
+            &health,
+            &Arc::clone(&stopping),
+            move || {
+                // Keeps the interrupt's descriptor open while the listener waits on it.
+                let _interrupt = interrupt;
+                let mut seen = listener.stats();
+                while !stopping.load(Ordering::Acquire) {
+                    if let Err(error) = listener.receive(None, |event| {
+                        metrics.deny_packets.inc();
+                        store.deny(event, now_ms())
+                    }) {
+                        log("error", format_args!("deny source: {error}"));
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    let now = listener.stats();
+                    if now.lost > seen.lost {
+                        metrics.deny_overflows.inc_by(now.lost - seen.lost);
+                        log(
+                            "warn",
+                            "the NFLOG socket overflowed (ENOBUFS): denied packets were lost",
+                        );
+                    }
+                    metrics
+                        .deny_unreadable
+                        .inc_by(now.unreadable - seen.unreadable);
+                    seen = now;
                 }
-                let now = listener.stats();
-                if now.lost > seen.lost {
-                    metrics.deny_overflows.inc_by(now.lost - seen.lost);
-                    log(
-                        "warn",
-                        "the NFLOG socket overflowed (ENOBUFS): denied packets were lost",
-                    );
-                }
-                metrics
-                    .deny_unreadable
-                    .inc_by(now.unreadable - seen.unreadable);
-                seen = now;
-            }
-        }));
+            },
+        )?);
     }
     log(
         "info",
@@ -302,11 +324,14 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         ),
     );
 
-    let server = tokio::spawn(crate::metrics::serve(
+    let server = tokio::spawn(crate::telemetry::http::serve(
         metrics_listener,
-        Arc::clone(&metrics),
-        Arc::clone(&store),
-        Arc::clone(&process),
+        Arc::new(crate::telemetry::http::Endpoint {
+            metrics: Arc::clone(&metrics),
+            store: Arc::clone(&store),
+            process: Arc::clone(&process),
+            health: Arc::clone(&health),
+        }),
     ));
     let mut records = RecordBuilder::new(networks, attribution, Arc::clone(&metadata))
         .with_metrics(Arc::clone(&metrics));
@@ -320,6 +345,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            _ = health.failed() => break,
             _ = tokio::time::sleep_until(next_expiry) => {
                 // The collectors' room bounds the batch: what does not fit waits in the
                 // store, and the next round comes as soon as the queues have drained a bit.
@@ -339,6 +365,9 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                 let now = tokio::time::Instant::now();
                 next_expiry = now + if exported >= room { BACKLOG_TICK } else { EXPIRY_TICK };
                 process.report_drops();
+                if let Some(failure) = process.failure() {
+                    health.fail(failure);
+                }
                 if now >= next_probe_read {
                     metrics.observe_probe(records.attribution().probe_stats());
                     next_probe_read = now + PROBE_STATS_INTERVAL;
@@ -392,27 +421,47 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     for watcher in watchers {
         watcher.abort();
     }
-    server.abort();
-    let _ = server.await;
-    // The server's handlers may still hold the process for a moment.
-    let mut process = process;
-    let process = loop {
-        match Arc::try_unwrap(process) {
-            Ok(process) => break process,
-            Err(shared) => {
-                process = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
+    // The endpoint keeps answering (a failure's 503 included) while the queues drain.
     tracing::debug!("flushing the collector queues");
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     process.shutdown(left.max(Duration::from_millis(500))).await;
+    server.abort();
+    let _ = server.await;
     if let Some(directory) = &state_directory {
         save_state(&store, directory, origin);
     }
     tracing::info!("stopped: {flushed} connection(s) exported with flowEndReason 4");
-    Ok(())
+    match health.failure() {
+        None => Ok(()),
+        Some(failure) => Err(anyhow::anyhow!("stopped after a failure: {failure}")),
+    }
+}
+
+/// Runs `body` on a thread of its own named `name`. If it panics, or returns while the
+/// agent is not stopping, `health` fails with the reason: the agent flushes and exits.
+fn supervise(
+    name: &'static str,
+    health: &Arc<Health>,
+    stopping: &Arc<AtomicBool>,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    let health = Arc::clone(health);
+    let stopping = Arc::clone(stopping);
+    std::thread::Builder::new()
+        .name(name.replace(' ', "-"))
+        .spawn(
+            move || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                Err(payload) => health.fail(format!(
+                    "{name} panicked: {}",
+                    crate::telemetry::health::panic_message(&*payload)
+                )),
+                Ok(()) if !stopping.load(Ordering::Acquire) => {
+                    health.fail(format!("{name} stopped unexpectedly"))
+                }
+                Ok(()) => {}
+            },
+        )
+        .with_context(|| format!("starting the {name} thread"))
 }
 
 /// Loads the previous agent's state file, if any, into the store.
@@ -562,6 +611,12 @@ impl ConntrackSource<'_> {
             events.set_interrupt(interrupt.raw());
         }
         self.poll(&mut socket);
+        // Debug builds only: the tests make this thread fail as a bug would, to see the
+        // agent report it, flush and exit.
+        #[cfg(debug_assertions)]
+        if std::env::var_os("FLOWEX_TEST_FAULT").is_some_and(|f| f == "conntrack-source") {
+            panic!("injected by FLOWEX_TEST_FAULT");
+        }
         let mut next_poll = Instant::now() + self.interval;
         let mut ended = Vec::new();
         let mut unsure = Vec::new();

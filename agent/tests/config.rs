@@ -211,5 +211,24 @@ fn cli_check_config_and_print_default_config() {
         stderr.contains("export.activeTimeout: must be greater than 0"),
         "{stderr}"
     );
+
+    // Valid as a number, but too small for flowex's IPv6 template and one record: refused
+    // by check-config as by run, with the size needed.
+    let small = dir.join("small.yaml");
+    std::fs::write(
+        &small,
+        "export:\n  collectors:\n    - {name: small, address: \"127.0.0.1:4739\", transport: udp, maxMessageSize: 300}\n",
+    )
+    .unwrap();
+    let rejected = Command::new(flowex)
+        .arg("check-config")
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert_eq!(rejected.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&rejected.stderr).trim(),
+        "flowex: collector small: maxMessageSize 300 cannot carry template 257 and one record: it needs at least 624 bytes"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

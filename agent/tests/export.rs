@@ -73,7 +73,8 @@ async fn every_record_reaches_a_udp_and_a_tcp_collector_once() {
         ],
         templates(),
         77,
-    );
+    )
+    .expect("exporting process");
     for chunk in 0..20 {
         process.export(batch(chunk * 500, 500));
     }
@@ -99,7 +100,8 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = Endpoint::Tcp(unused.local_addr().unwrap());
     drop(unused);
-    let process = ExportingProcess::start(&[target("down", endpoint, 100)], templates(), 1);
+    let process = ExportingProcess::start(&[target("down", endpoint, 100)], templates(), 1)
+        .expect("exporting process");
     for chunk in 0..5 {
         process.export(batch(chunk * 50, 50));
     }
@@ -123,7 +125,8 @@ async fn records_for_an_absent_udp_collector_wait_for_it_and_are_not_counted_as_
     let unused = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let endpoint = Endpoint::Udp(unused.local_addr().unwrap());
     drop(unused);
-    let process = ExportingProcess::start(&[target("void", endpoint, 10_000)], templates(), 1);
+    let process = ExportingProcess::start(&[target("void", endpoint, 10_000)], templates(), 1)
+        .expect("exporting process");
     let stats = Arc::clone(&process.collectors()[0].stats);
     for chunk in 0..20 {
         process.export(batch(chunk * 10, 10));
@@ -153,7 +156,8 @@ async fn records_for_an_absent_udp_collector_wait_for_it_and_are_not_counted_as_
 async fn a_restarted_tcp_collector_gets_templates_again_and_the_queued_records() {
     let first = collector("tcp://127.0.0.1:0");
     let endpoint = first.tcp_endpoint().unwrap();
-    let process = ExportingProcess::start(&[target("tcp", endpoint, 100_000)], templates(), 5);
+    let process = ExportingProcess::start(&[target("tcp", endpoint, 100_000)], templates(), 5)
+        .expect("exporting process");
     let stats = Arc::clone(&process.collectors()[0].stats);
     process.export(batch(0, 1_000));
     assert!(first.wait_for_records(1_000, WAIT));
@@ -196,7 +200,8 @@ async fn a_restarted_udp_collector_gets_templates_at_once_and_refused_records_ar
     let first = collector("udp://127.0.0.1:0");
     let endpoint = first.udp_endpoint().unwrap();
     // Ten minutes between refreshes: only the refusal can bring the templates back.
-    let process = ExportingProcess::start(&[target("udp", endpoint, 100_000)], templates(), 9);
+    let process = ExportingProcess::start(&[target("udp", endpoint, 100_000)], templates(), 9)
+        .expect("exporting process");
     let stats = Arc::clone(&process.collectors()[0].stats);
     process.export(batch(0, 1_000));
     assert!(first.wait_for_records(1_000, WAIT));
@@ -248,7 +253,7 @@ async fn delivery_resumes_within_the_reconnect_cap_after_a_long_outage() {
     let endpoint = first.tcp_endpoint().unwrap();
     let mut down = target("tcp", endpoint, 100_000);
     down.max_reconnect_delay = Duration::from_secs(1);
-    let process = ExportingProcess::start(&[down], templates(), 3);
+    let process = ExportingProcess::start(&[down], templates(), 3).expect("exporting process");
     let stats = Arc::clone(&process.collectors()[0].stats);
     process.export(batch(0, 10));
     assert!(first.wait_for_records(10, WAIT));

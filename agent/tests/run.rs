@@ -366,6 +366,104 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
     let _ = std::fs::remove_file(kubeconfig);
 }
 
+/// A source thread that fails (here a panic injected in the test build) is reported on
+/// `/healthz` with 503 and its reason while the agent flushes; the flush still exports
+/// every tracked connection (flowEndReason 4) and the agent exits with status 1.
+#[test]
+fn a_failed_source_turns_healthz_to_503_and_the_agent_flushes_and_exits_non_zero() {
+    let pair = Pair::new();
+    let server_ip: IpAddr = "10.200.0.2".parse().unwrap();
+    let collector = pair.server.enter(|| {
+        let mut config = CollectorConfig::new(vec!["udp://127.0.0.1:0".parse().unwrap()]);
+        config.keep_records = true;
+        Collector::start(config).unwrap()
+    });
+    let port = collector.udp_endpoint().unwrap().addr().port();
+    // A connection the agent finds at its first poll.
+    let listener = pair
+        .server
+        .enter(move || TcpListener::bind(SocketAddr::new(server_ip, 7310)).unwrap());
+    let client = pair
+        .client
+        .enter(move || TcpStream::connect(SocketAddr::new(server_ip, 7310)).unwrap());
+    let client_port = client.local_addr().unwrap().port();
+    let (mut accepted, _) = listener.accept().unwrap();
+    (&client).write_all(&[1u8; 10]).unwrap();
+    let mut ten = [0u8; 10];
+    accepted.read_exact(&mut ten).unwrap();
+    // Besides collector-sim, a TCP collector that is down: its records wait in its queue
+    // until the shutdown deadline, which keeps the failing agent up long enough to ask it.
+    let config_path = std::env::temp_dir().join(format!("{}-fault.yaml", pair.server.name));
+    std::fs::write(
+        &config_path,
+        format!(
+            "conntrack: {{pollInterval: 500ms}}\n\
+             export:\n  activeTimeout: 60s\n  shutdownTimeout: 3s\n  collectors:\n\
+             \x20   - {{name: sim, address: \"127.0.0.1:{port}\", transport: udp}}\n\
+             \x20   - {{name: down, address: \"127.0.0.1:9\", transport: tcp}}\n\
+             kubernetes: {{enabled: false}}\n\
+             attribution: {{enabled: false}}\n\
+             state: {{directory: \"\"}}\n"
+        ),
+    )
+    .unwrap();
+    let agent = Command::new("ip")
+        .args(["netns", "exec", &pair.server.name])
+        .arg(env!("CARGO_BIN_EXE_flowex"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .env("FLOWEX_TEST_FAULT", "conntrack-source")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent = agent;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let response = pair.server.enter(|| {
+            let mut stream = TcpStream::connect("127.0.0.1:9400").ok()?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            Some(response)
+        });
+        if let Some(response) = response.filter(|r| !r.starts_with("HTTP/1.1 200")) {
+            break response;
+        }
+        if std::time::Instant::now() > deadline || agent.try_wait().unwrap().is_some() {
+            let _ = agent.kill();
+            let output = agent.wait_with_output().unwrap();
+            panic!(
+                "/healthz never reported the failure; the agent said:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(
+        health.ends_with("failed: conntrack source panicked: injected by FLOWEX_TEST_FAULT\n"),
+        "{health}"
+    );
+    let output = agent.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "flowex: stopped after a failure: conntrack source panicked: injected by FLOWEX_TEST_FAULT"
+        ),
+        "{stderr}"
+    );
+    collector.wait_until_quiet(Duration::from_millis(300), Duration::from_secs(10));
+    let records = collector.records();
+    let flushed = records_for(&records, 6, client_port, 7310);
+    assert_eq!(reasons(&flushed), [4], "{records:?}");
+    drop(client);
+    let _ = std::fs::remove_file(config_path);
+}
+
 fn http_get(path: &str) -> String {
     let mut stream = TcpStream::connect("127.0.0.1:9400").unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");

@@ -149,7 +149,7 @@ pub fn udp_export_pair(
     );
     let process = {
         let _guard = runtime.enter();
-        ExportingProcess::start(&[target], templates, 1)
+        ExportingProcess::start(&[target], templates, 1).expect("exporting process")
     };
     (collector, process)
 }

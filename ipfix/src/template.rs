@@ -273,6 +273,15 @@ impl Template {
         self.fixed_len + self.variable_fields
     }
 
+    /// The smallest message that carries this template and one (shortest) record of it:
+    /// message header, a template set and a data set.
+    pub fn smallest_message(&self) -> usize {
+        crate::wire::message::HEADER_LEN
+            + 2 * crate::wire::set::HEADER_LEN
+            + self.wire_len()
+            + self.min_record_len()
+    }
+
     /// Bytes of this template's record in a (options) template set.
     pub fn wire_len(&self) -> usize {
         let header = if self.is_options() {

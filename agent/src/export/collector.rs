@@ -185,11 +185,13 @@ struct DropLog {
 pub struct CollectorHandle {
     pub name: String,
     pub stats: Arc<CollectorStats>,
-    queue: mpsc::UnboundedSender<Chunk>,
+    /// None once the process shuts down.
+    queue: Mutex<Option<mpsc::UnboundedSender<Chunk>>>,
     capacity: u64,
     log_interval: Duration,
     drop_log: Mutex<DropLog>,
-    task: JoinHandle<()>,
+    /// Taken by the shutdown.
+    task: Mutex<Option<JoinHandle<()>>>,
     /// Progress as expiry last saw it: the exported count, and when it last moved (or
     /// the queue was empty).
     progress: Mutex<(u64, Instant)>,
@@ -253,6 +255,54 @@ impl CollectorHandle {
     }
 }
 
+/// Why the exporting process cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("collector {collector}: {source}")]
+    Encoder {
+        collector: String,
+        source: flowex_ipfix::EncodeError,
+    },
+    #[error(
+        "collector {collector}: maxMessageSize {size} cannot carry template {template} and one record: it needs at least {needed} bytes"
+    )]
+    MessageTooSmall {
+        collector: String,
+        size: usize,
+        template: u16,
+        needed: usize,
+    },
+}
+
+/// The smallest `maxMessageSize` that carries each of `templates` with one record.
+pub fn smallest_message(templates: &[Template]) -> Option<(u16, usize)> {
+    templates
+        .iter()
+        .map(|t| (t.id(), t.smallest_message()))
+        .max_by_key(|&(_, size)| size)
+}
+
+/// Refuses a target whose messages cannot carry a template and one record, or whose
+/// encoder cannot be built.
+pub fn check_target(target: &CollectorTarget, templates: &[Template]) -> Result<(), StartError> {
+    if let Some((template, needed)) = smallest_message(templates)
+        && target.max_message_size < needed
+    {
+        return Err(StartError::MessageTooSmall {
+            collector: target.name.clone(),
+            size: target.max_message_size,
+            template,
+            needed,
+        });
+    }
+    Encoder::new(0, target.max_message_size)
+        .map(drop)
+        .map_err(|source| StartError::Encoder {
+            collector: target.name.clone(),
+            source,
+        })
+}
+
 /// All collectors; records go to each of them.
 pub struct ExportingProcess {
     collectors: Vec<CollectorHandle>,
@@ -260,36 +310,69 @@ pub struct ExportingProcess {
 }
 
 impl ExportingProcess {
-    /// Starts one task per target (inside a tokio runtime).
-    pub fn start(targets: &[CollectorTarget], templates: Arc<Vec<Template>>, domain: u32) -> Self {
+    /// Starts one task per target (inside a tokio runtime), after checking every target
+    /// ([`check_target`]).
+    pub fn start(
+        targets: &[CollectorTarget],
+        templates: Arc<Vec<Template>>,
+        domain: u32,
+    ) -> Result<Self, StartError> {
+        let mut encoders = Vec::with_capacity(targets.len());
+        for target in targets {
+            check_target(target, &templates)?;
+            encoders.push(
+                Encoder::new(domain, target.max_message_size).map_err(|source| {
+                    StartError::Encoder {
+                        collector: target.name.clone(),
+                        source,
+                    }
+                })?,
+            );
+        }
         let collectors = targets
             .iter()
-            .map(|target| {
+            .zip(encoders)
+            .map(|(target, encoder)| {
                 let (queue, receiver) = mpsc::unbounded_channel();
                 let stats = Arc::new(CollectorStats::default());
                 let task = tokio::spawn(run(
                     target.clone(),
                     Arc::clone(&templates),
-                    domain,
+                    encoder,
                     receiver,
                     Arc::clone(&stats),
                 ));
                 CollectorHandle {
                     name: target.name.clone(),
                     stats,
-                    queue,
+                    queue: Mutex::new(Some(queue)),
                     capacity: target.queue_capacity as u64,
                     log_interval: target.log_interval,
                     drop_log: Mutex::default(),
-                    task,
+                    task: Mutex::new(Some(task)),
                     progress: Mutex::new((0, Instant::now())),
                 }
             })
             .collect();
-        Self {
+        Ok(Self {
             collectors,
             produced: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// A collector task that ended before shutdown (it panicked: the task runs until its
+    /// queue closes), named for the health report.
+    pub fn failure(&self) -> Option<String> {
+        self.collectors
+            .iter()
+            .find(|c| {
+                c.task
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_ref()
+                    .is_some_and(JoinHandle::is_finished)
+            })
+            .map(|c| format!("collector {}: its task ended unexpectedly", c.name))
     }
 
     /// The collectors and their counters.
@@ -339,7 +422,14 @@ impl ExportingProcess {
                     start: 0,
                     end: take,
                 };
-                if collector.queue.send(chunk).is_err() {
+                let queue = collector
+                    .queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if queue
+                    .as_ref()
+                    .is_none_or(|queue| queue.send(chunk).is_err())
+                {
                     // The task has ended: nothing will send these.
                     stats.settle_dropped(DropReason::Shutdown, take as u64);
                 }
@@ -361,23 +451,33 @@ impl ExportingProcess {
     /// Closes the queues, lets each collector send what it holds for at most `deadline`,
     /// then stops the rest; what was not confirmed by then is counted as dropped
     /// (`shutdown`) and logged. Returns the records dropped that way.
-    pub async fn shutdown(self, deadline: Duration) -> u64 {
+    /// Later calls find nothing to do; batches exported after it are dropped (`shutdown`).
+    pub async fn shutdown(&self, deadline: Duration) -> u64 {
         let until = tokio::time::Instant::now() + deadline;
         let mut dropped = 0;
-        for mut collector in self.collectors {
+        for collector in &self.collectors {
             // Closing the queue ends the task once it has sent what it holds.
-            let (closed, _) = mpsc::unbounded_channel();
-            drop(std::mem::replace(&mut collector.queue, closed));
+            drop(
+                collector
+                    .queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
+            let task = collector
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let Some(mut task) = task else {
+                continue;
+            };
             // Nothing to send and no link: waiting would only wait for the backoff.
             let idle = collector.stats.queued.load(Ordering::Acquire) == 0
                 && !collector.stats.connected.load(Ordering::Acquire);
-            if idle
-                || tokio::time::timeout_at(until, &mut collector.task)
-                    .await
-                    .is_err()
-            {
-                collector.task.abort();
-                let _ = (&mut collector.task).await;
+            if idle || tokio::time::timeout_at(until, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
             }
             let left = collector.stats.queued.swap(0, Ordering::AcqRel);
             if left > 0 {
@@ -870,24 +970,10 @@ impl Sender {
 async fn run(
     target: CollectorTarget,
     templates: Arc<Vec<Template>>,
-    domain: u32,
+    encoder: Encoder,
     mut queue: mpsc::UnboundedReceiver<Chunk>,
     stats: Arc<CollectorStats>,
 ) {
-    let encoder = match Encoder::new(domain, target.max_message_size) {
-        Ok(encoder) => encoder,
-        Err(error) => {
-            // The configuration is validated first: this means a bug, so say it loudly.
-            tracing::error!(
-                "collector {}: cannot encode for it ({error}); its records are dropped",
-                target.name
-            );
-            while let Some(chunk) = queue.recv().await {
-                stats.settle_dropped(DropReason::SendFailed, chunk.len());
-            }
-            return;
-        }
-    };
     let refresh = target.template_refresh;
     let udp = target.transport == Transport::Udp;
     let mut sender = Sender {

@@ -8,5 +8,5 @@ mod collector;
 pub use batch::{BatchBuilder, EncodedBatch};
 pub use collector::{
     Backoff, CollectorHandle, CollectorStats, CollectorTarget, DEFAULT_LOG_INTERVAL, DropReason,
-    ExportingProcess,
+    ExportingProcess, StartError, check_target, smallest_message,
 };

@@ -1,14 +1,11 @@
-//! Prometheus metrics on `metrics.listen`: `/metrics` (text format) and `/healthz`.
+//! Every metric the agent exposes, registered once; [`super::http`] serves them.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 use crate::export::{DropReason, ExportingProcess};
 use crate::store::ConnectionStore;
@@ -309,86 +306,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(10);
-const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
-const ACCEPT_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Serves `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    store: Arc<ConnectionStore>,
-    process: Arc<ExportingProcess>,
-) {
-    // A failing accept (EMFILE) fails again at once: wait before the next try (10 ms
-    // doubling to 1 s), and log the first failure, then at most one line per minute with
-    // the failures since, and the recovery after a logged failure.
-    let mut pause = ACCEPT_PAUSE_MIN;
-    let mut unreported = 0u64;
-    let mut failing = false;
-    let mut last_warning: Option<tokio::time::Instant> = None;
-    loop {
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                if failing {
-                    tracing::info!("metrics server accepts connections again");
-                    failing = false;
-                }
-                pause = ACCEPT_PAUSE_MIN;
-                stream
-            }
-            Err(error) => {
-                metrics.accept_errors.inc();
-                unreported += 1;
-                let now = tokio::time::Instant::now();
-                if last_warning.is_none_or(|at| now - at >= ACCEPT_LOG_INTERVAL) {
-                    tracing::warn!(
-                        "metrics server cannot accept connections ({error}): {unreported} failure(s) since the last report, retrying every {} ms at most",
-                        ACCEPT_PAUSE_MAX.as_millis()
-                    );
-                    unreported = 0;
-                    last_warning = Some(now);
-                    failing = true;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
-                continue;
-            }
-        };
-        let metrics = Arc::clone(&metrics);
-        let store = Arc::clone(&store);
-        let process = Arc::clone(&process);
-        tokio::spawn(async move {
-            // Read until the end of the request head (a request may arrive in pieces).
-            let mut request = [0u8; 2048];
-            let mut read = 0;
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while read < request.len() && !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                match tokio::time::timeout_at(deadline, stream.read(&mut request[read..])).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-                    Ok(Ok(n)) => read += n,
-                }
-            }
-            let head = String::from_utf8_lossy(&request[..read]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, content_type, body) = match path {
-                "/metrics" => {
-                    metrics.refresh(&store, &process);
-                    ("200 OK", "text/plain; version=0.0.4", metrics.render())
-                }
-                "/healthz" => ("200 OK", "text/plain", b"ok\n".to_vec()),
-                _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
-            };
-            let header = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(header.as_bytes()).await;
-            let _ = stream.write_all(&body).await;
-            let _ = stream.shutdown().await;
-        });
     }
 }
