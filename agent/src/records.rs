@@ -8,8 +8,8 @@ use flowex_ipfix::antrea::{self, Counters as AntreaCounters, FlowRecord, PolicyR
 use flowex_ipfix::encoder::variable_len;
 use flowex_ipfix::{FieldWriter, Record, Registry, Template, TemplateError};
 
-use crate::attribution::{EndOwner, FlowOwners};
-use crate::metadata::FlowMeta;
+use crate::enrich::attribution::{EndOwner, FlowOwners};
+use crate::enrich::metadata::FlowMeta;
 
 use crate::conntrack::tcp_state_name;
 use crate::deny::parse_prefix;
@@ -180,8 +180,8 @@ fn address(octets: [u8; 16], ipv6: bool) -> IpAddr {
 }
 
 /// Builds the record for one expired connection. `prefix` is the connection's deny prefix
-/// (empty for conntrack connections); `owners` come from [`crate::attribution`], `meta`
-/// from [`crate::metadata`].
+/// (empty for conntrack connections); `owners` come from [`crate::enrich::attribution`],
+/// `meta` from [`crate::enrich::metadata`].
 pub fn build<'a>(
     expired: &Expired<'_>,
     prefix: &'a str,

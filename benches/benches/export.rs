@@ -16,8 +16,8 @@ use collector_sim::Collector;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flowex_agent::conntrack::ConntrackEntry;
 use flowex_agent::deny::{DenyEvent, PacketTuple};
+use flowex_agent::enrich::metadata::Metadata;
 use flowex_agent::export::{BatchBuilder, CollectorStats, ExportingProcess};
-use flowex_agent::metadata::Metadata;
 use flowex_agent::records::{self, PodNetworks};
 use flowex_agent::store::{ConnectionStore, Timeouts};
 use flowex_benches::{

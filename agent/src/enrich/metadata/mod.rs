@@ -23,8 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::attribution::FlowOwners;
 use crate::config::{KubernetesConfig, PodScope};
+use crate::enrich::attribution::FlowOwners;
 use crate::store::{ConnKey, Connection, FxHasher};
 
 /// How long the index remembers a pod after it ended (and its claims on IPs).
@@ -966,23 +966,24 @@ impl Metadata {
         let (destination, translated) = crate::records::destination(key, connection);
         let start = connection.start_ms;
         let pods = self.pods();
-        let find = |end: usize, ip: IpAddr, owner: Option<&crate::attribution::EndOwner>| {
-            let (pod, how) = if let Some(pod) = pods.pod_at(ip, start) {
-                (Some(Arc::clone(pod)), 0)
-            } else if let Some(pod) = owner
-                .map(|o| o.container_id())
-                .filter(|id| !id.is_empty())
-                .and_then(|id| pods.pod_of_container(id))
-            {
-                (Some(Arc::clone(pod)), 1)
-            } else {
-                (None, 2)
+        let find =
+            |end: usize, ip: IpAddr, owner: Option<&crate::enrich::attribution::EndOwner>| {
+                let (pod, how) = if let Some(pod) = pods.pod_at(ip, start) {
+                    (Some(Arc::clone(pod)), 0)
+                } else if let Some(pod) = owner
+                    .map(|o| o.container_id())
+                    .filter(|id| !id.is_empty())
+                    .and_then(|id| pods.pod_of_container(id))
+                {
+                    (Some(Arc::clone(pod)), 1)
+                } else {
+                    (None, 2)
+                };
+                if let Some(m) = &self.metrics {
+                    m.lookups[end][how].inc();
+                }
+                pod
             };
-            if let Some(m) = &self.metrics {
-                m.lookups[end][how].inc();
-            }
-            pod
-        };
         let source = find(0, key.source_addr(), owners.source.as_ref());
         let destination_pod = find(1, destination, owners.destination.as_ref());
         drop(pods);
@@ -1387,7 +1388,7 @@ mod tests {
 
     #[test]
     fn records_get_pods_services_and_flow_types() {
-        use crate::attribution::EndOwner;
+        use crate::enrich::attribution::EndOwner;
         use crate::records::{PodNetworks, destination, flow_type};
         let registry = Registry::new();
         let metadata = Metadata::disabled(Some(&registry));
