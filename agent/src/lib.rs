@@ -8,6 +8,7 @@ pub mod deny;
 pub mod enrich;
 pub mod export;
 pub mod metrics;
+pub mod net;
 pub mod netlink;
 pub mod records;
 pub mod run;
