@@ -150,32 +150,11 @@ pub fn flow_type(
     }
 }
 
-/// The destination a record reports, and whether it was translated: behind a DNAT (a
-/// Service) the real destination is the reply's source. Denied connections never are.
-pub fn destination(key: &crate::store::ConnKey, c: &crate::store::Connection) -> (IpAddr, bool) {
-    let original = key.destination_addr();
-    let reply_source = address(c.reply_source, key.ipv6);
-    if reply_source != original && c.flags & flags::DENY == 0 {
-        (reply_source, true)
-    } else {
-        (original, false)
-    }
-}
-
 fn unspecified(ipv6: bool) -> IpAddr {
     if ipv6 {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED)
     } else {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    }
-}
-
-fn address(octets: [u8; 16], ipv6: bool) -> IpAddr {
-    let v6 = Ipv6Addr::from(octets);
-    if ipv6 {
-        IpAddr::V6(v6)
-    } else {
-        IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED))
     }
 }
 
@@ -193,7 +172,7 @@ pub fn build<'a>(
     let c = expired.connection;
     let source = key.source_addr();
     let original_destination = key.destination_addr();
-    let (destination, translated) = self::destination(key, c);
+    let (destination, translated) = c.reported_destination(key);
     let mut flow = FlowRecord {
         flow_start_seconds: (c.start_ms / 1_000) as u32,
         flow_end_seconds: (expired.end_ms / 1_000) as u32,

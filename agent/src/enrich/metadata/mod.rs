@@ -963,7 +963,7 @@ impl Metadata {
         if !self.is_active() {
             return FlowMeta::default();
         }
-        let (destination, translated) = crate::records::destination(key, connection);
+        let (destination, translated) = connection.reported_destination(key);
         let start = connection.start_ms;
         let pods = self.pods();
         let find =
@@ -1389,7 +1389,7 @@ mod tests {
     #[test]
     fn records_get_pods_services_and_flow_types() {
         use crate::enrich::attribution::EndOwner;
-        use crate::records::{PodNetworks, destination, flow_type};
+        use crate::records::{PodNetworks, flow_type};
         let registry = Registry::new();
         let metadata = Metadata::disabled(Some(&registry));
         metadata.mark_active();
@@ -1445,7 +1445,7 @@ mod tests {
         // web -> db through the service: both pods, two nodes, the service's port name.
         let (k, mut c) = key("10.244.1.5", "10.96.0.7", 5432);
         c.reply_source = key("10.244.2.7", "10.244.2.7", 0).0.source;
-        let (dst, translated) = destination(&k, &c);
+        let (dst, translated) = c.reported_destination(&k);
         assert_eq!((dst, translated), ("10.244.2.7".parse().unwrap(), true));
         let meta = metadata.lookup(&k, &c, &no_owners);
         assert_eq!(meta.source.as_ref().unwrap().name(), "web");
