@@ -286,4 +286,199 @@ mod tests {
             4
         );
     }
+
+    #[test]
+    fn records_get_pods_services_and_flow_types() {
+        use crate::enrich::metadata::Metadata;
+        use crate::enrich::metadata::fixtures::{key, now_ms, pod_event, pod_json};
+        let registry = prometheus::Registry::new();
+        let metadata = Metadata::disabled(Some(&registry));
+        metadata.mark_active();
+        let now = now_ms();
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "web",
+                "node-a",
+                "10.244.1.5",
+                serde_json::json!({}),
+            )),
+            now,
+        );
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "db",
+                "node-b",
+                "10.244.2.7",
+                serde_json::json!({}),
+            )),
+            now,
+        );
+        // A host-network pod: its address is the node's, so only its container finds it.
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "agent",
+                "node-a",
+                "192.168.0.10",
+                serde_json::json!({"spec.hostNetwork": true}),
+            )),
+            now,
+        );
+        // A finished job keeps its IP in the status, but no longer holds it.
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "job",
+                "node-a",
+                "10.244.1.8",
+                serde_json::json!({"status.phase": "Succeeded"}),
+            )),
+            now,
+        );
+        metadata.on_service_event(kube::runtime::watcher::Event::Apply(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "db", "namespace": "shop"},
+                "spec": {"clusterIP": "10.96.0.7", "ports": [{"name": "sql", "port": 5432}]}
+            }))
+            .unwrap(),
+        ));
+        let networks = PodNetworks::new(vec![("10.244.0.0".parse().unwrap(), 16)]);
+        let no_owners = FlowOwners::default();
+
+        // web -> db through the service: both pods, two nodes, the service's port name.
+        let (k, mut c) = key("10.244.1.5", "10.96.0.7", 5432);
+        c.reply_source = key("10.244.2.7", "10.244.2.7", 0).0.source;
+        let (dst, translated) = c.reported_destination(&k);
+        assert_eq!((dst, translated), ("10.244.2.7".parse().unwrap(), true));
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        assert_eq!(meta.source.as_ref().unwrap().name(), "web");
+        assert_eq!(meta.destination.as_ref().unwrap().node(), "node-b");
+        assert_eq!(meta.service_port_name.as_deref(), Some("shop/db:sql"));
+        assert_eq!(flow_type(&networks, k.source_addr(), dst, &meta), 2);
+
+        // A pod of the same node: intra-node.
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "cache",
+                "node-a",
+                "10.244.1.9",
+                serde_json::json!({}),
+            )),
+            now,
+        );
+        let (k, c) = key("10.244.1.5", "10.244.1.9", 6379);
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        assert_eq!(meta.service_port_name, None);
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            1
+        );
+
+        // To the outside; and from the host-network pod, found by its container.
+        let (k, c) = key("10.244.1.5", "1.1.1.1", 443);
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            3
+        );
+        let (k, c) = key("192.168.0.10", "10.244.1.5", 8080);
+        let owners = FlowOwners {
+            source: Some(EndOwner::new(42, 7, "agent", &"agent".repeat(64)[..64])),
+            destination: None,
+        };
+        let meta = metadata.lookup(&k, &c, &owners);
+        assert_eq!(meta.source.as_ref().map(|p| p.name()), Some("agent"));
+        assert_eq!(meta.destination.as_ref().map(|p| p.name()), Some("web"));
+        // The finished job's address names nobody.
+        let (k, c) = key("10.244.1.8", "1.1.1.1", 443);
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        assert!(meta.source.is_none());
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            3
+        );
+
+        // The record carries it all.
+        let (k, mut c) = key("10.244.1.5", "10.96.0.7", 5432);
+        c.reply_source = key("10.244.2.7", "10.244.2.7", 0).0.source;
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        let expired = crate::store::Expired {
+            key: &k,
+            connection: &c,
+            reason: crate::store::EndReason::ActiveTimeout,
+            delta: Default::default(),
+            end_ms: now,
+        };
+        let record = build(&expired, "", &networks, no_owners, &meta);
+        assert_eq!(record.flow.source_pod_name, "web");
+        assert_eq!(record.flow.source_pod_namespace, "shop");
+        assert_eq!(record.flow.source_node_name, "node-a");
+        assert_eq!(record.flow.destination_pod_name, "db");
+        assert_eq!(record.flow.destination_node_name, "node-b");
+        assert_eq!(record.flow.destination_service_port, 5432);
+        assert_eq!(record.flow.destination_service_port_name, "shop/db:sql");
+        assert_eq!(record.flow.flow_type, 2);
+
+        let lookups = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "flowex_records_pod_lookups_total")
+            .unwrap();
+        let count = |end: &str, result: &str| {
+            lookups
+                .get_metric()
+                .iter()
+                .find(|m| {
+                    let labels: Vec<_> = m.get_label().iter().map(|l| l.value()).collect();
+                    labels == [end, result]
+                })
+                .map_or(0.0, |m| m.get_counter().get_value())
+        };
+        assert_eq!(count("source", "container"), 1.0);
+        assert_eq!(count("source", "none"), 1.0);
+        assert_eq!(count("source", "ip"), 4.0);
+    }
+
+    #[test]
+    fn in_node_scope_node_cidrs_make_a_remote_pod_inter_node() {
+        use crate::enrich::metadata::Metadata;
+        use crate::enrich::metadata::fixtures::{key, now_ms, pod_event, pod_json};
+        let metadata = Metadata::disabled(None);
+        metadata.mark_active();
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "web",
+                "node-a",
+                "10.244.1.5",
+                serde_json::json!({}),
+            )),
+            now_ms(),
+        );
+        metadata.on_node_event(kube::runtime::watcher::Event::Apply(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "node-b"},
+                "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}
+            }))
+            .unwrap(),
+        ));
+        // No export.podCIDRs configured: only the node's spec says 10.244.2.7 is a pod.
+        let networks = PodNetworks::default();
+        let (k, c) = key("10.244.1.5", "10.244.2.7", 5432);
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert!(meta.destination.is_none() && meta.destination_is_pod);
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            2
+        );
+        let (k, c) = key("10.244.1.5", "192.0.2.1", 443);
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            3
+        );
+        let (k, c) = key("192.0.2.1", "10.244.2.7", 443);
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            4
+        );
+    }
 }

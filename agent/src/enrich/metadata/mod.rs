@@ -191,17 +191,27 @@ impl Metadata {
     }
 }
 
+/// Kubernetes objects and connections for tests of the cache and of the records it feeds.
 #[cfg(test)]
-mod tests {
-    use self::watch::now_ms;
-    use super::*;
+pub(crate) mod fixtures {
     use k8s_openapi::api::core::v1::Pod;
 
-    fn pod_event(json: serde_json::Value) -> kube::runtime::watcher::Event<Pod> {
+    pub(crate) use super::watch::now_ms;
+    use crate::store::{ConnKey, Connection};
+
+    /// A pod listed or changed.
+    pub(crate) fn pod_event(json: serde_json::Value) -> kube::runtime::watcher::Event<Pod> {
         kube::runtime::watcher::Event::Apply(serde_json::from_value(json).unwrap())
     }
 
-    fn pod_json(name: &str, node: &str, ip: &str, extra: serde_json::Value) -> serde_json::Value {
+    /// A running pod of namespace `shop` with one container (its id is the name repeated to
+    /// 64 characters); `extra` sets `outer.inner` fields, as `{"spec.hostNetwork": true}`.
+    pub(crate) fn pod_json(
+        name: &str,
+        node: &str,
+        ip: &str,
+        extra: serde_json::Value,
+    ) -> serde_json::Value {
         let mut pod = serde_json::json!({
             "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
                          "creationTimestamp": "2026-01-01T00:00:00Z"},
@@ -218,7 +228,12 @@ mod tests {
         pod
     }
 
-    fn key(source: &str, destination: &str, destination_port: u16) -> (ConnKey, Connection) {
+    /// A TCP connection `source:40000 -> destination:port` started now, not translated.
+    pub(crate) fn key(
+        source: &str,
+        destination: &str,
+        destination_port: u16,
+    ) -> (ConnKey, Connection) {
         let octets = |text: &str| crate::net::to_mapped(text.parse().unwrap());
         let key = ConnKey {
             zone: 0,
@@ -247,52 +262,94 @@ mod tests {
         };
         (key, connection)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{key, now_ms, pod_event, pod_json};
+    use super::*;
+
+    fn count(registry: &Registry, end: &str, result: &str) -> f64 {
+        registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "flowex_records_pod_lookups_total")
+            .and_then(|f| {
+                f.get_metric()
+                    .iter()
+                    .find(|m| {
+                        let labels: Vec<_> = m.get_label().iter().map(|l| l.value()).collect();
+                        labels == [end, result]
+                    })
+                    .map(|m| m.get_counter().get_value())
+            })
+            .unwrap_or(0.0)
+    }
 
     #[test]
-    fn records_get_pods_services_and_flow_types() {
-        use crate::records::{PodNetworks, flow_type};
+    fn lookup_finds_pods_by_address_at_the_start_then_by_container() {
         let registry = Registry::new();
         let metadata = Metadata::disabled(Some(&registry));
-        metadata.mark_active();
         let now = now_ms();
-        metadata.on_pod_event(
-            pod_event(pod_json(
-                "web",
-                "node-a",
-                "10.244.1.5",
-                serde_json::json!({}),
-            )),
-            now,
-        );
-        metadata.on_pod_event(
-            pod_event(pod_json(
-                "db",
-                "node-b",
-                "10.244.2.7",
-                serde_json::json!({}),
-            )),
-            now,
-        );
-        // A host-network pod: its address is the node's, so only its container finds it.
-        metadata.on_pod_event(
-            pod_event(pod_json(
+        for (name, node, ip, extra) in [
+            ("web", "node-a", "10.244.1.5", serde_json::json!({})),
+            ("db", "node-b", "10.244.2.7", serde_json::json!({})),
+            (
                 "agent",
                 "node-a",
                 "192.168.0.10",
                 serde_json::json!({"spec.hostNetwork": true}),
-            )),
-            now,
-        );
-        // A finished job keeps its IP in the status, but no longer holds it.
-        metadata.on_pod_event(
-            pod_event(pod_json(
-                "job",
-                "node-a",
-                "10.244.1.8",
-                serde_json::json!({"status.phase": "Succeeded"}),
-            )),
-            now,
-        );
+            ),
+        ] {
+            metadata.on_pod_event(pod_event(pod_json(name, node, ip, extra)), now);
+        }
+        let (k, c) = key("10.244.1.5", "10.244.2.7", 5432);
+        // Until watchers feed it, the cache adds nothing, and says so.
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert!(!meta.known && meta.source.is_none() && !meta.source_is_pod);
+        assert_eq!(count(&registry, "source", "ip"), 0.0);
+
+        metadata.mark_active();
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert!(meta.known);
+        assert_eq!(meta.source.as_ref().map(|p| p.name()), Some("web"));
+        assert_eq!(meta.destination.as_ref().map(|p| p.name()), Some("db"));
+        assert!(meta.source_is_pod && meta.destination_is_pod);
+        assert_eq!(meta.service_port_name, None);
+
+        // A connection that started before the pods existed (created 2026-01-01) was not
+        // theirs.
+        let (k, mut c) = key("10.244.1.5", "10.244.2.7", 5432);
+        c.start_ms = 1_700_000_000_000;
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert!(meta.source.is_none() && meta.destination.is_none());
+        assert!(!meta.source_is_pod && !meta.destination_is_pod);
+
+        // The host-network pod shares the node's address: only its container names it, and
+        // an owner without a container id names nobody.
+        let (k, c) = key("192.168.0.10", "192.0.2.1", 443);
+        let agent = |container: &str| FlowOwners {
+            source: Some(EndOwner::new(42, 7, "agent", container)),
+            destination: None,
+        };
+        let meta = metadata.lookup(&k, &c, &agent(&"agent".repeat(64)[..64]));
+        assert_eq!(meta.source.as_ref().map(|p| p.name()), Some("agent"));
+        assert!(meta.source_is_pod && !meta.destination_is_pod);
+        let meta = metadata.lookup(&k, &c, &agent(""));
+        assert!(meta.source.is_none());
+
+        assert_eq!(count(&registry, "source", "ip"), 1.0);
+        assert_eq!(count(&registry, "source", "container"), 1.0);
+        assert_eq!(count(&registry, "source", "none"), 2.0);
+        assert_eq!(count(&registry, "destination", "ip"), 1.0);
+        assert_eq!(count(&registry, "destination", "container"), 0.0);
+        assert_eq!(count(&registry, "destination", "none"), 3.0);
+    }
+
+    #[test]
+    fn a_service_port_is_named_only_behind_a_dnat() {
+        let metadata = Metadata::disabled(None);
+        metadata.mark_active();
         metadata.on_service_event(kube::runtime::watcher::Event::Apply(
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "db", "namespace": "shop"},
@@ -300,117 +357,28 @@ mod tests {
             }))
             .unwrap(),
         ));
-        let networks = PodNetworks::new(vec![("10.244.0.0".parse().unwrap(), 16)]);
-        let no_owners = FlowOwners::default();
-
-        // web -> db through the service: both pods, two nodes, the service's port name.
         let (k, mut c) = key("10.244.1.5", "10.96.0.7", 5432);
-        c.reply_source = key("10.244.2.7", "10.244.2.7", 0).0.source;
-        let (dst, translated) = c.reported_destination(&k);
-        assert_eq!((dst, translated), ("10.244.2.7".parse().unwrap(), true));
-        let meta = metadata.lookup(&k, &c, &no_owners);
-        assert_eq!(meta.source.as_ref().unwrap().name(), "web");
-        assert_eq!(meta.destination.as_ref().unwrap().node(), "node-b");
-        assert_eq!(meta.service_port_name.as_deref(), Some("shop/db:sql"));
-        assert_eq!(flow_type(&networks, k.source_addr(), dst, &meta), 2);
-
-        // A pod of the same node: intra-node.
-        metadata.on_pod_event(
-            pod_event(pod_json(
-                "cache",
-                "node-a",
-                "10.244.1.9",
-                serde_json::json!({}),
-            )),
-            now,
-        );
-        let (k, c) = key("10.244.1.5", "10.244.1.9", 6379);
-        let meta = metadata.lookup(&k, &c, &no_owners);
+        // No endpoint yet: conntrack left the destination alone.
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
         assert_eq!(meta.service_port_name, None);
+        c.reply_source = crate::net::to_mapped("10.244.2.7".parse().unwrap());
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert_eq!(meta.service_port_name.as_deref(), Some("shop/db:sql"));
+        // Another port or protocol of the same address is no port of the service.
+        let (k, mut c) = key("10.244.1.5", "10.96.0.7", 5433);
+        c.reply_source = crate::net::to_mapped("10.244.2.7".parse().unwrap());
         assert_eq!(
-            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            1
+            metadata
+                .lookup(&k, &c, &FlowOwners::default())
+                .service_port_name,
+            None
         );
-
-        // To the outside; and from the host-network pod, found by its container.
-        let (k, c) = key("10.244.1.5", "1.1.1.1", 443);
-        let meta = metadata.lookup(&k, &c, &no_owners);
-        assert_eq!(
-            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            3
-        );
-        let (k, c) = key("192.168.0.10", "10.244.1.5", 8080);
-        let owners = FlowOwners {
-            source: Some(EndOwner::new(42, 7, "agent", &"agent".repeat(64)[..64])),
-            destination: None,
-        };
-        let meta = metadata.lookup(&k, &c, &owners);
-        assert_eq!(meta.source.as_ref().map(|p| p.name()), Some("agent"));
-        assert_eq!(meta.destination.as_ref().map(|p| p.name()), Some("web"));
-        // The finished job's address names nobody.
-        let (k, c) = key("10.244.1.8", "1.1.1.1", 443);
-        let meta = metadata.lookup(&k, &c, &no_owners);
-        assert!(meta.source.is_none());
-        assert_eq!(
-            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            3
-        );
-
-        // The record carries it all.
-        let (k, mut c) = key("10.244.1.5", "10.96.0.7", 5432);
-        c.reply_source = key("10.244.2.7", "10.244.2.7", 0).0.source;
-        let meta = metadata.lookup(&k, &c, &no_owners);
-        let expired = crate::store::Expired {
-            key: &k,
-            connection: &c,
-            reason: crate::store::EndReason::ActiveTimeout,
-            delta: Default::default(),
-            end_ms: now,
-        };
-        let record = crate::records::build(&expired, "", &networks, no_owners, &meta);
-        assert_eq!(record.flow.source_pod_name, "web");
-        assert_eq!(record.flow.source_pod_namespace, "shop");
-        assert_eq!(record.flow.source_node_name, "node-a");
-        assert_eq!(record.flow.destination_pod_name, "db");
-        assert_eq!(record.flow.destination_node_name, "node-b");
-        assert_eq!(record.flow.destination_service_port, 5432);
-        assert_eq!(record.flow.destination_service_port_name, "shop/db:sql");
-        assert_eq!(record.flow.flow_type, 2);
-
-        let lookups = registry
-            .gather()
-            .into_iter()
-            .find(|f| f.name() == "flowex_records_pod_lookups_total")
-            .unwrap();
-        let count = |end: &str, result: &str| {
-            lookups
-                .get_metric()
-                .iter()
-                .find(|m| {
-                    let labels: Vec<_> = m.get_label().iter().map(|l| l.value()).collect();
-                    labels == [end, result]
-                })
-                .map_or(0.0, |m| m.get_counter().get_value())
-        };
-        assert_eq!(count("source", "container"), 1.0);
-        assert_eq!(count("source", "none"), 1.0);
-        assert_eq!(count("source", "ip"), 4.0);
     }
 
     #[test]
-    fn in_node_scope_node_cidrs_make_a_remote_pod_inter_node() {
-        use crate::records::{PodNetworks, flow_type};
+    fn an_end_without_a_known_pod_is_a_pod_inside_a_nodes_pod_cidr() {
         let metadata = Metadata::disabled(None);
         metadata.mark_active();
-        metadata.on_pod_event(
-            pod_event(pod_json(
-                "web",
-                "node-a",
-                "10.244.1.5",
-                serde_json::json!({}),
-            )),
-            now_ms(),
-        );
         metadata.on_node_event(kube::runtime::watcher::Event::Apply(
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "node-b"},
@@ -418,26 +386,9 @@ mod tests {
             }))
             .unwrap(),
         ));
-        // No export.podCIDRs configured: only the node's spec says 10.244.2.7 is a pod.
-        let networks = PodNetworks::default();
-        let (k, c) = key("10.244.1.5", "10.244.2.7", 5432);
-        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
-        assert!(meta.destination.is_none() && meta.destination_is_pod);
-        assert_eq!(
-            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            2
-        );
-        let (k, c) = key("10.244.1.5", "192.0.2.1", 443);
-        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
-        assert_eq!(
-            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            3
-        );
         let (k, c) = key("192.0.2.1", "10.244.2.7", 443);
         let meta = metadata.lookup(&k, &c, &FlowOwners::default());
-        assert_eq!(
-            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            4
-        );
+        assert!(meta.destination.is_none() && meta.destination_is_pod);
+        assert!(!meta.source_is_pod);
     }
 }
