@@ -8,7 +8,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use flowex_agent::metadata::{PodIndex, PodMeta, PodView};
+use flowex_agent::enrich::metadata::{PodIndex, PodMeta, PodView};
 
 use common::{count_arg, resident_bytes};
 

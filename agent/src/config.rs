@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::net::Cidr;
+
 /// A duration written as `500ms`, `5s`, `10m` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -476,22 +478,12 @@ fn check_listen(key: &str, text: &str) -> Result<(), ConfigError> {
         })
 }
 
-/// Parses `ADDRESS/PREFIX`.
+/// Parses `ADDRESS/PREFIX` (see [`Cidr::parse`]); the parts, for callers that have not
+/// moved to [`Cidr`] yet.
 pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
-    let (addr, prefix) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?} is not ADDRESS/PREFIX"))?;
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{text:?} has an invalid address"))?;
-    let prefix: u8 = prefix
-        .parse()
-        .map_err(|_| format!("{text:?} has an invalid prefix length"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if prefix > max {
-        return Err(format!("{text:?}: prefix length above {max}"));
-    }
-    Ok((addr, prefix))
+    Cidr::parse(text)
+        .map(|c| (c.addr(), c.prefix_len()))
+        .map_err(|e| e.to_string())
 }
 
 impl Config {
@@ -548,7 +540,7 @@ impl Config {
         flowex_ipfix::Registry::new(self.export.enterprise_number)
             .map_err(|e| invalid("export.enterpriseNumber", e))?;
         for (i, cidr) in self.export.pod_cidrs.iter().enumerate() {
-            parse_cidr(cidr).map_err(|e| invalid(&format!("export.podCIDRs[{i}]"), e))?;
+            Cidr::parse(cidr).map_err(|e| invalid(&format!("export.podCIDRs[{i}]"), e))?;
         }
         if self.export.collectors.is_empty() {
             return Err(invalid(

@@ -2,12 +2,12 @@
 //! the connection store and its expiry, process attribution from the eBPF socket probe,
 //! record building, and the exporting process that sends IPFIX to the collectors.
 
-pub mod attribution;
 pub mod config;
 pub mod conntrack;
 pub mod deny;
+pub mod enrich;
 pub mod export;
-pub mod metadata;
+pub mod net;
 pub mod netlink;
 pub mod records;
 pub mod run;

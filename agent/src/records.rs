@@ -10,8 +10,8 @@ use flowex_ipfix::antrea::{self, Counters as AntreaCounters, FlowRecord, PolicyR
 use flowex_ipfix::encoder::variable_len;
 use flowex_ipfix::{FieldWriter, Record, Registry, Template, TemplateError};
 
-use crate::attribution::{Attribution, EndOwner, FlowOwners};
-use crate::metadata::{FlowMeta, Metadata};
+use crate::enrich::attribution::{Attribution, EndOwner, FlowOwners};
+use crate::enrich::metadata::{FlowMeta, Metadata};
 use crate::telemetry::Metrics;
 
 use crate::conntrack::tcp_state_name;
@@ -154,18 +154,6 @@ pub fn flow_type(
     }
 }
 
-/// The destination a record reports, and whether it was translated: behind a DNAT (a
-/// Service) the real destination is the reply's source. Denied connections never are.
-pub fn destination(key: &crate::store::ConnKey, c: &crate::store::Connection) -> (IpAddr, bool) {
-    let original = key.destination_addr();
-    let reply_source = address(c.reply_source, key.ipv6);
-    if reply_source != original && c.flags & flags::DENY == 0 {
-        (reply_source, true)
-    } else {
-        (original, false)
-    }
-}
-
 fn unspecified(ipv6: bool) -> IpAddr {
     if ipv6 {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED)
@@ -174,18 +162,9 @@ fn unspecified(ipv6: bool) -> IpAddr {
     }
 }
 
-fn address(octets: [u8; 16], ipv6: bool) -> IpAddr {
-    let v6 = Ipv6Addr::from(octets);
-    if ipv6 {
-        IpAddr::V6(v6)
-    } else {
-        IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED))
-    }
-}
-
 /// Builds the record for one expired connection. `prefix` is the connection's deny prefix
-/// (empty for conntrack connections); `owners` come from [`crate::attribution`], `meta`
-/// from [`crate::metadata`].
+/// (empty for conntrack connections); `owners` come from [`crate::enrich::attribution`],
+/// `meta` from [`crate::enrich::metadata`].
 pub fn build<'a>(
     expired: &Expired<'_>,
     prefix: &'a str,
@@ -197,7 +176,7 @@ pub fn build<'a>(
     let c = expired.connection;
     let source = key.source_addr();
     let original_destination = key.destination_addr();
-    let (destination, translated) = self::destination(key, c);
+    let (destination, translated) = c.reported_destination(key);
     let mut flow = FlowRecord {
         flow_start_seconds: (c.start_ms / 1_000) as u32,
         flow_end_seconds: (expired.end_ms / 1_000) as u32,
@@ -595,6 +574,201 @@ mod tests {
         );
         assert_eq!(
             networks.flow_type("1.1.1.1".parse().unwrap(), "10.244.1.1".parse().unwrap()),
+            4
+        );
+    }
+
+    #[test]
+    fn records_get_pods_services_and_flow_types() {
+        use crate::enrich::metadata::Metadata;
+        use crate::enrich::metadata::fixtures::{key, now_ms, pod_event, pod_json};
+        let registry = prometheus::Registry::new();
+        let metadata = Metadata::disabled(Some(&registry));
+        metadata.mark_active();
+        let now = now_ms();
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "web",
+                "node-a",
+                "10.244.1.5",
+                serde_json::json!({}),
+            )),
+            now,
+        );
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "db",
+                "node-b",
+                "10.244.2.7",
+                serde_json::json!({}),
+            )),
+            now,
+        );
+        // A host-network pod: its address is the node's, so only its container finds it.
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "agent",
+                "node-a",
+                "192.168.0.10",
+                serde_json::json!({"spec.hostNetwork": true}),
+            )),
+            now,
+        );
+        // A finished job keeps its IP in the status, but no longer holds it.
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "job",
+                "node-a",
+                "10.244.1.8",
+                serde_json::json!({"status.phase": "Succeeded"}),
+            )),
+            now,
+        );
+        metadata.on_service_event(kube::runtime::watcher::Event::Apply(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "db", "namespace": "shop"},
+                "spec": {"clusterIP": "10.96.0.7", "ports": [{"name": "sql", "port": 5432}]}
+            }))
+            .unwrap(),
+        ));
+        let networks = PodNetworks::new(vec![("10.244.0.0".parse().unwrap(), 16)]);
+        let no_owners = FlowOwners::default();
+
+        // web -> db through the service: both pods, two nodes, the service's port name.
+        let (k, mut c) = key("10.244.1.5", "10.96.0.7", 5432);
+        c.reply_source = key("10.244.2.7", "10.244.2.7", 0).0.source;
+        let (dst, translated) = c.reported_destination(&k);
+        assert_eq!((dst, translated), ("10.244.2.7".parse().unwrap(), true));
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        assert_eq!(meta.source.as_ref().unwrap().name(), "web");
+        assert_eq!(meta.destination.as_ref().unwrap().node(), "node-b");
+        assert_eq!(meta.service_port_name.as_deref(), Some("shop/db:sql"));
+        assert_eq!(flow_type(&networks, k.source_addr(), dst, &meta), 2);
+
+        // A pod of the same node: intra-node.
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "cache",
+                "node-a",
+                "10.244.1.9",
+                serde_json::json!({}),
+            )),
+            now,
+        );
+        let (k, c) = key("10.244.1.5", "10.244.1.9", 6379);
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        assert_eq!(meta.service_port_name, None);
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            1
+        );
+
+        // To the outside; and from the host-network pod, found by its container.
+        let (k, c) = key("10.244.1.5", "1.1.1.1", 443);
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            3
+        );
+        let (k, c) = key("192.168.0.10", "10.244.1.5", 8080);
+        let owners = FlowOwners {
+            source: Some(EndOwner::new(42, 7, "agent", &"agent".repeat(64)[..64])),
+            destination: None,
+        };
+        let meta = metadata.lookup(&k, &c, &owners);
+        assert_eq!(meta.source.as_ref().map(|p| p.name()), Some("agent"));
+        assert_eq!(meta.destination.as_ref().map(|p| p.name()), Some("web"));
+        // The finished job's address names nobody.
+        let (k, c) = key("10.244.1.8", "1.1.1.1", 443);
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        assert!(meta.source.is_none());
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            3
+        );
+
+        // The record carries it all.
+        let (k, mut c) = key("10.244.1.5", "10.96.0.7", 5432);
+        c.reply_source = key("10.244.2.7", "10.244.2.7", 0).0.source;
+        let meta = metadata.lookup(&k, &c, &no_owners);
+        let expired = crate::store::Expired {
+            key: &k,
+            connection: &c,
+            reason: crate::store::EndReason::ActiveTimeout,
+            delta: Default::default(),
+            end_ms: now,
+        };
+        let record = build(&expired, "", &networks, no_owners, &meta);
+        assert_eq!(record.flow.source_pod_name, "web");
+        assert_eq!(record.flow.source_pod_namespace, "shop");
+        assert_eq!(record.flow.source_node_name, "node-a");
+        assert_eq!(record.flow.destination_pod_name, "db");
+        assert_eq!(record.flow.destination_node_name, "node-b");
+        assert_eq!(record.flow.destination_service_port, 5432);
+        assert_eq!(record.flow.destination_service_port_name, "shop/db:sql");
+        assert_eq!(record.flow.flow_type, 2);
+
+        let lookups = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "flowex_records_pod_lookups_total")
+            .unwrap();
+        let count = |end: &str, result: &str| {
+            lookups
+                .get_metric()
+                .iter()
+                .find(|m| {
+                    let labels: Vec<_> = m.get_label().iter().map(|l| l.value()).collect();
+                    labels == [end, result]
+                })
+                .map_or(0.0, |m| m.get_counter().get_value())
+        };
+        assert_eq!(count("source", "container"), 1.0);
+        assert_eq!(count("source", "none"), 1.0);
+        assert_eq!(count("source", "ip"), 4.0);
+    }
+
+    #[test]
+    fn in_node_scope_node_cidrs_make_a_remote_pod_inter_node() {
+        use crate::enrich::metadata::Metadata;
+        use crate::enrich::metadata::fixtures::{key, now_ms, pod_event, pod_json};
+        let metadata = Metadata::disabled(None);
+        metadata.mark_active();
+        metadata.on_pod_event(
+            pod_event(pod_json(
+                "web",
+                "node-a",
+                "10.244.1.5",
+                serde_json::json!({}),
+            )),
+            now_ms(),
+        );
+        metadata.on_node_event(kube::runtime::watcher::Event::Apply(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "node-b"},
+                "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}
+            }))
+            .unwrap(),
+        ));
+        // No export.podCIDRs configured: only the node's spec says 10.244.2.7 is a pod.
+        let networks = PodNetworks::default();
+        let (k, c) = key("10.244.1.5", "10.244.2.7", 5432);
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert!(meta.destination.is_none() && meta.destination_is_pod);
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            2
+        );
+        let (k, c) = key("10.244.1.5", "192.0.2.1", 443);
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
+            3
+        );
+        let (k, c) = key("192.0.2.1", "10.244.2.7", 443);
+        let meta = metadata.lookup(&k, &c, &FlowOwners::default());
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
             4
         );
     }

@@ -11,15 +11,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use flowex_ipfix::Registry;
 
-use crate::attribution::Attribution;
 use crate::config::{Config, parse_cidr};
 use crate::conntrack::{
     ConntrackEvents, ConntrackSocket, DumpFilter, EventGroups, EventKind, GET_BATCH, Received,
     check_settings, default_root,
 };
 use crate::deny::{DEFAULT_COPY_RANGE, DenyListener};
+use crate::enrich::attribution::Attribution;
+use crate::enrich::metadata::{self, Metadata};
 use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess, check_target};
-use crate::metadata::{self, Metadata};
 use crate::netlink::{Interrupt, wait_readable};
 use crate::records::RecordBuilder;
 use crate::records::{self, PodNetworks};

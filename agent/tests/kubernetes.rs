@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_api::{FakeApi, node, pod, service};
 use flowex_agent::config::{KubernetesConfig, PodScope};
-use flowex_agent::metadata::{self, Metadata};
+use flowex_agent::enrich::metadata::{self, Metadata};
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -103,6 +103,20 @@ pub struct Connection {
     pub last_export_ms: u64,
 }
 
+impl Connection {
+    /// The destination a record reports, and whether it was translated: behind a DNAT (a
+    /// Service) the real destination is the reply's source. Denied connections never are.
+    pub fn reported_destination(&self, key: &ConnKey) -> (std::net::IpAddr, bool) {
+        let original = key.destination_addr();
+        let reply_source = crate::net::from_mapped(self.reply_source, key.ipv6);
+        if reply_source != original && self.flags & flags::DENY == 0 {
+            (reply_source, true)
+        } else {
+            (original, false)
+        }
+    }
+}
+
 /// Why and what to export, handed to the caller of [`ConnectionStore::expire`].
 #[derive(Debug, Clone, Copy)]
 pub struct Expired<'a> {

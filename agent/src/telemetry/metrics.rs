@@ -224,7 +224,7 @@ impl Metrics {
     }
 
     /// Counts, per end, whether a record found its owner.
-    pub fn observe_owners(&self, owners: &crate::attribution::FlowOwners) {
+    pub fn observe_owners(&self, owners: &crate::enrich::attribution::FlowOwners) {
         for (end, owner) in [owners.source, owners.destination].iter().enumerate() {
             if owner.is_some() {
                 self.owner_found[end].inc();

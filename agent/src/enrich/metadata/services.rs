@@ -1,0 +1,175 @@
+//! The service index: a service port's `namespace/name:port` by cluster IP, port and
+//! protocol. A record asks for it only when conntrack translated the destination (DNAT),
+//! so a connection made straight to a pod or to an outside address names no service.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+
+use super::Relist;
+
+/// The parts of a Service object the index uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    /// `namespace/name`.
+    pub name: String,
+    pub cluster_ips: Vec<IpAddr>,
+    /// Port, IP protocol number, port name.
+    pub ports: Vec<(u16, u8, String)>,
+}
+
+fn protocol_number(name: Option<&str>) -> Option<u8> {
+    match name.unwrap_or("TCP") {
+        "TCP" => Some(6),
+        "UDP" => Some(17),
+        "SCTP" => Some(132),
+        _ => None,
+    }
+}
+
+impl ServiceView {
+    /// Extracts what the index needs; `None` without a name.
+    pub fn from_service(service: &Service) -> Option<Self> {
+        let name = service.metadata.name.as_deref().filter(|n| !n.is_empty())?;
+        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+        let spec = service.spec.as_ref();
+        let mut cluster_ips = Vec::new();
+        let listed = spec
+            .and_then(|s| s.cluster_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(String::as_str);
+        for text in listed.chain(spec.and_then(|s| s.cluster_ip.as_deref())) {
+            // "None" marks a headless service.
+            if let Ok(ip) = text.parse::<IpAddr>()
+                && !cluster_ips.contains(&ip)
+            {
+                cluster_ips.push(ip);
+            }
+        }
+        let ports = spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    u16::try_from(p.port).ok()?,
+                    protocol_number(p.protocol.as_deref())?,
+                    p.name.clone().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        Some(Self {
+            name: format!("{namespace}/{name}"),
+            cluster_ips,
+            ports,
+        })
+    }
+
+    /// Antrea's service port name: `namespace/name:port` (`namespace/name` for an unnamed port).
+    fn port_name(&self, port: &str) -> Arc<str> {
+        if port.is_empty() {
+            Arc::from(self.name.as_str())
+        } else {
+            Arc::from(format!("{}:{port}", self.name))
+        }
+    }
+}
+
+type ServiceKey = (IpAddr, u16, u8);
+
+/// Service ports by cluster IP, port and protocol.
+#[derive(Debug, Default)]
+pub struct ServiceIndex {
+    ports: HashMap<ServiceKey, Arc<str>>,
+    by_service: HashMap<String, Vec<ServiceKey>>,
+    relist: Relist,
+}
+
+impl ServiceIndex {
+    /// Services known.
+    pub fn len(&self) -> usize {
+        self.by_service.len()
+    }
+
+    /// True when no service is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_service.is_empty()
+    }
+
+    /// A service was listed or changed.
+    pub fn apply(&mut self, view: &ServiceView) {
+        self.delete(&view.name);
+        let mut keys = Vec::new();
+        for ip in &view.cluster_ips {
+            for (port, protocol, name) in &view.ports {
+                let key = (*ip, *port, *protocol);
+                self.ports.insert(key, view.port_name(name));
+                keys.push(key);
+            }
+        }
+        self.by_service.insert(view.name.clone(), keys);
+        self.relist.saw(&view.name);
+    }
+
+    /// A service was deleted (`namespace/name`).
+    pub fn delete(&mut self, name: &str) {
+        if let Some(keys) = self.by_service.remove(name) {
+            for key in keys {
+                self.ports.remove(&key);
+            }
+        }
+    }
+
+    /// A relist starts.
+    pub fn begin_relist(&mut self) {
+        self.relist.begin();
+    }
+
+    /// The relist ended: services it did not list are deleted.
+    pub fn end_relist(&mut self) {
+        for name in self.relist.end(&self.by_service) {
+            self.delete(&name);
+        }
+    }
+
+    /// `namespace/name:port` of the service port at `ip:port` over `protocol`.
+    pub fn port_name(&self, ip: IpAddr, port: u16, protocol: u8) -> Option<&Arc<str>> {
+        self.ports.get(&(ip, port, protocol))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_ports_by_cluster_ip() {
+        let mut index = ServiceIndex::default();
+        let web = ServiceView {
+            name: "shop/web".into(),
+            cluster_ips: vec!["10.96.0.10".parse().unwrap(), "fd00:96::a".parse().unwrap()],
+            ports: vec![(80, 6, "http".into()), (53, 17, String::new())],
+        };
+        index.apply(&web);
+        let ip = "10.96.0.10".parse().unwrap();
+        assert_eq!(
+            index.port_name(ip, 80, 6).map(|s| &**s),
+            Some("shop/web:http")
+        );
+        assert_eq!(index.port_name(ip, 53, 17).map(|s| &**s), Some("shop/web"));
+        assert_eq!(index.port_name(ip, 80, 17), None);
+        assert_eq!(
+            index
+                .port_name("fd00:96::a".parse().unwrap(), 80, 6)
+                .map(|s| &**s),
+            Some("shop/web:http")
+        );
+        index.begin_relist();
+        index.end_relist();
+        assert!(index.is_empty());
+        assert_eq!(index.port_name(ip, 80, 6), None);
+    }
+}
