@@ -53,7 +53,7 @@ fn main() {
             destination_port: entry.original.source_port,
             ..Tuple::default()
         };
-        store.update(&entry, generation, 0);
+        store.update(entry, generation, 0);
     }
     let after = resident_bytes();
     println!(

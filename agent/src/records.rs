@@ -17,7 +17,7 @@ use crate::telemetry::Metrics;
 use crate::conntrack::tcp_state_name;
 use crate::deny::parse_prefix;
 use crate::export::BatchBuilder;
-use crate::store::{Annotation, ConnectionStore, Due, Expired, flags};
+use crate::store::{Annotation, ConnectionStore, Due, Expired, Origin};
 
 /// Names of the extra elements appended to Antrea's, in template order.
 const EXTRA: [&str; 10] = [
@@ -202,7 +202,7 @@ pub fn build<'a>(
         },
         source_address: source,
         destination_address: destination,
-        tcp_state: if key.protocol == 6 && c.flags & flags::DENY == 0 {
+        tcp_state: if key.protocol == 6 && !c.origin.is_denied() {
             tcp_state_name(c.tcp_state)
         } else {
             ""
@@ -229,7 +229,7 @@ pub fn build<'a>(
         flow.destination_pod_namespace = pod.namespace();
         flow.destination_node_name = pod.node();
     }
-    if c.flags & flags::DENY != 0 {
+    if c.origin.is_denied() {
         let policy = parse_prefix(prefix);
         let rule = PolicyRule {
             name: policy.map_or(prefix, |p| p.name),
@@ -245,7 +245,7 @@ pub fn build<'a>(
             rule_name: policy.map_or("", |p| p.rule),
             rule_action: 2,
         };
-        if c.flags & flags::EGRESS != 0 {
+        if c.origin == Origin::DeniedEgress {
             flow.egress = rule;
         } else {
             flow.ingress = rule;

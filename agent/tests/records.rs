@@ -115,7 +115,7 @@ fn a_connection_keeps_the_pod_that_held_its_address_when_it_started() {
     let store = store();
     let client: IpAddr = "10.244.0.5".parse().unwrap();
     let server: IpAddr = "10.0.0.9".parse().unwrap();
-    store.update(&tcp(client, 40_000, server, 443, 1), 0, 100);
+    store.update(tcp(client, 40_000, server, 443, 1), 0, 100);
     assert_eq!(
         export(&store, &mut builder, 100 + ACTIVE),
         [(40_000, "cart-1".to_owned(), String::new())]
@@ -143,7 +143,7 @@ fn a_connection_keeps_the_pod_that_held_its_address_when_it_started() {
     }
     assert!(metadata.pods().pod_at(client, 100).is_none());
     // The old connection, still going, still names the pod it started in, without a lookup.
-    store.update(&tcp(client, 40_000, server, 443, 2), 0, now);
+    store.update(tcp(client, 40_000, server, 443, 2), 0, now);
     assert_eq!(
         export(&store, &mut builder, now + ACTIVE),
         [(40_000, "cart-1".to_owned(), String::new())]
@@ -152,7 +152,7 @@ fn a_connection_keeps_the_pod_that_held_its_address_when_it_started() {
     assert_eq!(builder.stats().resolved, 1);
     // A new connection from the address names the pod that holds it now.
     now += 2 * ACTIVE;
-    store.update(&tcp(client, 40_001, server, 443, 1), 0, now);
+    store.update(tcp(client, 40_001, server, 443, 1), 0, now);
     let mut records = export(&store, &mut builder, now + ACTIVE);
     records.sort();
     assert_eq!(
@@ -184,7 +184,7 @@ fn an_end_whose_owner_was_not_known_yet_is_found_at_a_later_export() {
     // The client's port, reserved before any packet: the probe has not seen its socket.
     let client = socket2_free_port();
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    store.update(&tcp(localhost, client, localhost, server_port, 1), 0, 100);
+    store.update(tcp(localhost, client, localhost, server_port, 1), 0, 100);
     assert_eq!(
         export(&store, &mut builder, 100 + ACTIVE),
         [(client, String::new(), String::new())]
@@ -201,7 +201,7 @@ fn an_end_whose_owner_was_not_known_yet_is_found_at_a_later_export() {
     for exports in 2..=4 {
         now += ACTIVE;
         store.update(
-            &tcp(localhost, client, localhost, server_port, exports),
+            tcp(localhost, client, localhost, server_port, exports),
             0,
             now,
         );

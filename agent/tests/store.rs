@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use flowex_agent::conntrack::{ConntrackEntry, Counters as CtCounters, Tuple};
 use flowex_agent::deny::{DenyEvent, PacketTuple};
-use flowex_agent::store::{ConnKey, ConnectionStore, Counters, EndReason, Timeouts};
+use flowex_agent::store::{ConnectionStore, Counters, EndReason, Timeouts};
 
 const ACTIVE: u64 = 5_000;
 const IDLE: u64 = 15_000;
@@ -62,14 +62,14 @@ fn counters(packets: u64, bytes: u64) -> Counters {
 fn active_connections_are_exported_every_active_timeout_with_deltas() {
     let store = store();
     let g = store.begin_poll();
-    store.update(&entry(1000, 10, 1000), g, 0);
+    store.update(entry(1000, 10, 1000), g, 0);
     assert!(expire(&store, ACTIVE - 1).is_empty());
     assert_eq!(
         expire(&store, ACTIVE),
         [(1000, EndReason::ActiveTimeout, counters(10, 1000))]
     );
     let g = store.begin_poll();
-    store.update(&entry(1000, 30, 4000), g, ACTIVE + 100);
+    store.update(entry(1000, 30, 4000), g, ACTIVE + 100);
     assert!(expire(&store, 2 * ACTIVE - 1).is_empty());
     let delta = Counters {
         packets: 20,
@@ -88,13 +88,13 @@ fn active_connections_are_exported_every_active_timeout_with_deltas() {
 fn an_idle_connection_is_reported_once_then_again_when_it_resumes() {
     let store = store();
     let mut now = 0;
-    store.update(&entry(2000, 5, 500), store.begin_poll(), now);
+    store.update(entry(2000, 5, 500), store.begin_poll(), now);
     // Exported at the active timeouts (5 s, 10 s); at 15 s the idle timeout wins.
     let mut reasons = Vec::new();
     while now <= IDLE + ACTIVE {
         now += 1_000;
         let g = store.begin_poll();
-        store.update(&entry(2000, 5, 500), g, now); // unchanged counters, still present
+        store.update(entry(2000, 5, 500), g, now); // unchanged counters, still present
         reasons.extend(expire(&store, now).into_iter().map(|(_, r, _)| r));
     }
     assert_eq!(
@@ -106,7 +106,7 @@ fn an_idle_connection_is_reported_once_then_again_when_it_resumes() {
         ]
     );
     // It resumes: active reports again, with the new bytes only.
-    store.update(&entry(2000, 6, 800), store.begin_poll(), now);
+    store.update(entry(2000, 6, 800), store.begin_poll(), now);
     let resumed = expire(&store, now + IDLE);
     assert_eq!(resumed.len(), 1);
     assert_eq!(resumed[0].2.bytes, 300);
@@ -115,17 +115,17 @@ fn an_idle_connection_is_reported_once_then_again_when_it_resumes() {
 #[test]
 fn an_ended_connection_is_exported_once_with_final_counters_then_deleted() {
     let store = store();
-    store.update(&entry(3000, 4, 400), store.begin_poll(), 0);
+    store.update(entry(3000, 4, 400), store.begin_poll(), 0);
     let mut ended = entry(3000, 9, 900);
     ended.tcp_state = Some(7); // TIME_WAIT, read by the targeted get
-    store.end(&ended, 100);
+    store.end(ended, 100);
     assert_eq!(
         expire(&store, 100),
         [(3000, EndReason::EndOfFlow, counters(9, 900))]
     );
     // Later dumps still list it in TIME_WAIT: it is not exported again.
     let g = store.begin_poll();
-    store.update(&ended, g, 1_000);
+    store.update(ended, g, 1_000);
     assert!(expire(&store, IDLE + 200).is_empty());
     assert_eq!(store.len(), 1);
     // Once two polls no longer list it, it is forgotten without another record.
@@ -135,7 +135,7 @@ fn an_ended_connection_is_exported_once_with_final_counters_then_deleted() {
     assert!(store.is_empty());
     // A drain at shutdown does not report it again either.
     let store2 = self::store();
-    store2.end(&ended, 0);
+    store2.end(ended, 0);
     assert_eq!(expire(&store2, 0).len(), 1);
     assert_eq!(store2.drain(1, |_| {}), 0);
 }
@@ -143,13 +143,13 @@ fn an_ended_connection_is_exported_once_with_final_counters_then_deleted() {
 #[test]
 fn a_connection_missing_from_two_polls_is_ended() {
     let store = store();
-    store.update(&entry(4000, 1, 100), store.begin_poll(), 0);
-    store.update(&entry(4001, 1, 100), store.begin_poll(), 0);
+    store.update(entry(4000, 1, 100), store.begin_poll(), 0);
+    store.update(entry(4001, 1, 100), store.begin_poll(), 0);
     // Two polls in which 4000 does not appear.
     let g = store.begin_poll();
-    store.update(&entry(4001, 2, 200), g, 1_000);
+    store.update(entry(4001, 2, 200), g, 1_000);
     let g = store.begin_poll();
-    store.update(&entry(4001, 3, 300), g, 2_000);
+    store.update(entry(4001, 3, 300), g, 2_000);
     let out = expire(&store, ACTIVE);
     let ended: Vec<_> = out
         .iter()
@@ -157,11 +157,7 @@ fn a_connection_missing_from_two_polls_is_ended() {
         .collect();
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].0, 4000);
-    assert!(
-        store
-            .get(&ConnKey::from_tuple(0, &entry(4000, 0, 0).original))
-            .is_none()
-    );
+    assert!(store.get(&entry(4000, 0, 0).original.key(0)).is_none());
     assert_eq!(store.len(), 1);
 }
 
@@ -206,7 +202,7 @@ fn drain_exports_everything_as_forced_end() {
     let store = store();
     let g = store.begin_poll();
     for port in 0..100 {
-        store.update(&entry(port, 2, 200), g, 0);
+        store.update(entry(port, 2, 200), g, 0);
     }
     let mut forced = 0;
     store.drain(10, |e| {
@@ -246,17 +242,17 @@ fn expire_with_starts(store: &ConnectionStore, now: u64) -> Vec<(u64, EndReason,
 #[test]
 fn a_reused_tuple_with_a_new_id_ends_the_old_connection_and_starts_from_zero() {
     let store = store();
-    store.update(&connection(1000, 7, Some(100), 3, 10), 0, 100);
+    store.update(connection(1000, 7, Some(100), 3, 10), 0, 100);
     // TIME_WAIT (7): the old one's final record is due at once.
-    store.end(&connection(1000, 7, Some(100), 7, 12), 200);
+    store.end(connection(1000, 7, Some(100), 7, 12), 200);
     assert_eq!(
         expire_with_starts(&store, 200),
         [(100, EndReason::EndOfFlow, counters(12, 1200))]
     );
     // The client reuses the port: another id, another start, counters from zero.
-    store.create(&connection(1000, 8, None, 1, 1), 300);
-    store.update(&connection(1000, 8, Some(300), 3, 5), 0, 400);
-    store.end(&connection(1000, 8, Some(300), 7, 9), 500);
+    store.create(connection(1000, 8, None, 1, 1), 300);
+    store.update(connection(1000, 8, Some(300), 3, 5), 0, 400);
+    store.end(connection(1000, 8, Some(300), 7, 9), 500);
     let out = expire_with_starts(&store, 500);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].1, EndReason::EndOfFlow);
@@ -274,13 +270,13 @@ fn a_reused_tuple_with_the_same_id_is_told_apart_by_its_new_event_or_state() {
         "counters back in a dump",
     ] {
         let store = store();
-        store.create(&connection(1000, 7, None, 1, 1), 100);
-        store.end(&connection(1000, 7, Some(100), 7, 12), 200);
+        store.create(connection(1000, 7, None, 1, 1), 100);
+        store.end(connection(1000, 7, Some(100), 7, 12), 200);
         assert_eq!(expire(&store, 200).len(), 1);
         match second {
-            "new event" => store.create(&connection(1000, 7, None, 1, 1), 300),
+            "new event" => store.create(connection(1000, 7, None, 1, 1), 300),
             "syn state in an update" => store.update(
-                &ConntrackEntry {
+                ConntrackEntry {
                     original_counters: None,
                     reply_counters: None,
                     ..connection(1000, 7, None, 2, 0)
@@ -288,9 +284,9 @@ fn a_reused_tuple_with_the_same_id_is_told_apart_by_its_new_event_or_state() {
                 0,
                 300,
             ),
-            _ => store.update(&connection(1000, 7, Some(300), 7, 3), 0, 300),
+            _ => store.update(connection(1000, 7, Some(300), 7, 3), 0, 300),
         }
-        store.end(&connection(1000, 7, Some(300), 7, 4), 400);
+        store.end(connection(1000, 7, Some(300), 7, 4), 400);
         assert_eq!(
             expire(&store, 400),
             [(1000, EndReason::EndOfFlow, counters(4, 400))],
@@ -306,22 +302,22 @@ fn a_reused_tuple_with_the_same_id_is_told_apart_by_its_new_event_or_state() {
 #[test]
 fn a_new_event_older_than_the_dump_is_checked_before_it_is_applied() {
     let store = store();
-    store.update(&connection(1000, 7, Some(100), 7, 12), 1, 200);
+    store.update(connection(1000, 7, Some(100), 7, 12), 1, 200);
     assert_eq!(
         expire_with_starts(&store, 200),
         [(100, EndReason::EndOfFlow, counters(12, 1200))]
     );
     // The late NEW is held back for a get.
-    assert!(!store.create_unless_stale(&connection(1000, 7, None, 1, 1), 250));
+    assert!(!store.create_unless_stale(connection(1000, 7, None, 1, 1), 250));
     // The get finds the same entry (same start): nothing to export again.
-    store.update(&connection(1000, 7, Some(100), 7, 12), 0, 260);
+    store.update(connection(1000, 7, Some(100), 7, 12), 0, 260);
     assert_eq!(expire_with_starts(&store, 300), []);
     // A NEW for a tuple the store does not hold, or whose connection is live, applies.
-    assert!(store.create_unless_stale(&connection(2000, 9, None, 1, 1), 300));
+    assert!(store.create_unless_stale(connection(2000, 9, None, 1, 1), 300));
     assert_eq!(store.len(), 2);
     // A NEW (same id) whose get shows another start is a new connection of the tuple.
-    assert!(!store.create_unless_stale(&connection(1000, 7, None, 1, 1), 400));
-    store.update(&connection(1000, 7, Some(400), 7, 3), 0, 410);
+    assert!(!store.create_unless_stale(connection(1000, 7, None, 1, 1), 400));
+    store.update(connection(1000, 7, Some(400), 7, 3), 0, 410);
     assert_eq!(
         expire_with_starts(&store, 410),
         [(400, EndReason::EndOfFlow, counters(3, 300))]
@@ -331,11 +327,11 @@ fn a_new_event_older_than_the_dump_is_checked_before_it_is_applied() {
 #[test]
 fn an_unexported_old_connection_is_retired_and_its_late_destroy_is_its_own() {
     let store = store();
-    store.update(&connection(1000, 7, Some(100), 3, 10), 0, 100);
+    store.update(connection(1000, 7, Some(100), 3, 10), 0, 100);
     // The new connection is seen before the old one's end was exported.
-    store.update(&connection(1000, 8, Some(300), 3, 2), 0, 300);
+    store.update(connection(1000, 8, Some(300), 3, 2), 0, 300);
     // The old one's DESTROY comes late, with its final counters.
-    store.end(&connection(1000, 7, Some(100), 7, 11), 310);
+    store.end(connection(1000, 7, Some(100), 7, 11), 310);
     let out = expire_with_starts(&store, 310);
     assert_eq!(out, [(100, EndReason::EndOfFlow, counters(11, 1100))]);
     // The new one goes on from its own counters.
@@ -349,7 +345,7 @@ fn an_unexported_old_connection_is_retired_and_its_late_destroy_is_its_own() {
 fn a_limited_expiry_leaves_the_rest_due_and_loses_nothing() {
     let store = store();
     for port in 0..1_000 {
-        store.update(&entry(port, 1, 100), 0, 0);
+        store.update(entry(port, 1, 100), 0, 0);
     }
     let mut seen = std::collections::HashSet::new();
     let mut rounds = 0;
@@ -376,7 +372,7 @@ fn a_limited_expiry_leaves_the_rest_due_and_loses_nothing() {
 fn force_end_goes_on_where_it_stopped_and_keeps_the_connections() {
     let store = store();
     for port in 0..10 {
-        store.update(&entry(port, 3, 300), 0, 0);
+        store.update(entry(port, 3, 300), 0, 0);
     }
     let mut ports = Vec::new();
     assert_eq!(store.force_end(10, 4, |e| ports.push(e.key.source_port)), 4);
@@ -403,8 +399,8 @@ fn force_end_goes_on_where_it_stopped_and_keeps_the_connections() {
 #[test]
 fn a_resumed_store_continues_deltas_and_does_not_repeat_ended_connections() {
     let before = store();
-    before.update(&connection(1000, 7, Some(100), 3, 10), 0, 100);
-    before.end(&connection(1001, 9, Some(100), 7, 4), 100);
+    before.update(connection(1000, 7, Some(100), 3, 10), 0, 100);
+    before.end(connection(1001, 9, Some(100), 7, 4), 100);
     assert_eq!(expire(&before, 100).len(), 1);
     before.force_end(200, usize::MAX, |_| {});
     let saved = before.saved_connections();
@@ -413,8 +409,8 @@ fn a_resumed_store_continues_deltas_and_does_not_repeat_ended_connections() {
     after.resume(saved);
     let g = after.begin_poll();
     // The established one grew; the ended one is still in TIME_WAIT.
-    after.update(&connection(1000, 7, Some(100), 3, 15), g, 300);
-    after.update(&connection(1001, 9, Some(100), 7, 4), g, 300);
+    after.update(connection(1000, 7, Some(100), 3, 15), g, 300);
+    after.update(connection(1001, 9, Some(100), 7, 4), g, 300);
     assert_eq!(after.finish_resume(), 0);
     let out = expire(&after, 300 + ACTIVE);
     assert_eq!(out, [(1000, EndReason::ActiveTimeout, counters(5, 500))]);
@@ -424,7 +420,7 @@ fn a_resumed_store_continues_deltas_and_does_not_repeat_ended_connections() {
     let again = store();
     again.resume(after.saved_connections());
     let g = again.begin_poll();
-    again.update(&connection(1000, 99, Some(900), 3, 2), g, 1000);
+    again.update(connection(1000, 99, Some(900), 3, 2), g, 1000);
     assert_eq!(again.finish_resume(), 1);
     assert_eq!(
         expire(&again, 1000 + ACTIVE),

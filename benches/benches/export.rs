@@ -365,7 +365,7 @@ fn export_conntrack_with(c: &mut Criterion, mut bench: Bench, id: &str, report: 
                 for _ in 0..DYING {
                     let mut ended = entry(next_dying);
                     ended.tcp_state = Some(7);
-                    bench.store.end(&ended, bench.now_ms);
+                    bench.store.end(ended, bench.now_ms);
                     next_dying = next_dying.wrapping_add(1);
                 }
                 let started = Instant::now();

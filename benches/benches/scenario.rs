@@ -95,7 +95,7 @@ fn main() {
             let generation = store.begin_poll();
             let now = clock();
             for i in oldest..next {
-                store.update(&entry(i, polls), generation, now);
+                store.update(entry(i, polls), generation, now);
             }
             peak_live = peak_live.max(store.len());
             polls += 1;

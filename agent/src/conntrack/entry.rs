@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::attributes::*;
 use crate::netlink::{Attribute, Attributes, NFGEN_LEN, ParseError};
+use crate::store::{ConnKey, Counters as StoreCounters, Observation, flow_ports};
 
 /// Conntrack status bit: the entry is being destroyed.
 pub const IPS_DYING: u32 = 1 << 9;
@@ -22,6 +23,22 @@ pub struct Tuple {
     pub icmp_id: u16,
     pub icmp_type: u8,
     pub icmp_code: u8,
+}
+
+impl Tuple {
+    /// The store's key of this tuple in `zone`.
+    pub fn key(&self, zone: u16) -> ConnKey {
+        ConnKey::new(
+            zone,
+            self.protocol,
+            (self.source, self.destination),
+            flow_ports(
+                self.protocol,
+                (self.source_port, self.destination_port),
+                (self.icmp_type, self.icmp_code, self.icmp_id),
+            ),
+        )
+    }
 }
 
 impl Default for Tuple {
@@ -326,5 +343,44 @@ mod properties {
                 let _ = parse_entry(payload, &mut entry);
             }
         }
+    }
+}
+
+impl From<&ConntrackEntry> for Observation {
+    /// What the store needs of an entry; conntrack's TCP state numbers are read here:
+    /// TIME_WAIT (7) and CLOSE (8) end a connection, SYN_SENT to ESTABLISHED (1 to 3)
+    /// only begin one.
+    fn from(entry: &ConntrackEntry) -> Self {
+        Observation {
+            key: entry.original.key(entry.zone),
+            conntrack_id: entry.id,
+            start_ms: entry.start_ns.map(|ns| ns / 1_000_000),
+            counters: entry.original_counters.map(|original| {
+                let reply = entry.reply_counters.unwrap_or_default();
+                StoreCounters {
+                    packets: original.packets,
+                    bytes: original.bytes,
+                    reply_packets: reply.packets,
+                    reply_bytes: reply.bytes,
+                }
+            }),
+            reply_source: crate::net::to_mapped(entry.reply.source),
+            reply_source_port: entry.reply.source_port,
+            tcp_state: entry.tcp_state,
+            ended: entry.is_dying() || matches!(entry.tcp_state, Some(7 | 8)),
+            opening: matches!(entry.tcp_state, Some(1..=3)),
+        }
+    }
+}
+
+impl From<ConntrackEntry> for Observation {
+    fn from(entry: ConntrackEntry) -> Self {
+        Observation::from(&entry)
+    }
+}
+
+impl From<&mut ConntrackEntry> for Observation {
+    fn from(entry: &mut ConntrackEntry) -> Self {
+        Observation::from(&*entry)
     }
 }

@@ -8,6 +8,7 @@
 
 mod packet;
 
+use crate::store::{Denial, Origin};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -77,6 +78,24 @@ pub struct DenyEvent<'a> {
     pub prefix: &'a str,
     /// The policy the prefix names, by the `flowex:` convention.
     pub policy: Option<PolicyRef<'a>>,
+}
+
+impl<'a> From<&DenyEvent<'a>> for Denial<'a> {
+    /// What the store needs of a denied packet; the hook says the direction: output (3)
+    /// and postrouting (4) are the egress path.
+    fn from(event: &DenyEvent<'a>) -> Self {
+        Denial {
+            key: event.tuple.key(),
+            origin: if event.hook >= 3 {
+                Origin::DeniedEgress
+            } else {
+                Origin::DeniedIngress
+            },
+            bytes: u64::from(event.tuple.ip_length),
+            prefix: event.prefix,
+            logged_ms: event.timestamp.map(|(s, us)| s * 1_000 + us / 1_000),
+        }
+    }
 }
 
 /// What can go wrong with the NFLOG source.

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::store::{ConnKey, flow_ports};
+
 /// The 5-tuple (ICMP: type, code and id) and IP length of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketTuple {
@@ -16,6 +18,22 @@ pub struct PacketTuple {
     pub icmp_id: u16,
     /// Length of the whole IP packet (header included) as the header states it.
     pub ip_length: u16,
+}
+
+impl PacketTuple {
+    /// The store's key of this packet's flow (zone 0: NFLOG does not say).
+    pub fn key(&self) -> ConnKey {
+        ConnKey::new(
+            0,
+            self.protocol,
+            (self.source, self.destination),
+            flow_ports(
+                self.protocol,
+                (self.source_port, self.destination_port),
+                (self.icmp_type, self.icmp_code, self.icmp_id),
+            ),
+        )
+    }
 }
 
 /// Why the copied bytes are not a packet we can read.

@@ -1,10 +1,9 @@
 //! The key of a tracked connection: zone and original 5-tuple, 40 bytes, hashed cheaply.
 
 use std::hash::{BuildHasher, Hasher};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use crate::conntrack::Tuple;
-use crate::deny::PacketTuple;
+use crate::net::{from_mapped, to_mapped};
 
 /// Zone and original-direction 5-tuple. Addresses are stored as 16 bytes (IPv4 mapped)
 /// so the key has one fixed size for both families.
@@ -19,76 +18,47 @@ pub struct ConnKey {
     pub destination: [u8; 16],
 }
 
-fn octets(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
-fn address(octets: [u8; 16], ipv6: bool) -> IpAddr {
-    let v6 = Ipv6Addr::from(octets);
-    if ipv6 {
-        IpAddr::V6(v6)
+/// The ports of a flow as conntrack tells flows apart: ICMP's echo id stands for the
+/// source port and its type and code for the destination port.
+pub fn flow_ports(
+    protocol: u8,
+    (source_port, destination_port): (u16, u16),
+    (icmp_type, icmp_code, icmp_id): (u8, u8, u16),
+) -> (u16, u16) {
+    if matches!(protocol, 1 | 58) {
+        (icmp_id, u16::from_be_bytes([icmp_type, icmp_code]))
     } else {
-        IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED))
+        (source_port, destination_port)
     }
 }
 
 impl ConnKey {
-    /// The key of a conntrack entry's original tuple in `zone`. ICMP uses the echo id as
-    /// source port and type/code as destination port, as conntrack distinguishes them.
-    pub fn from_tuple(zone: u16, tuple: &Tuple) -> Self {
-        let icmp = matches!(tuple.protocol, 1 | 58);
+    /// The key of a flow in `zone` (ports as [`flow_ports`] gives them).
+    pub fn new(
+        zone: u16,
+        protocol: u8,
+        (source, destination): (IpAddr, IpAddr),
+        (source_port, destination_port): (u16, u16),
+    ) -> Self {
         Self {
             zone,
-            protocol: tuple.protocol,
-            ipv6: tuple.source.is_ipv6(),
-            source_port: if icmp {
-                tuple.icmp_id
-            } else {
-                tuple.source_port
-            },
-            destination_port: if icmp {
-                u16::from_be_bytes([tuple.icmp_type, tuple.icmp_code])
-            } else {
-                tuple.destination_port
-            },
-            source: octets(tuple.source),
-            destination: octets(tuple.destination),
-        }
-    }
-
-    /// The key of a denied packet.
-    pub fn from_packet(tuple: &PacketTuple) -> Self {
-        let icmp = matches!(tuple.protocol, 1 | 58);
-        Self {
-            zone: 0,
-            protocol: tuple.protocol,
-            ipv6: tuple.source.is_ipv6(),
-            source_port: if icmp {
-                tuple.icmp_id
-            } else {
-                tuple.source_port
-            },
-            destination_port: if icmp {
-                u16::from_be_bytes([tuple.icmp_type, tuple.icmp_code])
-            } else {
-                tuple.destination_port
-            },
-            source: octets(tuple.source),
-            destination: octets(tuple.destination),
+            protocol,
+            ipv6: source.is_ipv6(),
+            source_port,
+            destination_port,
+            source: to_mapped(source),
+            destination: to_mapped(destination),
         }
     }
 
     /// Source address.
     pub fn source_addr(&self) -> IpAddr {
-        address(self.source, self.ipv6)
+        from_mapped(self.source, self.ipv6)
     }
 
     /// Destination address.
     pub fn destination_addr(&self) -> IpAddr {
-        address(self.destination, self.ipv6)
+        from_mapped(self.destination, self.ipv6)
     }
 }
 

@@ -4,9 +4,17 @@
 //!
 //! Memory is what the design is about. A shard keeps connections in a slab of fixed-size
 //! chunks (no doubling slack) and finds them through a hash table of 4-byte slot numbers,
-//! so when the table doubles only the slot numbers double, not the 176-byte entries.
-//! Heap entries are (deadline, slot, slot generation): 16 bytes, and a freed slot's stale
-//! entries are recognised by the generation.
+//! so when the table doubles only the slot numbers double, not the 192-byte entries (key,
+//! connection, and the record builder's [`Annotation`]: one shared pointer to the owners
+//! and pods looked up at the first export). Heap entries are (deadline, slot, slot
+//! generation): 16 bytes, and a freed slot's stale entries are recognised by the
+//! generation.
+//!
+//! The store knows nothing of its sources: they hand it [`Observation`]s and [`Denial`]s
+//! with their kernel numbers already read (a TCP state that ends a connection, a hook on
+//! the egress path). A connection's [`Origin`] and [`Phase`] say what it is and how far
+//! its exports have gone. Expiry copies what is due out of a shard and releases the lock
+//! before records are built ([`ConnectionStore::expire_into`]).
 //!
 //! Each live connection has exactly one heap entry. Updates do not touch the heap: when an
 //! entry comes due, the connection's real deadline is recomputed and, if it moved, the
@@ -23,10 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hashbrown::HashTable;
 
-pub use key::{ConnKey, FxBuild, FxHasher};
-
-use crate::conntrack::ConntrackEntry;
-use crate::deny::DenyEvent;
+pub use key::{ConnKey, FxBuild, FxHasher, flow_ports};
 
 /// flowEndReason values (RFC 5102).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,24 +43,80 @@ pub enum EndReason {
     ForcedEnd = 4,
 }
 
-/// Connection flags.
-pub mod flags {
-    /// The connection ended (DESTROY, TIME_WAIT/CLOSE, DYING bit, absent from a dump).
-    pub const DYING: u8 = 1;
-    /// Built from NFLOG denials rather than conntrack.
-    pub const DENY: u8 = 2;
-    /// A denial logged on the output path (egress policy) rather than input.
-    pub const EGRESS: u8 = 8;
-    /// The final record was exported; the entry stays (no more exports) until conntrack
-    /// drops the connection, so a TIME_WAIT entry seen by later dumps is not counted again.
-    pub const ENDED: u8 = 16;
-    /// Exported once for idle timeout; not exported again until it changes.
-    pub const IDLE: u8 = 4;
-    /// `start_ms` is the kernel's own start timestamp (nf_conntrack_timestamp), not the
-    /// time the agent first saw the entry: it tells two connections of one tuple apart.
-    pub const KERNEL_START: u8 = 32;
-    /// Exported with flowEndReason 4 by the shutdown flush ([`super::ConnectionStore::force_end`]).
-    pub const FLUSHED: u8 = 64;
+/// Where a connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Origin {
+    /// A conntrack entry.
+    Conntrack,
+    /// Packets a policy denied on their way in (logged on input, prerouting or forward).
+    DeniedIngress,
+    /// Packets a policy denied on their way out (logged on output or postrouting).
+    DeniedEgress,
+}
+
+impl Origin {
+    /// Built from denied packets rather than conntrack.
+    pub fn is_denied(self) -> bool {
+        self != Origin::Conntrack
+    }
+}
+
+/// How far a connection's exports have gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Phase {
+    /// Exported every active timeout while it changes.
+    Active,
+    /// Exported once for its idle timeout; not again until it changes.
+    Idle,
+    /// Ended (DESTROY, TIME_WAIT or CLOSE, the dying bit, gone from two dumps): its final
+    /// record is due.
+    Ending,
+    /// Its final record was exported. Kept, exporting nothing, until conntrack drops the
+    /// connection, so that a TIME_WAIT entry seen by later dumps is not counted again.
+    Ended,
+}
+
+impl Phase {
+    /// Ending or ended.
+    pub fn has_ended(self) -> bool {
+        self >= Phase::Ending
+    }
+}
+
+/// What a source saw of a conntrack connection (a dump entry, an event, a get), in the
+/// store's terms: the sources say what their numbers mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    pub key: ConnKey,
+    pub conntrack_id: u32,
+    /// The kernel's start time (nf_conntrack_timestamp), milliseconds since the epoch.
+    pub start_ms: Option<u64>,
+    /// Counters, when the entry carries them (accounting on; not an UPDATE event).
+    pub counters: Option<Counters>,
+    /// Source of the reply direction: the real server behind a DNAT.
+    pub reply_source: [u8; 16],
+    pub reply_source_port: u16,
+    /// TCP state, as conntrack numbers it (records name it).
+    pub tcp_state: Option<u8>,
+    /// The connection has ended: these are its final counters.
+    pub ended: bool,
+    /// In a state only a new connection is in (a TCP handshake or its first exchange).
+    pub opening: bool,
+}
+
+/// One denied packet, in the store's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denial<'a> {
+    pub key: ConnKey,
+    pub origin: Origin,
+    /// Length of the IP packet.
+    pub bytes: u64,
+    /// The NFLOG prefix (which policy and rule).
+    pub prefix: &'a str,
+    /// When the kernel logged it, milliseconds since the epoch.
+    pub logged_ms: Option<u64>,
 }
 
 /// Packet and byte counters in both directions.
@@ -79,16 +140,20 @@ impl Counters {
     }
 }
 
-/// One tracked connection (128 bytes: fields ordered so nothing is padded).
+/// One tracked connection (128 bytes, 5 of them padding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connection {
     /// Source of the reply direction: the real server behind a DNAT (service) address.
     pub reply_source: [u8; 16],
     pub reply_source_port: u16,
     pub tcp_state: u8,
-    pub flags: u8,
-    pub mark: u32,
-    pub status: u32,
+    pub origin: Origin,
+    pub phase: Phase,
+    /// Exported with flowEndReason 4 by the shutdown flush ([`ConnectionStore::force_end`]).
+    pub flushed: bool,
+    /// `start_ms` is the kernel's own start timestamp (nf_conntrack_timestamp), not the
+    /// time the agent first saw the entry: it tells two connections of one tuple apart.
+    pub kernel_start: bool,
     pub conntrack_id: u32,
     /// Last poll generation whose dump contained the connection.
     pub seen_generation: u32,
@@ -109,7 +174,7 @@ impl Connection {
     pub fn reported_destination(&self, key: &ConnKey) -> (std::net::IpAddr, bool) {
         let original = key.destination_addr();
         let reply_source = crate::net::from_mapped(self.reply_source, key.ipv6);
-        if reply_source != original && self.flags & flags::DENY == 0 {
+        if reply_source != original && !self.origin.is_denied() {
             (reply_source, true)
         } else {
             (original, false)
@@ -197,6 +262,10 @@ pub struct Timeouts {
     pub deny_idle_ms: u64,
 }
 
+// The memory figures in the module doc and BENCHMARKS.md depend on these sizes.
+const _: () = assert!(std::mem::size_of::<Connection>() == 128);
+const _: () = assert!(std::mem::size_of::<Slot>() == 192);
+
 /// Number of shards (independent locks).
 pub const SHARDS: usize = 16;
 /// Slots per slab chunk.
@@ -227,9 +296,10 @@ impl Slot {
                 reply_source: [0; 16],
                 reply_source_port: 0,
                 tcp_state: 0,
-                flags: 0,
-                mark: 0,
-                status: 0,
+                origin: Origin::Conntrack,
+                phase: Phase::Active,
+                flushed: false,
+                kernel_start: false,
                 conntrack_id: 0,
                 seen_generation: 0,
                 deny_prefix: 0,
@@ -335,13 +405,6 @@ pub struct ConnectionStore {
     next_shard: AtomicUsize,
 }
 
-fn mapped(addr: std::net::IpAddr) -> [u8; 16] {
-    match addr {
-        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        std::net::IpAddr::V6(a) => a.octets(),
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -356,34 +419,34 @@ enum Identity {
     Older,
 }
 
-/// `created`: the entry comes from a NEW event, so conntrack has just made it.
+/// `created`: the observation comes from a NEW event, so conntrack has just made it.
 fn identity(
     shard: &Shard,
     key: &ConnKey,
     stored: &Connection,
-    entry: &ConntrackEntry,
-    counters: &Counters,
+    seen: &Observation,
     created: bool,
 ) -> Identity {
-    if stored.flags & flags::DENY != 0 {
+    if stored.origin.is_denied() {
         // Denied packets never made a conntrack entry: conntrack's is another connection.
         return Identity::Newer;
     }
-    let start_ms = entry.start_ns.map(|ns| ns / 1_000_000);
-    let kernel_starts = stored.flags & flags::KERNEL_START != 0 && start_ms.is_some();
-    let id_differs = entry.id != 0 && stored.conntrack_id != 0 && entry.id != stored.conntrack_id;
-    let start_differs = kernel_starts && start_ms != Some(stored.start_ms);
+    let kernel_starts = stored.kernel_start && seen.start_ms.is_some();
+    let id = seen.conntrack_id;
+    let id_differs = id != 0 && stored.conntrack_id != 0 && id != stored.conntrack_id;
+    let start_differs = kernel_starts && seen.start_ms != Some(stored.start_ms);
     if !id_differs && !start_differs {
         // The id is a hash of the entry's address and tuple: a new entry of the same tuple
         // that reuses the old one's memory gets the old id, and NEW and UPDATE events carry
         // no start time. Once the stored connection has ended, its tuple showing up again
         // (a NEW event, a TCP state of a new connection, counters that went back) is
         // another connection.
-        let ended = stored.flags & (flags::ENDED | flags::DYING) != 0;
         let reopened = created
-            || matches!(entry.tcp_state, Some(1..=3))
-            || (entry.original_counters.is_some() && counters.packets < stored.counters.packets);
-        return if ended && reopened {
+            || seen.opening
+            || seen
+                .counters
+                .is_some_and(|c| c.packets < stored.counters.packets);
+        return if stored.phase.has_ended() && reopened {
             Identity::Newer
         } else {
             Identity::Same
@@ -392,8 +455,8 @@ fn identity(
     let retired = shard
         .retired
         .iter()
-        .any(|(k, c, _)| k == key && c.conntrack_id == entry.id);
-    if retired || (kernel_starts && start_ms < Some(stored.start_ms)) {
+        .any(|(k, c, _)| k == key && c.conntrack_id == id);
+    if retired || (kernel_starts && seen.start_ms < Some(stored.start_ms)) {
         Identity::Older
     } else {
         Identity::Newer
@@ -409,14 +472,14 @@ fn resumed(shard: &mut Shard, key: &ConnKey, connection: &mut Connection) {
     let Some(saved) = shard.resume.remove(key) else {
         return;
     };
-    let same_start = !(saved.kernel_start && connection.flags & flags::KERNEL_START != 0)
-        || saved.start_ms == connection.start_ms;
+    let same_start =
+        !(saved.kernel_start && connection.kernel_start) || saved.start_ms == connection.start_ms;
     if saved.conntrack_id != connection.conntrack_id || !same_start {
         return;
     }
     connection.exported = saved.exported;
     if saved.ended {
-        connection.flags |= flags::ENDED;
+        connection.phase = Phase::Ended;
     }
 }
 
@@ -487,13 +550,14 @@ impl ConnectionStore {
                     .index
                     .iter()
                     .filter(|&&slot| {
-                        shard.slot(slot).connection.flags & (flags::ENDED | flags::FLUSHED) == 0
+                        let c = &shard.slot(slot).connection;
+                        c.phase != Phase::Ended && !c.flushed
                     })
                     .count();
                 let retired = shard
                     .retired
                     .iter()
-                    .filter(|(_, c, _)| c.flags & (flags::ENDED | flags::FLUSHED) == 0)
+                    .filter(|(_, c, _)| c.phase != Phase::Ended && !c.flushed)
                     .count();
                 live + retired
             })
@@ -517,14 +581,14 @@ impl ConnectionStore {
     /// was exported already, is retired and exported with flowEndReason 3 at the next
     /// expiry), and a late event of an older one (its DESTROY after the new one's NEW)
     /// updates the retired connection, never the new one.
-    pub fn update(&self, entry: &ConntrackEntry, generation: u32, now_ms: u64) {
-        self.apply(entry, generation, now_ms, false);
+    pub fn update(&self, seen: impl Into<Observation>, generation: u32, now_ms: u64) {
+        self.apply(&seen.into(), generation, now_ms, false);
     }
 
     /// Adds a connection from a NEW event: conntrack has just created it, so a connection
     /// stored for its tuple that has ended is an earlier one even when the ids agree.
-    pub fn create(&self, entry: &ConntrackEntry, now_ms: u64) {
-        self.apply(entry, 0, now_ms, true);
+    pub fn create(&self, seen: impl Into<Observation>, now_ms: u64) {
+        self.apply(&seen.into(), 0, now_ms, true);
     }
 
     /// Like [`ConnectionStore::create`], unless the NEW event may be older than what the
@@ -534,68 +598,55 @@ impl ConnectionStore {
     /// a second connection of the same entry and export it twice. Returns false, without
     /// changing anything, for the caller to fetch the entry and apply it with its start
     /// time (a new connection of the tuple has another start).
-    pub fn create_unless_stale(&self, entry: &ConntrackEntry, now_ms: u64) -> bool {
-        let key = ConnKey::from_tuple(entry.zone, &entry.original);
-        let hash = hash_key(&key);
+    pub fn create_unless_stale(&self, seen: impl Into<Observation>, now_ms: u64) -> bool {
+        let seen = seen.into();
+        let hash = hash_key(&seen.key);
         {
             let shard = self.shard(hash);
-            if let Some(slot) = shard.find(hash, &key) {
+            if let Some(slot) = shard.find(hash, &seen.key) {
                 let c = &shard.slot(slot).connection;
-                let ended = c.flags & (flags::ENDED | flags::DYING) != 0;
-                if ended
-                    && c.flags & flags::KERNEL_START != 0
-                    && entry.id != 0
-                    && entry.id == c.conntrack_id
+                if c.phase.has_ended()
+                    && c.kernel_start
+                    && seen.conntrack_id != 0
+                    && seen.conntrack_id == c.conntrack_id
                 {
                     return false;
                 }
             }
         }
-        self.apply(entry, 0, now_ms, true);
+        self.apply(&seen, 0, now_ms, true);
         true
     }
 
-    fn apply(&self, entry: &ConntrackEntry, generation: u32, now_ms: u64, created: bool) {
-        let key = ConnKey::from_tuple(entry.zone, &entry.original);
-        let counters = Counters {
-            packets: entry.original_counters.map_or(0, |c| c.packets),
-            bytes: entry.original_counters.map_or(0, |c| c.bytes),
-            reply_packets: entry.reply_counters.map_or(0, |c| c.packets),
-            reply_bytes: entry.reply_counters.map_or(0, |c| c.bytes),
-        };
-        let has_counters = entry.original_counters.is_some();
-        let dying = entry.is_dying() || matches!(entry.tcp_state, Some(7) | Some(8));
+    fn apply(&self, seen: &Observation, generation: u32, now_ms: u64, created: bool) {
+        let key = seen.key;
+        let dying = seen.ended;
         let hash = hash_key(&key);
         let mut shard = self.shard(hash);
         if let Some(slot) = shard.find(hash, &key) {
-            match identity(
-                &shard,
-                &key,
-                &shard.slot(slot).connection,
-                entry,
-                &counters,
-                created,
-            ) {
+            match identity(&shard, &key, &shard.slot(slot).connection, seen, created) {
                 Identity::Same => {
                     let c = &mut shard.slot_mut(slot).connection;
                     if generation != 0 {
                         c.seen_generation = generation;
                     }
-                    if c.flags & flags::ENDED != 0 {
+                    if c.phase == Phase::Ended {
                         return;
                     }
-                    if has_counters && counters != c.counters {
+                    if let Some(counters) = seen.counters
+                        && counters != c.counters
+                    {
                         c.counters = counters;
                         c.last_change_ms = now_ms;
-                        c.flags &= !flags::IDLE;
+                        if c.phase == Phase::Idle {
+                            c.phase = Phase::Active;
+                        }
                     }
-                    if let Some(state) = entry.tcp_state {
+                    if let Some(state) = seen.tcp_state {
                         c.tcp_state = state;
                     }
-                    c.mark = entry.mark;
-                    c.status = entry.status;
-                    if dying && c.flags & flags::DYING == 0 {
-                        c.flags |= flags::DYING;
+                    if dying && !c.phase.has_ended() {
+                        c.phase = Phase::Ending;
                         shard.schedule(now_ms, slot);
                     }
                 }
@@ -604,24 +655,25 @@ impl ConnectionStore {
                     if let Some((_, old, _)) = shard
                         .retired
                         .iter_mut()
-                        .find(|(k, c, _)| *k == key && c.conntrack_id == entry.id)
-                        && has_counters
+                        .find(|(k, c, _)| *k == key && c.conntrack_id == seen.conntrack_id)
+                        && let Some(counters) = seen.counters
                     {
                         old.counters = counters;
                     }
                 }
                 Identity::Newer => {
-                    let old = shard.slot(slot).connection;
-                    if old.flags & flags::DENY != 0 {
+                    let mut old = shard.slot(slot).connection;
+                    if old.origin.is_denied() {
                         self.deny_count.fetch_sub(1, Ordering::Relaxed);
                     }
                     // Kept until the next expiry even when its final record went out
                     // already, so that its late events are still recognised as its own.
-                    let mut old = old;
-                    old.flags |= flags::DYING;
+                    if !old.phase.has_ended() {
+                        old.phase = Phase::Ending;
+                    }
                     let annotation = std::mem::take(&mut shard.slot_mut(slot).annotation);
                     shard.retired.push((key, old, annotation));
-                    let mut connection = self.fresh(entry, counters, dying, generation, now_ms);
+                    let mut connection = self.fresh(seen, generation, now_ms);
                     resumed(&mut shard, &key, &mut connection);
                     let entry = shard.slot_mut(slot);
                     entry.connection = connection;
@@ -632,43 +684,37 @@ impl ConnectionStore {
             }
             return;
         }
-        let mut connection = self.fresh(entry, counters, dying, generation, now_ms);
+        let mut connection = self.fresh(seen, generation, now_ms);
         resumed(&mut shard, &key, &mut connection);
         let slot = shard.insert(hash, key, connection);
         shard.schedule(self.first_deadline(dying, now_ms), slot);
         self.len.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A connection first seen in `entry`.
-    fn fresh(
-        &self,
-        entry: &ConntrackEntry,
-        counters: Counters,
-        dying: bool,
-        generation: u32,
-        now_ms: u64,
-    ) -> Connection {
-        let mut flags = if dying { flags::DYING } else { 0 };
-        if entry.start_ns.is_some() {
-            flags |= flags::KERNEL_START;
-        }
+    /// A connection first seen in `seen`.
+    fn fresh(&self, seen: &Observation, generation: u32, now_ms: u64) -> Connection {
         Connection {
-            reply_source: mapped(entry.reply.source),
-            reply_source_port: entry.reply.source_port,
-            tcp_state: entry.tcp_state.unwrap_or(0),
-            flags,
-            mark: entry.mark,
-            status: entry.status,
-            conntrack_id: entry.id,
+            reply_source: seen.reply_source,
+            reply_source_port: seen.reply_source_port,
+            tcp_state: seen.tcp_state.unwrap_or(0),
+            origin: Origin::Conntrack,
+            phase: if seen.ended {
+                Phase::Ending
+            } else {
+                Phase::Active
+            },
+            flushed: false,
+            kernel_start: seen.start_ms.is_some(),
+            conntrack_id: seen.conntrack_id,
             seen_generation: if generation != 0 {
                 generation
             } else {
                 self.generation.load(Ordering::Acquire)
             },
             deny_prefix: 0,
-            counters,
+            counters: seen.counters.unwrap_or_default(),
             exported: Counters::default(),
-            start_ms: entry.start_ns.map_or(now_ms, |ns| ns / 1_000_000),
+            start_ms: seen.start_ms.unwrap_or(now_ms),
             last_change_ms: now_ms,
             last_export_ms: now_ms,
         }
@@ -684,62 +730,58 @@ impl ConnectionStore {
 
     /// Records a connection's end with its final counters (DESTROY event, or the targeted
     /// get after TIME_WAIT/CLOSE); it is exported at the next expiry run.
-    pub fn end(&self, entry: &ConntrackEntry, now_ms: u64) {
-        let mut final_entry = *entry;
-        final_entry.status |= crate::conntrack::IPS_DYING;
-        self.update(&final_entry, 0, now_ms);
+    pub fn end(&self, seen: impl Into<Observation>, now_ms: u64) {
+        let seen = Observation {
+            ended: true,
+            ..seen.into()
+        };
+        self.apply(&seen, 0, now_ms, false);
     }
 
     /// Adds one denied packet: packets and bytes of the same 5-tuple aggregate.
-    pub fn deny(&self, event: &DenyEvent<'_>, now_ms: u64) {
-        let key = ConnKey::from_packet(&event.tuple);
+    pub fn deny<'a>(&self, denial: impl Into<Denial<'a>>, now_ms: u64) {
+        let denial = denial.into();
+        let key = denial.key;
         let hash = hash_key(&key);
         {
             let mut shard = self.shard(hash);
             if let Some(slot) = shard.find(hash, &key) {
                 let c = &mut shard.slot_mut(slot).connection;
                 c.counters.packets += 1;
-                c.counters.bytes += u64::from(event.tuple.ip_length);
+                c.counters.bytes += denial.bytes;
                 c.last_change_ms = now_ms;
                 return;
             }
         }
         let prefix = {
             let mut prefixes = lock(&self.prefixes);
-            match prefixes.iter().position(|p| &**p == event.prefix) {
+            match prefixes.iter().position(|p| &**p == denial.prefix) {
                 Some(id) => id as u32,
                 None => {
-                    prefixes.push(Arc::from(event.prefix));
+                    prefixes.push(Arc::from(denial.prefix));
                     (prefixes.len() - 1) as u32
                 }
             }
         };
-        let start_ms = event
-            .timestamp
-            .map_or(now_ms, |(s, us)| s * 1_000 + us / 1_000);
         let connection = Connection {
             reply_source: key.destination,
             reply_source_port: key.destination_port,
             tcp_state: 0,
-            // hooks 3 (output) and 4 (postrouting) are the egress path
-            flags: if event.hook >= 3 {
-                flags::DENY | flags::EGRESS
-            } else {
-                flags::DENY
-            },
-            mark: event.mark,
-            status: 0,
+            origin: denial.origin,
+            phase: Phase::Active,
+            flushed: false,
+            kernel_start: false,
             conntrack_id: 0,
             seen_generation: 0,
             deny_prefix: prefix,
             counters: Counters {
                 packets: 1,
-                bytes: u64::from(event.tuple.ip_length),
+                bytes: denial.bytes,
                 reply_packets: 0,
                 reply_bytes: 0,
             },
             exported: Counters::default(),
-            start_ms,
+            start_ms: denial.logged_ms.unwrap_or(now_ms),
             last_change_ms: now_ms,
             last_export_ms: now_ms,
         };
@@ -747,7 +789,7 @@ impl ConnectionStore {
         if shard.find(hash, &key).is_some() {
             // Another denial of the same tuple won the race while the prefix was interned.
             drop(shard);
-            return self.deny(event, now_ms);
+            return self.deny(denial, now_ms);
         }
         let slot = shard.insert(hash, key, connection);
         shard.schedule(now_ms + self.timeouts.deny_idle_ms, slot);
@@ -805,10 +847,10 @@ impl ConnectionStore {
                 let Some((key, mut c, annotation)) = shard.retired.pop() else {
                     break;
                 };
-                if c.flags & (flags::ENDED | flags::FLUSHED) != 0 {
+                if c.phase == Phase::Ended || c.flushed {
                     continue;
                 }
-                let reason = if c.flags & flags::DENY != 0 {
+                let reason = if c.origin.is_denied() {
                     EndReason::IdleTimeout
                 } else {
                     EndReason::EndOfFlow
@@ -842,10 +884,10 @@ impl ConnectionStore {
                 let c = &mut entry.connection;
                 // A connection two polls have not seen is gone from conntrack.
                 let gone = polled
-                    && c.flags & flags::DENY == 0
+                    && !c.origin.is_denied()
                     && generation.wrapping_sub(c.seen_generation) >= 2;
-                if gone {
-                    c.flags |= flags::DYING;
+                if gone && !c.phase.has_ended() {
+                    c.phase = Phase::Ending;
                 }
                 let mut emit = |c: &mut Connection, reason: EndReason| {
                     let delta = c.counters.since(&c.exported);
@@ -861,40 +903,41 @@ impl ConnectionStore {
                     c.last_export_ms = now_ms;
                     exported += 1;
                 };
-                let next = if c.flags & flags::ENDED != 0 {
+                let next = match (c.phase, c.origin.is_denied()) {
                     // Reported already: forget it once conntrack has, else look again later.
-                    if gone { None } else { Some(now_ms + t.idle_ms) }
-                } else if c.flags & flags::DYING != 0 {
-                    // The final record, with whatever was counted since the last export.
-                    emit(c, EndReason::EndOfFlow);
-                    c.flags |= flags::ENDED;
-                    if gone { None } else { Some(now_ms + t.idle_ms) }
-                } else if c.flags & flags::DENY != 0 {
-                    if now_ms >= c.last_change_ms + t.deny_idle_ms {
+                    (Phase::Ended, _) => (!gone).then_some(now_ms + t.idle_ms),
+                    (Phase::Ending, _) => {
+                        // The final record, with whatever was counted since the last export.
+                        emit(c, EndReason::EndOfFlow);
+                        c.phase = Phase::Ended;
+                        (!gone).then_some(now_ms + t.idle_ms)
+                    }
+                    (_, true) if now_ms >= c.last_change_ms + t.deny_idle_ms => {
                         emit(c, EndReason::IdleTimeout);
                         None
-                    } else {
-                        Some(c.last_change_ms + t.deny_idle_ms)
                     }
-                } else if c.flags & flags::IDLE == 0 && now_ms >= c.last_change_ms + t.idle_ms {
-                    emit(c, EndReason::IdleTimeout);
-                    c.flags |= flags::IDLE;
-                    Some(now_ms + t.idle_ms)
-                } else if c.flags & flags::IDLE == 0 && now_ms >= c.last_export_ms + t.active_ms {
-                    emit(c, EndReason::ActiveTimeout);
-                    Some((now_ms + t.active_ms).min(c.last_change_ms + t.idle_ms))
-                } else if c.flags & flags::IDLE != 0 {
+                    (_, true) => Some(c.last_change_ms + t.deny_idle_ms),
                     // Idle and already reported: look again later (it may resume or vanish).
-                    Some(now_ms + t.idle_ms)
-                } else {
-                    Some((c.last_export_ms + t.active_ms).min(c.last_change_ms + t.idle_ms))
+                    (Phase::Idle, false) => Some(now_ms + t.idle_ms),
+                    (Phase::Active, false) if now_ms >= c.last_change_ms + t.idle_ms => {
+                        emit(c, EndReason::IdleTimeout);
+                        c.phase = Phase::Idle;
+                        Some(now_ms + t.idle_ms)
+                    }
+                    (Phase::Active, false) if now_ms >= c.last_export_ms + t.active_ms => {
+                        emit(c, EndReason::ActiveTimeout);
+                        Some((now_ms + t.active_ms).min(c.last_change_ms + t.idle_ms))
+                    }
+                    (Phase::Active, false) => {
+                        Some((c.last_export_ms + t.active_ms).min(c.last_change_ms + t.idle_ms))
+                    }
                 };
                 match next {
                     Some(deadline) => shard.schedule(deadline.max(now_ms + 1), slot),
                     None => {
                         let removed = shard.remove(hash_key(&key), slot);
                         self.len.fetch_sub(1, Ordering::Relaxed);
-                        if removed.flags & flags::DENY != 0 {
+                        if removed.origin.is_denied() {
                             self.deny_count.fetch_sub(1, Ordering::Relaxed);
                         }
                     }
@@ -943,7 +986,7 @@ impl ConnectionStore {
                 let Some((key, c, annotation)) = shard.retired.pop() else {
                     break;
                 };
-                if c.flags & (flags::ENDED | flags::FLUSHED) != 0 {
+                if c.phase == Phase::Ended || c.flushed {
                     continue;
                 }
                 let delta = c.counters.since(&c.exported);
@@ -964,7 +1007,7 @@ impl ConnectionStore {
                 }
                 let entry = &mut chunks[slot as usize / CHUNK][slot as usize % CHUNK];
                 let c = &mut entry.connection;
-                if c.flags & (flags::ENDED | flags::FLUSHED) != 0 {
+                if c.phase == Phase::Ended || c.flushed {
                     continue;
                 }
                 let delta = c.counters.since(&c.exported);
@@ -978,7 +1021,7 @@ impl ConnectionStore {
                 });
                 c.exported = c.counters;
                 c.last_export_ms = now_ms;
-                c.flags |= flags::FLUSHED;
+                c.flushed = true;
                 exported += 1;
             }
         }
@@ -1010,18 +1053,16 @@ impl ConnectionStore {
                 let Slot {
                     key, connection: c, ..
                 } = shard.slot(slot);
-                if c.flags & flags::DENY != 0 {
+                if c.origin.is_denied() {
                     continue;
                 }
                 saved.push(SavedConnection {
                     key: *key,
                     conntrack_id: c.conntrack_id,
                     start_ms: c.start_ms,
-                    kernel_start: c.flags & flags::KERNEL_START != 0,
+                    kernel_start: c.kernel_start,
                     // Ended and reported, or flushed while ending: final either way.
-                    ended: c.flags & flags::ENDED != 0
-                        || c.flags & (flags::FLUSHED | flags::DYING)
-                            == flags::FLUSHED | flags::DYING,
+                    ended: c.phase == Phase::Ended || (c.flushed && c.phase == Phase::Ending),
                     exported: c.exported,
                 });
             }
