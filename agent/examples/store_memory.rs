@@ -7,7 +7,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
+use flowex_agent::sources::conntrack::{ConntrackEntry, Counters, Tuple};
 use flowex_agent::store::{ConnectionStore, Timeouts};
 
 use common::{count_arg, resident_bytes};

@@ -2,15 +2,14 @@
 //! the connection store and its expiry, process attribution from the eBPF socket probe,
 //! record building, and the exporting process that sends IPFIX to the collectors.
 
+pub mod app;
 pub mod config;
-pub mod conntrack;
-pub mod deny;
 pub mod enrich;
 pub mod export;
 pub mod net;
 pub mod netlink;
 pub mod records;
-pub mod run;
+pub mod sources;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use flowex_agent::config::{CollectorConfig, Config, Transport};
-use flowex_agent::conntrack::{
+use flowex_agent::sources::conntrack::{
     ConntrackEntry, ConntrackSocket, DumpFilter, check_settings, default_root, tcp_state_name,
 };
 use serde_json::json;
@@ -77,7 +77,7 @@ struct ConntrackArgs {
 /// The owners of both ends of an entry, from the pinned map.
 fn owners_json(owners: &flowex_ebpf::OwnerMap, entry: &ConntrackEntry) -> [serde_json::Value; 2] {
     use flowex_ebpf::SocketKey;
-    let end = |t: &flowex_agent::conntrack::Tuple| {
+    let end = |t: &flowex_agent::sources::conntrack::Tuple| {
         let key = SocketKey::new(
             t.protocol,
             t.source,
@@ -109,7 +109,7 @@ fn parse_mark(text: &str) -> Result<(u32, u32), String> {
 }
 
 fn entry_json(entry: &ConntrackEntry) -> serde_json::Value {
-    let tuple = |t: &flowex_agent::conntrack::Tuple| {
+    let tuple = |t: &flowex_agent::sources::conntrack::Tuple| {
         json!({
             "src": t.source.to_string(),
             "dst": t.destination.to_string(),
@@ -145,7 +145,7 @@ fn entry_json(entry: &ConntrackEntry) -> serde_json::Value {
 fn entry_line(entry: &ConntrackEntry) -> String {
     let t = &entry.original;
     let r = &entry.reply;
-    let counters = |c: Option<flowex_agent::conntrack::Counters>| {
+    let counters = |c: Option<flowex_agent::sources::conntrack::Counters>| {
         c.map_or(String::new(), |c| {
             format!(" packets={} bytes={}", c.packets, c.bytes)
         })
@@ -274,8 +274,8 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         config.validate()?;
     }
-    flowex_agent::run::init_logging(&config.logging);
-    flowex_agent::run::run_blocking(config, args.duration.map(Duration::from_secs_f64))
+    flowex_agent::app::init_logging(&config.logging);
+    flowex_agent::app::run_blocking(config, args.duration.map(Duration::from_secs_f64))
 }
 
 fn main() -> ExitCode {
@@ -285,7 +285,7 @@ fn main() -> ExitCode {
         Command::Conntrack(conntrack_args) => conntrack(conntrack_args),
         Command::CheckConfig { file } => Config::load(file)
             .map_err(anyhow::Error::from)
-            .and_then(|config| flowex_agent::run::check(&config))
+            .and_then(|config| flowex_agent::app::check(&config))
             .map(|()| println!("ok")),
         Command::PrintDefaultConfig => {
             print!("{}", Config::default().to_yaml());

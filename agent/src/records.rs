@@ -14,9 +14,9 @@ use crate::enrich::attribution::{Attribution, EndOwner, FlowOwners};
 use crate::enrich::metadata::{FlowMeta, Metadata};
 use crate::telemetry::Metrics;
 
-use crate::conntrack::tcp_state_name;
-use crate::deny::parse_prefix;
 use crate::export::BatchBuilder;
+use crate::sources::conntrack::tcp_state_name;
+use crate::sources::deny::parse_prefix;
 use crate::store::{Annotation, ConnectionStore, Due, Expired, Origin};
 
 /// Names of the extra elements appended to Antrea's, in template order.

@@ -8,13 +8,16 @@ use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use flowex_agent::conntrack::{ConntrackEntry, ConntrackSocket, DumpFilter};
+use flowex_agent::sources::conntrack::{ConntrackEntry, ConntrackSocket, DumpFilter};
 use support::{CliEntry, Netns, Pair, conntrack_cli};
 
 fn dump(
     ns: &Netns,
     filter: DumpFilter,
-) -> (Vec<ConntrackEntry>, flowex_agent::conntrack::DumpStats) {
+) -> (
+    Vec<ConntrackEntry>,
+    flowex_agent::sources::conntrack::DumpStats,
+) {
     ns.enter(move || {
         let mut socket = ConntrackSocket::open().expect("ctnetlink socket");
         let mut entries = Vec::new();
@@ -24,7 +27,7 @@ fn dump(
 }
 
 fn as_cli(entry: &ConntrackEntry) -> CliEntry {
-    let tuple = |t: &flowex_agent::conntrack::Tuple| {
+    let tuple = |t: &flowex_agent::sources::conntrack::Tuple| {
         (
             t.source.to_string(),
             t.destination.to_string(),
@@ -32,8 +35,9 @@ fn as_cli(entry: &ConntrackEntry) -> CliEntry {
             t.destination_port,
         )
     };
-    let counters =
-        |c: Option<flowex_agent::conntrack::Counters>| c.map_or((0, 0), |c| (c.packets, c.bytes));
+    let counters = |c: Option<flowex_agent::sources::conntrack::Counters>| {
+        c.map_or((0, 0), |c| (c.packets, c.bytes))
+    };
     CliEntry {
         protocol: entry.original.protocol,
         original: tuple(&entry.original),
@@ -243,7 +247,7 @@ fn cli_lists_entries_as_json_lines() {
 
 #[test]
 fn startup_checks_report_and_set_the_sysctls_of_the_agents_namespace() {
-    use flowex_agent::conntrack::{check_settings, default_root};
+    use flowex_agent::sources::conntrack::{check_settings, default_root};
     let ns = Netns::new("k");
     ns.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=0"]);
     ns.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_events=2"]);

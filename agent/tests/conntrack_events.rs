@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use flowex_agent::conntrack::{
+use flowex_agent::sources::conntrack::{
     ConntrackEntry, ConntrackEvents, ConntrackSocket, DEFAULT_EVENT_BUFFER, DumpFilter,
     EventGroups, EventKind, GET_BATCH, Received,
 };

@@ -7,7 +7,7 @@ use std::net::{IpAddr, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use flowex_agent::deny::{DEFAULT_COPY_RANGE, DenyError, DenyListener, PacketTuple};
+use flowex_agent::sources::deny::{DEFAULT_COPY_RANGE, DenyError, DenyListener, PacketTuple};
 use support::{Netns, Pair};
 
 const GROUP: u16 = 5;

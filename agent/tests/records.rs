@@ -7,10 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::sync::Arc;
 
 use flowex_agent::config::AttributionConfig;
-use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
 use flowex_agent::enrich::attribution::Attribution;
 use flowex_agent::enrich::metadata::Metadata;
 use flowex_agent::records::{BuilderStats, PodNetworks, RecordBuilder};
+use flowex_agent::sources::conntrack::{ConntrackEntry, Counters, Tuple};
 use flowex_agent::store::{ConnectionStore, Due, Timeouts};
 use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -2,8 +2,8 @@
 
 use std::net::IpAddr;
 
-use flowex_agent::conntrack::{ConntrackEntry, Counters as CtCounters, Tuple};
-use flowex_agent::deny::{DenyEvent, PacketTuple};
+use flowex_agent::sources::conntrack::{ConntrackEntry, Counters as CtCounters, Tuple};
+use flowex_agent::sources::deny::{DenyEvent, PacketTuple};
 use flowex_agent::store::{ConnectionStore, Counters, EndReason, Timeouts};
 
 const ACTIVE: u64 = 5_000;

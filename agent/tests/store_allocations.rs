@@ -4,7 +4,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
+use flowex_agent::sources::conntrack::{ConntrackEntry, Counters, Tuple};
 use flowex_agent::store::{ConnectionStore, Timeouts};
 
 struct Counting;

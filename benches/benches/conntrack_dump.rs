@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use flowex_agent::conntrack::{ConntrackSocket, DumpFilter};
+use flowex_agent::sources::conntrack::{ConntrackSocket, DumpFilter};
 use flowex_agent::store::{ConnectionStore, Timeouts};
 use flowex_benches::{CountingAllocator, alloc_snapshot};
 

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use collector_sim::Collector;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flowex_agent::config::AttributionConfig;
-use flowex_agent::conntrack::ConntrackEntry;
-use flowex_agent::deny::{DenyEvent, PacketTuple};
 use flowex_agent::enrich::attribution::Attribution;
 use flowex_agent::enrich::metadata::Metadata;
 use flowex_agent::export::{BatchBuilder, CollectorStats, ExportingProcess};
 use flowex_agent::records::{PodNetworks, RecordBuilder};
+use flowex_agent::sources::conntrack::ConntrackEntry;
+use flowex_agent::sources::deny::{DenyEvent, PacketTuple};
 use flowex_agent::store::{ConnectionStore, Due, Timeouts};
 use flowex_benches::{
     CountingAllocator, alloc_snapshot, count_only_marked_threads, mark_this_thread, tcp_entry,

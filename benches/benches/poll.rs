@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use flowex_agent::conntrack::ConntrackEntry;
+use flowex_agent::sources::conntrack::ConntrackEntry;
 use flowex_agent::store::{ConnectionStore, Timeouts};
 use flowex_benches::{CountingAllocator, allocations_per_op, tcp_entry};
 

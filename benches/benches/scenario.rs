@@ -13,11 +13,11 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use flowex_agent::conntrack::ConntrackEntry;
 use flowex_agent::enrich::attribution::Attribution;
 use flowex_agent::enrich::metadata::Metadata;
 use flowex_agent::export::BatchBuilder;
 use flowex_agent::records::{PodNetworks, RecordBuilder};
+use flowex_agent::sources::conntrack::ConntrackEntry;
 use flowex_agent::store::{ConnectionStore, Timeouts};
 use flowex_benches::tcp_entry;
 

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use collector_sim::{Collector, CollectorConfig};
-use flowex_agent::conntrack::{ConntrackSocket, DumpFilter};
+use flowex_agent::sources::conntrack::{ConntrackSocket, DumpFilter};
 
 const AGENT_ENV: &str = "FLOWEX_BENCH_AGENT_CONFIG";
 const CLIENT_IP: &str = "10.201.0.1";
@@ -65,8 +65,8 @@ fn main() {
 fn run_agent(path: &str) {
     let config = flowex_agent::config::Config::load(std::path::Path::new(path))
         .unwrap_or_else(|e| panic!("{path}: {e}"));
-    flowex_agent::run::init_logging(&config.logging);
-    if let Err(error) = flowex_agent::run::run_blocking(config, None) {
+    flowex_agent::app::init_logging(&config.logging);
+    if let Err(error) = flowex_agent::app::run_blocking(config, None) {
         eprintln!("agent: {error:#}");
         std::process::exit(1);
     }

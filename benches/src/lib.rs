@@ -93,8 +93,8 @@ pub fn tcp_entry(
     destination_port: u16,
     original: (u64, u64),
     reply: (u64, u64),
-) -> flowex_agent::conntrack::ConntrackEntry {
-    use flowex_agent::conntrack::{ConntrackEntry, Counters, Tuple};
+) -> flowex_agent::sources::conntrack::ConntrackEntry {
+    use flowex_agent::sources::conntrack::{ConntrackEntry, Counters, Tuple};
     let tuple = |source, destination, source_port, destination_port| Tuple {
         source,
         destination,

@@ -33,6 +33,14 @@ use hashbrown::HashTable;
 
 pub use key::{ConnKey, FxBuild, FxHasher, flow_ports};
 
+/// The clock of the store's times: milliseconds since the Unix epoch (0 if the clock is
+/// before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// flowEndReason values (RFC 5102).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

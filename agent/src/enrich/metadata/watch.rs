@@ -7,7 +7,6 @@
 //! backoff by the watcher, counted, and logged once per outage.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
@@ -15,12 +14,7 @@ use super::nodes::node_pod_cidrs;
 use super::{Metadata, PodView, ServiceView};
 use crate::config::{KubernetesConfig, PodScope};
 
-/// Milliseconds since the Unix epoch (0 for a clock set before it).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::store::now_ms;
 
 impl Metadata {
     fn refresh_gauges(&self) {

@@ -6,25 +6,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flowex_ipfix::Registry;
 
 use crate::config::{Config, parse_cidr};
-use crate::conntrack::{
-    ConntrackEvents, ConntrackSocket, DumpFilter, EventGroups, EventKind, GET_BATCH, Received,
-    check_settings, default_root,
-};
-use crate::deny::{DEFAULT_COPY_RANGE, DenyListener};
 use crate::enrich::attribution::Attribution;
 use crate::enrich::metadata::{self, Metadata};
 use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess, check_target};
-use crate::netlink::{Interrupt, wait_readable};
+use crate::netlink::Interrupt;
 use crate::records::RecordBuilder;
 use crate::records::{self, PodNetworks};
+use crate::sources::conntrack::ConntrackSource;
+use crate::sources::conntrack::{
+    ConntrackEvents, ConntrackSocket, EventGroups, check_settings, default_root,
+};
+use crate::sources::deny::{DEFAULT_COPY_RANGE, DenyListener};
 use crate::state;
-use crate::store::{ConnectionStore, Timeouts};
+use crate::store::{ConnectionStore, Timeouts, now_ms};
 use crate::telemetry::{Health, Metrics};
 
 /// How often due connections are looked for.
@@ -32,29 +32,8 @@ const EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// The pause before the next expiry round when the last one was cut short by the
 /// collectors' room (a backlog is waiting in the store).
 const BACKLOG_TICK: Duration = Duration::from_millis(5);
-/// After a wake-up that found conntrack events (and did not leave more queued), the
-/// source waits this long before reading again, so that a burst is read up to 64 events per
-/// system call instead of one event per wake-up (each wake-up costs two context switches).
-/// Records leave on the 100 ms expiry tick anyway, and the default 8 MiB event buffer holds
-/// tens of thousands of events: far more than 10 ms of any burst measured here. Without
-/// SO_RCVBUFFORCE (a buffer of net.core.rmem_max) the source does not pause.
-const EVENT_COALESCE: Duration = Duration::from_millis(10);
 /// How often the probe's counters are read into the metrics.
 const PROBE_STATS_INTERVAL: Duration = Duration::from_secs(1);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn log(level: &str, message: impl std::fmt::Display) {
-    match level {
-        "error" => tracing::error!("{message}"),
-        "warn" => tracing::warn!("{message}"),
-        _ => tracing::info!("{message}"),
-    }
-}
 
 /// Sends logs to stderr at `level`, as text or one JSON object per line.
 pub fn init_logging(config: &crate::config::LoggingConfig) {
@@ -125,10 +104,10 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     for check in check_settings(&default_root(), config.conntrack.set_sysctls) {
         if check.ok() {
             if check.changed {
-                log("info", check.describe());
+                tracing::info!("{}", check.describe());
             }
         } else {
-            log("warn", check.describe());
+            tracing::warn!("{}", check.describe());
         }
     }
     let registry = Registry::new(config.export.enterprise_number)?;
@@ -171,20 +150,14 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                     Some(flowex_ebpf::Attachment::BtfTracePoint) => "tp_btf",
                     _ => "classic tracepoints (tp_btf refused)",
                 };
-                log(
-                    "info",
-                    format_args!(
-                        "eBPF socket probe attached ({how}): flows carry process and container owners"
-                    ),
+                tracing::info!(
+                    "eBPF socket probe attached ({how}): flows carry process and container owners"
                 );
                 attribution
             }
             Err(error) => {
-                log(
-                    "warn",
-                    format_args!(
-                        "eBPF socket probe unavailable, exporting flows without process attribution: {error}"
-                    ),
+                tracing::warn!(
+                    "eBPF socket probe unavailable, exporting flows without process attribution: {error}"
                 );
                 Attribution::disabled()
             }
@@ -219,20 +192,14 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         let mut events = ConntrackEvents::subscribe(groups, config.conntrack.event_buffer_bytes)
             .context("subscribing to conntrack events")?;
         if prompt && let Err(error) = events.keep_only_ended_tcp_updates() {
-            log(
-                "warn",
-                format_args!(
-                    "cannot filter conntrack UPDATE events in the kernel ({error}): every update is read"
-                ),
+            tracing::warn!(
+                "cannot filter conntrack UPDATE events in the kernel ({error}): every update is read"
             );
         }
         if !events.buffer_forced() {
-            log(
-                "warn",
-                format_args!(
-                    "SO_RCVBUFFORCE refused: the event buffer is {} bytes (net.core.rmem_max); bursts may be lost and resynced",
-                    events.receive_buffer()
-                ),
+            tracing::warn!(
+                "SO_RCVBUFFORCE refused: the event buffer is {} bytes (net.core.rmem_max); bursts may be lost and resynced",
+                events.receive_buffer()
             );
         }
         Some(events)
@@ -240,9 +207,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         None
     };
     if config.conntrack.prompt_tcp_end && !config.conntrack.events {
-        log(
-            "warn",
-            "conntrack.promptTcpEnd needs conntrack.events: ended TCP connections are exported from the polls",
+        tracing::warn!(
+            "conntrack.promptTcpEnd needs conntrack.events: ended TCP connections are exported from the polls"
         );
     }
     let deny = if config.deny.enabled {
@@ -290,38 +256,18 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             move || {
                 // Keeps the interrupt's descriptor open while the listener waits on it.
                 let _interrupt = interrupt;
-                let mut seen = listener.stats();
-                while !stopping.load(Ordering::Acquire) {
-                    if let Err(error) = listener.receive(None, |event| {
-                        metrics.deny_packets.inc();
-                        store.deny(event, now_ms())
-                    }) {
-                        log("error", format_args!("deny source: {error}"));
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    let now = listener.stats();
-                    if now.lost > seen.lost {
-                        metrics.deny_overflows.inc_by(now.lost - seen.lost);
-                        log(
-                            "warn",
-                            "the NFLOG socket overflowed (ENOBUFS): denied packets were lost",
-                        );
-                    }
-                    metrics
-                        .deny_unreadable
-                        .inc_by(now.unreadable - seen.unreadable);
-                    seen = now;
+                crate::sources::deny::DenySource {
+                    store: &store,
+                    metrics: &metrics,
                 }
+                .run(listener, &stopping)
             },
         )?);
     }
-    log(
-        "info",
-        format_args!(
-            "running: node {:?}, observation domain {domain}, {} collector(s)",
-            node_name,
-            targets.len()
-        ),
+    tracing::info!(
+        "running: node {:?}, observation domain {domain}, {} collector(s)",
+        node_name,
+        targets.len()
     );
 
     let server = tokio::spawn(crate::telemetry::http::serve(
@@ -513,224 +459,24 @@ async fn start_metadata(
 ) -> Result<(Arc<Metadata>, Vec<tokio::task::JoinHandle<()>>)> {
     let metadata = Metadata::disabled(Some(metrics.registry()));
     if !config.kubernetes.enabled {
-        log(
-            "info",
-            "kubernetes.enabled is false: records carry no pod metadata",
-        );
+        tracing::info!("kubernetes.enabled is false: records carry no pod metadata");
         return Ok((metadata, Vec::new()));
     }
     let Some((client, url)) = metadata::client(&config.kubernetes).await? else {
-        log(
-            "warn",
-            "no Kubernetes API server (not in a cluster, no kubeconfig): exporting without pod metadata",
+        tracing::warn!(
+            "no Kubernetes API server (not in a cluster, no kubeconfig): exporting without pod metadata"
         );
         return Ok((metadata, Vec::new()));
     };
     let scope = config.kubernetes.pod_scope;
-    log(
-        "info",
-        format_args!(
-            "watching {} and all services at {}",
-            match scope {
-                crate::config::PodScope::Node => format!("the pods of node {node_name:?}"),
-                crate::config::PodScope::Cluster => "all pods".to_owned(),
-            },
-            url
-        ),
+    tracing::info!(
+        "watching {} and all services at {}",
+        match scope {
+            crate::config::PodScope::Node => format!("the pods of node {node_name:?}"),
+            crate::config::PodScope::Cluster => "all pods".to_owned(),
+        },
+        url
     );
     let watchers = metadata::start_watchers(&metadata, client, scope, node_name);
     Ok((metadata, watchers))
-}
-
-/// The conntrack source: polls the table every `interval` and applies events in between.
-struct ConntrackSource<'a> {
-    store: &'a ConnectionStore,
-    metrics: &'a Metrics,
-    zones: &'a [u16],
-    include_loopback: bool,
-    interval: Duration,
-}
-
-impl ConntrackSource<'_> {
-    fn wanted(&self, entry: &crate::conntrack::ConntrackEntry) -> bool {
-        (self.zones.is_empty() || self.zones.contains(&entry.zone))
-            && (self.include_loopback
-                || !(entry.original.source.is_loopback()
-                    || entry.original.destination.is_loopback()))
-    }
-
-    fn poll(&self, socket: &mut ConntrackSocket) {
-        let first = self.store.generation() == 1;
-        let started = Instant::now();
-        let generation = self.store.begin_poll();
-        let now = now_ms();
-        let filters: Vec<DumpFilter> = if self.zones.is_empty() {
-            vec![DumpFilter::default()]
-        } else {
-            self.zones
-                .iter()
-                .map(|zone| DumpFilter {
-                    zone: Some(*zone),
-                    ..DumpFilter::default()
-                })
-                .collect()
-        };
-        for filter in &filters {
-            let result = socket.dump(filter, |entry| {
-                if self.wanted(entry) {
-                    self.store.update(entry, generation, now)
-                }
-            });
-            if let Err(error) = result {
-                log("error", format_args!("conntrack dump: {error}"));
-            }
-        }
-        self.metrics
-            .poll_duration
-            .observe(started.elapsed().as_secs_f64());
-        if first {
-            let gone = self.store.finish_resume();
-            if gone > 0 {
-                tracing::info!("{gone} connection(s) of the state file ended while no agent ran");
-            }
-        }
-        if let Ok(table) = socket.table_stats() {
-            self.metrics.conntrack_entries.set(i64::from(table.entries));
-            self.metrics.conntrack_max.set(i64::from(table.max_entries));
-        }
-    }
-
-    fn run(
-        &self,
-        mut socket: ConntrackSocket,
-        mut events: Option<ConntrackEvents>,
-        stopping: &AtomicBool,
-        interrupt: &Interrupt,
-    ) {
-        if let Some(events) = events.as_mut() {
-            events.set_interrupt(interrupt.raw());
-        }
-        self.poll(&mut socket);
-        // Debug builds only: the tests make this thread fail as a bug would, to see the
-        // agent report it, flush and exit.
-        #[cfg(debug_assertions)]
-        if std::env::var_os("FLOWEX_TEST_FAULT").is_some_and(|f| f == "conntrack-source") {
-            panic!("injected by FLOWEX_TEST_FAULT");
-        }
-        let mut next_poll = Instant::now() + self.interval;
-        let mut ended = Vec::new();
-        let mut unsure = Vec::new();
-        let mut wanted = Vec::with_capacity(GET_BATCH);
-        let mut fresh = crate::conntrack::ConntrackEntry::default();
-        while !stopping.load(Ordering::Acquire) {
-            if Instant::now() >= next_poll {
-                self.poll(&mut socket);
-                next_poll = Instant::now() + self.interval;
-            }
-            // Nothing to do before the next poll but events: block until then (an idle
-            // agent wakes once per poll), or until the interrupt says stop.
-            let wait = next_poll.saturating_duration_since(Instant::now());
-            let Some(events) = events.as_mut() else {
-                if let Err(error) = wait_readable(interrupt.raw(), None, Some(wait)) {
-                    log("error", format_args!("waiting for the next poll: {error}"));
-                    std::thread::sleep(wait.min(Duration::from_millis(100)));
-                }
-                continue;
-            };
-            ended.clear();
-            unsure.clear();
-            let mut received = 0;
-            let mut coalesce = false;
-            let result = events.receive(Some(wait), |kind, entry| {
-                received += 1;
-                if !self.wanted(entry) {
-                    return;
-                }
-                // Read per event (vDSO clock): the wait before it may have been long.
-                let now = now_ms();
-                match kind {
-                    EventKind::Destroy => self.store.end(entry, now),
-                    EventKind::New => {
-                        if !self.store.create_unless_stale(entry, now) {
-                            unsure.push(*entry);
-                        }
-                    }
-                    EventKind::Update => {
-                        // UPDATE carries no counters: read the final ones of an ended TCP
-                        // connection at once instead of waiting for the kernel's reaping.
-                        if matches!(entry.tcp_state, Some(7) | Some(8)) {
-                            ended.push(*entry);
-                        } else {
-                            self.store.update(entry, 0, now);
-                        }
-                    }
-                }
-            });
-            self.metrics.events_received.inc_by(received);
-            let now = now_ms();
-            match result {
-                Ok(Received::Lost) => {
-                    self.metrics.events_lost.inc();
-                    self.metrics.resyncs.inc();
-                    // Empty the queue first: until it is, the kernel drops new events
-                    // without saying so, and the dump below would miss the ones of its
-                    // own time. What is discarded is older than the dump, which has it.
-                    if let Err(error) = events.discard_queued() {
-                        log("error", format_args!("conntrack events: {error}"));
-                    }
-                    log(
-                        "warn",
-                        "conntrack events were lost (ENOBUFS, or an event that did not fit or parse): resyncing with a dump",
-                    );
-                    self.poll(&mut socket);
-                    next_poll = Instant::now() + self.interval;
-                }
-                // More queued: read on at once. Without a forced (large) buffer, a pause
-                // could overflow it.
-                Ok(Received::Events(_)) => {
-                    coalesce = !events.more_queued() && events.buffer_forced()
-                }
-                Ok(Received::Idle) => {}
-                Err(error) => log("error", format_args!("conntrack events: {error}")),
-            }
-            // One datagram of requests per batch of ended connections.
-            for batch in ended.chunks(GET_BATCH) {
-                wanted.clear();
-                wanted.extend(batch.iter().map(|entry| (entry.original, entry.zone)));
-                let result = socket.get_many(&wanted, &mut fresh, |index, found| {
-                    let Some(fresh) = found else {
-                        // Already gone: its DESTROY event brings the final counters.
-                        return;
-                    };
-                    // A new connection may have taken the tuple already (its id may even
-                    // be the old one's): then the old one's DESTROY brings its final
-                    // counters, the new one's NEW event the new one.
-                    if fresh.id == batch[index].id && matches!(fresh.tcp_state, Some(7 | 8)) {
-                        self.store.end(fresh, now)
-                    }
-                });
-                if let Err(error) = result {
-                    log("error", format_args!("conntrack get: {error}"));
-                }
-            }
-            // NEW events that may be older than the last dump: the kernel's entry, with its
-            // start time, tells a new connection of the tuple from the one already seen.
-            for batch in unsure.chunks(GET_BATCH) {
-                wanted.clear();
-                wanted.extend(batch.iter().map(|entry| (entry.original, entry.zone)));
-                let result = socket.get_many(&wanted, &mut fresh, |_, found| {
-                    // Gone: a newer connection's DESTROY brings it whole, with its start.
-                    if let Some(fresh) = found {
-                        self.store.update(fresh, 0, now)
-                    }
-                });
-                if let Err(error) = result {
-                    log("error", format_args!("conntrack get: {error}"));
-                }
-            }
-            if coalesce {
-                std::thread::sleep(EVENT_COALESCE);
-            }
-        }
-    }
 }

@@ -6,6 +6,7 @@ mod entry;
 mod events;
 mod settings;
 mod socket;
+mod source;
 
 pub use entry::{
     ConntrackEntry, Counters, IPS_CONFIRMED, IPS_DYING, Tuple, parse_entry, tcp_state_name,
@@ -15,3 +16,4 @@ pub use events::{
 };
 pub use settings::{Check, SETTINGS, Setting, check_settings, default_root};
 pub use socket::{ConntrackError, ConntrackSocket, DumpFilter, DumpStats, GET_BATCH, TableStats};
+pub use source::ConntrackSource;

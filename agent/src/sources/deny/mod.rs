@@ -7,8 +7,8 @@
 //! hook and timestamp, which that crate keeps private).
 
 mod packet;
+mod source;
 
-use crate::store::{Denial, Origin};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -18,10 +18,12 @@ use netlink_packet_netfilter::nflog::{ConfigCmd, ConfigMode, Timeout, config_req
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 pub use packet::{PacketError, PacketTuple, parse_packet};
+pub use source::DenySource;
 
 use crate::netlink::{
     Attributes, Messages, NFGEN_LEN, NLMSG_ERROR, ParseError, error_code, wait_readable,
 };
+use crate::store::{Denial, Origin};
 
 const NFULNL_MSG_PACKET: u16 = 4 << 8;
 const NFULA_PACKET_HDR: u16 = 1;
