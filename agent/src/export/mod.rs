@@ -4,9 +4,11 @@
 
 mod batch;
 mod collector;
+mod transport;
 
 pub use batch::{BatchBuilder, EncodedBatch};
 pub use collector::{
-    Backoff, CollectorHandle, CollectorStats, CollectorTarget, DEFAULT_LOG_INTERVAL, DropReason,
+    CollectorHandle, CollectorStats, CollectorTarget, DEFAULT_LOG_INTERVAL, DropReason,
     ExportingProcess, StartError, check_target, smallest_message,
 };
+pub use transport::Backoff;

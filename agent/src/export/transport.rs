@@ -1,0 +1,584 @@
+//! A collector's transport task: packs queued batches into messages, sends them over UDP
+//! or TCP, confirms what the transport can confirm, and reconnects with backoff. See
+//! [`super::collector`] for how each record is accounted for.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flowex_ipfix::{EncodeError, Encoder, Template};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use super::collector::{Chunk, CollectorStats, CollectorTarget, DropReason};
+use crate::config::Transport;
+
+enum Link {
+    Udp(UdpSocket),
+    Tcp {
+        stream: TcpStream,
+        /// Bytes written on this connection.
+        written: u64,
+    },
+}
+
+/// True for the error a connected UDP socket reports after ICMP port unreachable.
+fn refused(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::ConnectionRefused
+}
+
+/// Bytes written to a TCP socket and not yet acknowledged by the peer (also after the
+/// connection failed: the kernel keeps the sequence numbers).
+fn unacknowledged(stream: &TcpStream) -> Option<u64> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, on a socket fd we own.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut pending) };
+    (rc == 0).then_some(pending.max(0) as u64)
+}
+
+async fn connect(target: &CollectorTarget) -> std::io::Result<Link> {
+    let addr = tokio::net::lookup_host(&target.address)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{} resolves to nothing", target.address)))?;
+    match target.transport {
+        Transport::Udp => {
+            let local = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let socket = UdpSocket::bind(local).await?;
+            socket.connect(addr).await?;
+            Ok(Link::Udp(socket))
+        }
+        Transport::Tcp => {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {CONNECT_TIMEOUT:?}"),
+                    )
+                })??;
+            stream.set_nodelay(true)?;
+            Ok(Link::Tcp { stream, written: 0 })
+        }
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a UDP probe waits for a refusal before the collector counts as up. ICMP from
+/// a closed port on this host or a neighbour arrives within microseconds to milliseconds.
+const UDP_PROBE_WAIT: Duration = Duration::from_millis(50);
+/// How often an idle collector checks what it sent (acknowledgements, refusals).
+const CONFIRM_INTERVAL: Duration = Duration::from_millis(200);
+
+fn now_seconds() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
+/// Backoff for reconnects: 100 ms doubling up to a cap, with ±20% jitter so agents that
+/// lost the same collector do not all come back at the same instant.
+pub struct Backoff {
+    next: Duration,
+    cap: Duration,
+    seed: u64,
+}
+
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+impl Backoff {
+    /// A backoff that never waits longer than `cap` (plus jitter).
+    pub fn new(cap: Duration) -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Self {
+            next: FIRST_RECONNECT_DELAY.min(cap),
+            cap,
+            seed,
+        }
+    }
+
+    /// Back to the first delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = FIRST_RECONNECT_DELAY.min(self.cap);
+    }
+
+    /// The next delay to wait.
+    pub fn delay(&mut self) -> Duration {
+        // xorshift64: enough randomness to spread reconnecting agents apart
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let jitter = 0.8 + (self.seed % 1000) as f64 / 2500.0;
+        let delay = self.next.mul_f64(jitter);
+        self.next = (self.next * 2).min(self.cap);
+        delay
+    }
+}
+
+/// A collector that cannot be reached: logged at the first failure, summarised once per
+/// log interval while it lasts, and logged again when it ends.
+struct Outage {
+    since: Option<Instant>,
+    attempts: u64,
+    reported: Instant,
+}
+
+impl Outage {
+    fn new() -> Self {
+        Self {
+            since: None,
+            attempts: 0,
+            reported: Instant::now(),
+        }
+    }
+
+    fn failed(&mut self, target: &CollectorTarget, what: &str, error: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        self.attempts += 1;
+        match self.since {
+            None => {
+                self.since = Some(now);
+                self.reported = now;
+                tracing::warn!(
+                    "collector {} ({} {}): {what}: {error}; retrying every {:?} at most",
+                    target.name,
+                    transport_name(target.transport),
+                    target.address,
+                    target.max_reconnect_delay
+                );
+            }
+            Some(since) if now - self.reported >= target.log_interval => {
+                self.reported = now;
+                tracing::warn!(
+                    "collector {} ({}) still unreachable after {:.0} s: {} failed attempt(s), last: {what}: {error}",
+                    target.name,
+                    target.address,
+                    (now - since).as_secs_f64(),
+                    self.attempts
+                );
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn recovered(&mut self, target: &CollectorTarget) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                "collector {} ({}) reachable again after {:.1} s and {} failed attempt(s)",
+                target.name,
+                target.address,
+                since.elapsed().as_secs_f64(),
+                self.attempts
+            );
+        }
+        self.attempts = 0;
+    }
+}
+
+fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    }
+}
+
+/// A message written and not yet confirmed.
+struct InFlight {
+    /// TCP: the connection's byte count once the message was written.
+    end: u64,
+    records: u64,
+    /// Its data records (none for a message of templates alone).
+    chunk: Option<Chunk>,
+}
+
+struct Sender {
+    target: CollectorTarget,
+    templates: Arc<Vec<Template>>,
+    encoder: Encoder,
+    stats: Arc<CollectorStats>,
+    link: Option<Link>,
+    templates_sent: Option<Instant>,
+    backoff: Backoff,
+    outage: Outage,
+    in_flight: VecDeque<InFlight>,
+    /// Records to send again before the queue (unacknowledged when a TCP link failed).
+    retry: VecDeque<Chunk>,
+}
+
+impl Sender {
+    /// Connects unless connected, retrying with backoff until it succeeds. A new UDP
+    /// socket first sends the templates alone and waits for a refusal, so data is not
+    /// sent into a closed port.
+    async fn ensure_link(&mut self) {
+        while self.link.is_none() {
+            let error = match connect(&self.target).await {
+                Ok(link) => {
+                    self.link = Some(link);
+                    // A new transport session: a new stream, templates first.
+                    self.encoder.set_sequence_number(0);
+                    self.templates_sent = None;
+                    if self.target.transport == Transport::Udp {
+                        match self.probe_udp().await {
+                            Ok(()) => None,
+                            Err(error) => Some(("no answer to the templates", error)),
+                        }
+                    } else {
+                        None
+                    }
+                }
+                Err(error) => Some(("cannot connect", error)),
+            };
+            match error {
+                None => {
+                    self.backoff.reset();
+                    self.outage.recovered(&self.target);
+                    self.stats.connected.store(true, Ordering::Release);
+                }
+                Some((what, error)) => {
+                    self.link = None;
+                    self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    self.outage.failed(&self.target, what, &error);
+                    tokio::time::sleep(self.backoff.delay()).await;
+                }
+            }
+        }
+    }
+
+    /// Sends the templates alone on the new UDP socket and waits briefly for a refusal.
+    async fn probe_udp(&mut self) -> std::io::Result<()> {
+        if !self.add_templates().await || !self.flush(None).await {
+            return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        }
+        tokio::time::sleep(UDP_PROBE_WAIT).await;
+        match &self.link {
+            Some(Link::Udp(socket)) => match socket.take_error()? {
+                Some(error) => Err(error),
+                None => Ok(()),
+            },
+            _ => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        }
+    }
+
+    fn templates_due(&self) -> bool {
+        match self.templates_sent {
+            None => true,
+            Some(at) => {
+                self.target.transport == Transport::Udp
+                    && at.elapsed() >= self.target.template_refresh
+            }
+        }
+    }
+
+    /// The link failed: TCP messages the collector did not acknowledge are sent again on
+    /// the next connection; UDP messages since the last clean check are dropped.
+    fn link_failed(&mut self, error: &std::io::Error) {
+        let Some(link) = self.link.take() else { return };
+        self.stats.connected.store(false, Ordering::Release);
+        match link {
+            Link::Tcp { stream, written } => {
+                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                let acknowledged =
+                    written - unacknowledged(&stream).unwrap_or(written).min(written);
+                self.confirm_acknowledged(acknowledged);
+                for message in self.in_flight.drain(..) {
+                    if let Some(chunk) = message.chunk {
+                        self.stats
+                            .records_resent
+                            .fetch_add(chunk.len(), Ordering::Relaxed);
+                        self.retry.push_back(chunk);
+                    }
+                }
+            }
+            Link::Udp(_) => {
+                let lost: u64 = self.in_flight.drain(..).map(|m| m.records).sum();
+                self.stats
+                    .settle_dropped(DropReason::CollectorRefused, lost);
+            }
+        }
+        self.outage
+            .failed(&self.target, "the connection failed", error);
+    }
+
+    fn confirm_acknowledged(&mut self, acknowledged: u64) {
+        while let Some(message) = self.in_flight.front() {
+            if message.end > acknowledged {
+                break;
+            }
+            self.stats.settle_exported(message.records);
+            self.in_flight.pop_front();
+        }
+    }
+
+    /// Confirms what the transport has delivered; false when the link turned out to have
+    /// failed.
+    fn confirm(&mut self) -> bool {
+        match &self.link {
+            None => false,
+            Some(Link::Tcp { stream, written }) => {
+                if let Some(pending) = unacknowledged(stream) {
+                    let acknowledged = written.saturating_sub(pending);
+                    self.confirm_acknowledged(acknowledged);
+                }
+                true
+            }
+            Some(Link::Udp(socket)) => match socket.take_error() {
+                Ok(Some(error)) => {
+                    self.link_failed(&error);
+                    false
+                }
+                _ => {
+                    let records: u64 = self.in_flight.drain(..).map(|m| m.records).sum();
+                    self.stats.settle_exported(records);
+                    true
+                }
+            },
+        }
+    }
+
+    /// Sends the message being built, whose data records are `chunk`. False when the link
+    /// is down or failed: the message was not sent, and its records must be added again.
+    async fn flush(&mut self, chunk: Option<Chunk>) -> bool {
+        if self.encoder.is_empty() {
+            return true;
+        }
+        // A refusal of what was sent before means this message would be lost too.
+        if self.link.is_none() || !self.confirm() {
+            self.encoder.discard();
+            return false;
+        }
+        let records = u64::from(self.encoder.records_in_message());
+        let sequence = self.encoder.sequence_number();
+        let message = self.encoder.finish(now_seconds());
+        let len = message.len() as u64;
+        let result = match self.link.as_mut() {
+            Some(Link::Udp(socket)) => socket.send(message).await.map(|_| 0),
+            Some(Link::Tcp { stream, written }) => {
+                let result = stream.write_all(message).await;
+                if result.is_ok() {
+                    *written += len;
+                }
+                result.map(|()| *written)
+            }
+            None => unreachable!("checked above"),
+        };
+        match result {
+            Ok(end) => {
+                self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+                self.in_flight.push_back(InFlight {
+                    end,
+                    records,
+                    chunk,
+                });
+                true
+            }
+            Err(error) => {
+                self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                if self.target.transport == Transport::Udp && !refused(&error) {
+                    // Not a closed port: this message is lost, the link stays.
+                    self.stats.settle_dropped(DropReason::SendFailed, records);
+                    return true;
+                }
+                // Not sent (or not completely): the records go again on the next link.
+                self.encoder.set_sequence_number(sequence);
+                self.link_failed(&error);
+                false
+            }
+        }
+    }
+
+    async fn add_templates(&mut self) -> bool {
+        for index in 0..self.templates.len() {
+            let template = &self.templates[index];
+            if self.encoder.add_template(template) == Err(EncodeError::MessageFull) {
+                if !self.flush(None).await {
+                    return false;
+                }
+                let template = &self.templates[index];
+                let _ = self.encoder.add_template(template);
+            }
+        }
+        self.templates_sent = Some(Instant::now());
+        true
+    }
+
+    /// Sends every record of `chunk`, packing them into messages. Records of a message
+    /// that could not be sent are added again after the reconnect.
+    async fn send_chunk(&mut self, chunk: &Chunk) {
+        let mut message_start = chunk.start;
+        'restart: loop {
+            self.ensure_link().await;
+            if self.templates_due() && !self.add_templates().await {
+                continue 'restart;
+            }
+            let mut index = message_start;
+            while index < chunk.end {
+                let Some((template_id, bytes)) = chunk.batch.record(index) else {
+                    break;
+                };
+                match self.encoder.add_encoded_record(template_id, bytes) {
+                    Ok(()) => index += 1,
+                    Err(EncodeError::MessageFull) => {
+                        if !self.flush(Some(chunk.part(message_start, index))).await {
+                            continue 'restart;
+                        }
+                        message_start = index;
+                        if self.templates_due() && !self.add_templates().await {
+                            continue 'restart;
+                        }
+                    }
+                    Err(_) => {
+                        // Larger than any message can be: it can never be sent. The
+                        // message so far goes first, so a resend never meets it again.
+                        if index > message_start
+                            && !self.flush(Some(chunk.part(message_start, index))).await
+                        {
+                            continue 'restart;
+                        }
+                        self.stats.settle_dropped(DropReason::TooLarge, 1);
+                        index += 1;
+                        message_start = index;
+                    }
+                }
+            }
+            if !self.flush(Some(chunk.part(message_start, index))).await {
+                continue 'restart;
+            }
+            return;
+        }
+    }
+
+    /// Waits for the last messages to be confirmed (at most `limit`); the rest stay queued.
+    async fn settle(&mut self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while !self.in_flight.is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if !self.confirm() {
+                break;
+            }
+        }
+    }
+}
+
+pub(super) async fn run(
+    target: CollectorTarget,
+    templates: Arc<Vec<Template>>,
+    encoder: Encoder,
+    mut queue: mpsc::UnboundedReceiver<Chunk>,
+    stats: Arc<CollectorStats>,
+) {
+    let refresh = target.template_refresh;
+    let udp = target.transport == Transport::Udp;
+    let mut sender = Sender {
+        backoff: Backoff::new(target.max_reconnect_delay),
+        target,
+        templates,
+        encoder,
+        stats: Arc::clone(&stats),
+        link: None,
+        templates_sent: None,
+        outage: Outage::new(),
+        in_flight: VecDeque::new(),
+        retry: VecDeque::new(),
+    };
+    sender.ensure_link().await;
+    if sender.templates_due() && sender.add_templates().await {
+        sender.flush(None).await;
+    }
+    loop {
+        if let Some(chunk) = sender.retry.pop_front() {
+            sender.send_chunk(&chunk).await;
+            continue;
+        }
+        // Wake up without new records only when there is something to do: confirm what
+        // is in flight, reconnect, or refresh UDP templates. An idle collector with
+        // nothing unconfirmed sleeps until records come: a UDP refusal is then noticed at
+        // the next send, which confirms first, and a closed TCP connection by the write.
+        let wait = if sender.link.is_none() || !sender.in_flight.is_empty() {
+            Some(CONFIRM_INTERVAL)
+        } else if udp {
+            let since = sender.templates_sent.map_or(refresh, |at| at.elapsed());
+            Some(refresh.saturating_sub(since).max(CONFIRM_INTERVAL))
+        } else {
+            None
+        };
+        let received = match wait {
+            Some(wait) => tokio::time::timeout(wait, queue.recv()).await,
+            None => Ok(queue.recv().await),
+        };
+        let next = match received {
+            Ok(next) => next,
+            Err(_) => {
+                // Idle: confirm what was sent, notice a refusal, refresh UDP templates.
+                if !sender.confirm() {
+                    sender.ensure_link().await;
+                }
+                if udp
+                    && sender
+                        .templates_sent
+                        .is_none_or(|at| at.elapsed() >= refresh)
+                    && sender.add_templates().await
+                {
+                    sender.flush(None).await;
+                }
+                continue;
+            }
+        };
+        let Some(chunk) = next else { break };
+        sender.send_chunk(&chunk).await;
+    }
+    // The queue is closed: confirm what was sent; the caller's deadline bounds this.
+    if let Some(Link::Tcp { stream, .. }) = sender.link.as_mut() {
+        let _ = stream.flush().await;
+    }
+    sender.settle(Duration::from_secs(2)).await;
+    if let Some(Link::Tcp { mut stream, .. }) = sender.link.take() {
+        let _ = stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter() {
+        let cap = Duration::from_secs(2);
+        let mut backoff = Backoff::new(cap);
+        let delays: Vec<Duration> = (0..12).map(|_| backoff.delay()).collect();
+        // 100, 200, 400, 800, 1600 ms, then 2 s: each within ±20%.
+        let nominal = [
+            100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000, 2000, 2000, 2000,
+        ];
+        for (delay, nominal) in delays.iter().zip(nominal) {
+            let nominal = Duration::from_millis(nominal);
+            assert!(
+                *delay >= nominal.mul_f64(0.8) && *delay <= nominal.mul_f64(1.2),
+                "{delay:?} vs {nominal:?}"
+            );
+        }
+        assert!(delays.iter().all(|d| *d <= cap.mul_f64(1.2)));
+        // Jitter: the capped delays are not all the same.
+        assert!(delays[6..].windows(2).any(|w| w[0] != w[1]), "{delays:?}");
+        backoff.reset();
+        assert!(backoff.delay() <= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn a_cap_below_the_first_delay_is_the_delay() {
+        let mut backoff = Backoff::new(Duration::from_millis(50));
+        for _ in 0..5 {
+            assert!(backoff.delay() <= Duration::from_millis(60));
+        }
+    }
+}
