@@ -6,7 +6,9 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use flowex_ipfix::antrea::{self, Counters as AntreaCounters, FlowRecord, PolicyRule};
+use flowex_ipfix::antrea::{
+    self, Counters as AntreaCounters, FlowRecord, FlowType, PolicyRule, PolicyType, RuleAction,
+};
 use flowex_ipfix::encoder::variable_len;
 use flowex_ipfix::{FieldWriter, Record, Registry, Template, TemplateError};
 
@@ -15,6 +17,7 @@ use crate::enrich::metadata::{FlowMeta, Metadata};
 use crate::telemetry::Metrics;
 
 use crate::export::BatchBuilder;
+use crate::net::{Cidr, CidrSet};
 use crate::sources::conntrack::tcp_state_name;
 use crate::sources::deny::parse_prefix;
 use crate::store::{Annotation, ConnectionStore, Due, Expired, Origin};
@@ -91,38 +94,33 @@ impl Record for AgentRecord<'_> {
 /// Pod CIDRs, to tell pod traffic from external traffic.
 #[derive(Debug, Clone, Default)]
 pub struct PodNetworks {
-    cidrs: Vec<(IpAddr, u8)>,
+    cidrs: CidrSet,
 }
 
 impl PodNetworks {
-    /// From parsed CIDRs.
+    /// From (address, prefix length) pairs; a pair that is not a CIDR is left out.
     pub fn new(cidrs: Vec<(IpAddr, u8)>) -> Self {
-        Self { cidrs }
+        Self {
+            cidrs: cidrs
+                .into_iter()
+                .filter_map(|(addr, len)| Cidr::new(addr, len).ok())
+                .collect(),
+        }
     }
 
     /// True when `addr` is inside one of the CIDRs.
     pub fn contains(&self, addr: IpAddr) -> bool {
-        self.cidrs.iter().any(|(net, len)| match (net, addr) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
-                u32::from(*n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
-                u128::from(*n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        })
+        self.cidrs.contains(addr)
     }
 
-    /// Antrea's flowType from addresses alone: 3 pod to external, 4 external to pod,
-    /// 0 (unspecified) when both or neither are pods — telling intra- from inter-node
-    /// needs pod metadata ([`flow_type`]).
-    pub fn flow_type(&self, source: IpAddr, destination: IpAddr) -> u8 {
+    /// Antrea's flowType from addresses alone: pod to external, external to pod, and
+    /// unspecified when both or neither are pods (telling intra- from inter-node needs
+    /// pod metadata: [`flow_type`]).
+    pub fn flow_type(&self, source: IpAddr, destination: IpAddr) -> FlowType {
         match (self.contains(source), self.contains(destination)) {
-            (true, false) => 3,
-            (false, true) => 4,
-            _ => 0,
+            (true, false) => FlowType::ToExternal,
+            (false, true) => FlowType::FromExternal,
+            _ => FlowType::Unspecified,
         }
     }
 }
@@ -137,7 +135,7 @@ pub fn flow_type(
     source: IpAddr,
     destination: IpAddr,
     meta: &FlowMeta,
-) -> u8 {
+) -> FlowType {
     if !meta.known {
         return networks.flow_type(source, destination);
     }
@@ -145,12 +143,14 @@ pub fn flow_type(
     let destination_pod = meta.destination_is_pod || networks.contains(destination);
     match (source_pod, destination_pod) {
         (true, true) => match (&meta.source, &meta.destination) {
-            (Some(s), Some(d)) if !s.node().is_empty() && s.node() == d.node() => 1,
-            _ => 2,
+            (Some(s), Some(d)) if !s.node().is_empty() && s.node() == d.node() => {
+                FlowType::IntraNode
+            }
+            _ => FlowType::InterNode,
         },
-        (true, false) => 3,
-        (false, true) => 4,
-        (false, false) => 0,
+        (true, false) => FlowType::ToExternal,
+        (false, true) => FlowType::FromExternal,
+        (false, false) => FlowType::Unspecified,
     }
 }
 
@@ -234,16 +234,15 @@ pub fn build<'a>(
         let rule = PolicyRule {
             name: policy.map_or(prefix, |p| p.name),
             namespace: policy.map_or("", |p| p.namespace),
-            // Antrea's policy types: without metadata, a namespaced policy is reported as a
-            // K8s NetworkPolicy (1) and a cluster-scoped one as an Antrea
-            // ClusterNetworkPolicy (3).
+            // Without metadata, a namespaced policy is reported as a K8s NetworkPolicy and
+            // a cluster-scoped one as an Antrea ClusterNetworkPolicy.
             policy_type: match policy {
-                Some(p) if p.namespace.is_empty() => 3,
-                Some(_) => 1,
-                None => 0,
+                Some(p) if p.namespace.is_empty() => PolicyType::AntreaClusterNetworkPolicy,
+                Some(_) => PolicyType::K8sNetworkPolicy,
+                None => PolicyType::None,
             },
             rule_name: policy.map_or("", |p| p.rule),
-            rule_action: 2,
+            rule_action: RuleAction::Drop,
         };
         if c.origin == Origin::DeniedEgress {
             flow.egress = rule;
@@ -570,11 +569,11 @@ mod tests {
         assert!(networks.contains("fd00:10:244::9".parse().unwrap()));
         assert_eq!(
             networks.flow_type("10.244.1.1".parse().unwrap(), "8.8.8.8".parse().unwrap()),
-            3
+            FlowType::ToExternal
         );
         assert_eq!(
             networks.flow_type("1.1.1.1".parse().unwrap(), "10.244.1.1".parse().unwrap()),
-            4
+            FlowType::FromExternal
         );
     }
 
@@ -643,7 +642,10 @@ mod tests {
         assert_eq!(meta.source.as_ref().unwrap().name(), "web");
         assert_eq!(meta.destination.as_ref().unwrap().node(), "node-b");
         assert_eq!(meta.service_port_name.as_deref(), Some("shop/db:sql"));
-        assert_eq!(flow_type(&networks, k.source_addr(), dst, &meta), 2);
+        assert_eq!(
+            flow_type(&networks, k.source_addr(), dst, &meta),
+            FlowType::InterNode
+        );
 
         // A pod of the same node: intra-node.
         metadata.on_pod_event(
@@ -660,7 +662,7 @@ mod tests {
         assert_eq!(meta.service_port_name, None);
         assert_eq!(
             flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            1
+            FlowType::IntraNode
         );
 
         // To the outside; and from the host-network pod, found by its container.
@@ -668,7 +670,7 @@ mod tests {
         let meta = metadata.lookup(&k, &c, &no_owners);
         assert_eq!(
             flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            3
+            FlowType::ToExternal
         );
         let (k, c) = key("192.168.0.10", "10.244.1.5", 8080);
         let owners = FlowOwners {
@@ -684,7 +686,7 @@ mod tests {
         assert!(meta.source.is_none());
         assert_eq!(
             flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            3
+            FlowType::ToExternal
         );
 
         // The record carries it all.
@@ -706,7 +708,7 @@ mod tests {
         assert_eq!(record.flow.destination_node_name, "node-b");
         assert_eq!(record.flow.destination_service_port, 5432);
         assert_eq!(record.flow.destination_service_port_name, "shop/db:sql");
-        assert_eq!(record.flow.flow_type, 2);
+        assert_eq!(record.flow.flow_type, FlowType::InterNode);
 
         let lookups = registry
             .gather()
@@ -757,19 +759,19 @@ mod tests {
         assert!(meta.destination.is_none() && meta.destination_is_pod);
         assert_eq!(
             flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            2
+            FlowType::InterNode
         );
         let (k, c) = key("10.244.1.5", "192.0.2.1", 443);
         let meta = metadata.lookup(&k, &c, &FlowOwners::default());
         assert_eq!(
             flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            3
+            FlowType::ToExternal
         );
         let (k, c) = key("192.0.2.1", "10.244.2.7", 443);
         let meta = metadata.lookup(&k, &c, &FlowOwners::default());
         assert_eq!(
             flow_type(&networks, k.source_addr(), k.destination_addr(), &meta),
-            4
+            FlowType::FromExternal
         );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use flowex_ipfix::antrea::{Counters, FlowRecord, PolicyRule};
+use flowex_ipfix::antrea::{Counters, FlowRecord, FlowType, PolicyRule, PolicyType, RuleAction};
 
 const PODS: [&str; 8] = [
     "frontend-5c7b8d9f4-x2k8p",
@@ -106,13 +106,18 @@ pub fn flow_record(index: u64, ipv6: bool) -> FlowRecord<'static> {
         ingress: PolicyRule {
             name: "allow-frontend",
             namespace: NAMESPACES[(i + 1) % 4],
-            policy_type: 1,
+            policy_type: PolicyType::K8sNetworkPolicy,
             rule_name: "ingress-0",
-            rule_action: 1,
+            rule_action: RuleAction::Allow,
         },
         egress: PolicyRule::default(),
         tcp_state: STATES[i % 4],
-        flow_type: (i % 4) as u8 + 1,
+        flow_type: [
+            FlowType::IntraNode,
+            FlowType::InterNode,
+            FlowType::ToExternal,
+            FlowType::FromExternal,
+        ][i % 4],
         egress_name: "",
         egress_ip: "",
         egress_node_name: "",

@@ -41,12 +41,12 @@ fn antrea_entries(r: &FlowRecord<'_>) -> Vec<String> {
     for rule in [&r.ingress, &r.egress] {
         push_text(&mut out, rule.name);
         push_text(&mut out, rule.namespace);
-        out.push(hex(&[rule.policy_type]));
+        out.push(hex(&[rule.policy_type as u8]));
         push_text(&mut out, rule.rule_name);
-        out.push(hex(&[rule.rule_action]));
+        out.push(hex(&[rule.rule_action as u8]));
     }
     push_text(&mut out, r.tcp_state);
-    out.push(hex(&[r.flow_type]));
+    out.push(hex(&[r.flow_type as u8]));
     for text in [r.egress_name, r.egress_ip, r.egress_node_name] {
         push_text(&mut out, text);
     }

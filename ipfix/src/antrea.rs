@@ -103,17 +103,55 @@ pub fn ipv6_template(registry: &Registry) -> Result<Template, TemplateError> {
     Template::from_names(registry, IPV6_TEMPLATE_ID, &ipv6_element_names())
 }
 
+/// Antrea's flowType (IE 137): where a flow runs relative to the pods of the cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FlowType {
+    #[default]
+    Unspecified = 0,
+    /// Pod to pod on the same node.
+    IntraNode = 1,
+    /// Pod to pod on different nodes.
+    InterNode = 2,
+    /// Pod to an address outside the pod network.
+    ToExternal = 3,
+    /// An address outside the pod network to a pod.
+    FromExternal = 4,
+}
+
+/// Antrea's ingress/egressNetworkPolicyType (IEs 115/118): which kind of policy a rule
+/// belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PolicyType {
+    #[default]
+    None = 0,
+    K8sNetworkPolicy = 1,
+    AntreaNetworkPolicy = 2,
+    AntreaClusterNetworkPolicy = 3,
+    /// Kubernetes' (Admin) cluster network policy.
+    K8sClusterNetworkPolicy = 4,
+}
+
+/// Antrea's ingress/egressNetworkPolicyRuleAction (IEs 139/140).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RuleAction {
+    #[default]
+    None = 0,
+    Allow = 1,
+    Drop = 2,
+    Reject = 3,
+}
+
 /// Network policy fields for one direction (ingress or egress).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PolicyRule<'a> {
     pub name: &'a str,
     pub namespace: &'a str,
-    /// 1 K8s NetworkPolicy, 2 Antrea NetworkPolicy, 3 Antrea ClusterNetworkPolicy,
-    /// 4 K8s ClusterNetworkPolicy, 0 none.
-    pub policy_type: u8,
+    pub policy_type: PolicyType,
     pub rule_name: &'a str,
-    /// 0 none, 1 allow, 2 drop, 3 reject.
-    pub rule_action: u8,
+    pub rule_action: RuleAction,
 }
 
 /// Packet and octet counters of one direction.
@@ -151,8 +189,7 @@ pub struct FlowRecord<'a> {
     pub ingress: PolicyRule<'a>,
     pub egress: PolicyRule<'a>,
     pub tcp_state: &'a str,
-    /// 0 unspecified, 1 intra-node, 2 inter-node, 3 to-external, 4 from-external.
-    pub flow_type: u8,
+    pub flow_type: FlowType,
     pub egress_name: &'a str,
     pub egress_ip: &'a str,
     pub egress_node_name: &'a str,
@@ -187,7 +224,7 @@ impl Default for FlowRecord<'_> {
             ingress: PolicyRule::default(),
             egress: PolicyRule::default(),
             tcp_state: "",
-            flow_type: 0,
+            flow_type: FlowType::Unspecified,
             egress_name: "",
             egress_ip: "",
             egress_node_name: "",
@@ -251,9 +288,9 @@ impl FlowRecord<'_> {
     fn policy(w: &mut FieldWriter<'_>, rule: &PolicyRule<'_>) {
         w.string(rule.name);
         w.string(rule.namespace);
-        w.u8(rule.policy_type);
+        w.u8(rule.policy_type as u8);
         w.string(rule.rule_name);
-        w.u8(rule.rule_action);
+        w.u8(rule.rule_action as u8);
     }
 }
 
@@ -294,7 +331,7 @@ impl Record for FlowRecord<'_> {
         Self::policy(w, &self.ingress);
         Self::policy(w, &self.egress);
         w.string(self.tcp_state);
-        w.u8(self.flow_type);
+        w.u8(self.flow_type as u8);
         w.string(self.egress_name);
         w.string(self.egress_ip);
         w.string(self.egress_node_name);
