@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use flowex_ipfix::Registry;
 
-use crate::config::{Config, parse_cidr};
+use crate::config::Settings;
 use crate::enrich::attribution::Attribution;
 use crate::enrich::metadata::{self, Metadata};
 use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess, check_target};
@@ -58,7 +58,7 @@ pub fn init_logging(config: &crate::config::LoggingConfig) {
 
 /// Runs the agent on its own runtime until SIGTERM, SIGHUP, SIGINT or `duration` (when
 /// given), then flushes and returns: what `flowex run` does after reading its config.
-pub fn run_blocking(config: Config, duration: Option<Duration>) -> Result<()> {
+pub fn run_blocking(settings: Settings, duration: Option<Duration>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -84,13 +84,14 @@ pub fn run_blocking(config: Config, duration: Option<Duration>) -> Result<()> {
                 _ = sleep => {}
             }
         };
-        run(config, stop).await
+        run(settings, stop).await
     })
 }
 
 /// What `run` refuses beyond the configuration's own checks, for `check-config`: a
 /// collector whose messages cannot carry flowex's templates and one record.
-pub fn check(config: &Config) -> Result<()> {
+pub fn check(settings: &Settings) -> Result<()> {
+    let config = &settings.config;
     let registry = Registry::new(config.export.enterprise_number)?;
     let templates = records::templates(&registry)?;
     for collector in &config.export.collectors {
@@ -100,7 +101,8 @@ pub fn check(config: &Config) -> Result<()> {
 }
 
 /// Runs the agent until `stop` resolves.
-pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+    let config = &settings.config;
     for check in check_settings(&default_root(), config.conntrack.set_sysctls) {
         if check.ok() {
             if check.changed {
@@ -112,7 +114,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     }
     let registry = Registry::new(config.export.enterprise_number)?;
     let templates = Arc::new(records::templates(&registry)?);
-    let domain = config.observation_domain_id();
+    let domain = settings.observation_domain_id;
     let targets: Vec<CollectorTarget> = config
         .export
         .collectors
@@ -135,14 +137,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     if let Some(directory) = &state_directory {
         resume(&store, directory, origin);
     }
-    let networks = PodNetworks::new(
-        config
-            .export
-            .pod_cidrs
-            .iter()
-            .filter_map(|c| parse_cidr(c).ok())
-            .collect(),
-    );
+    let networks = PodNetworks::from_cidrs(&settings.pod_cidrs);
     let attribution = if config.attribution.enabled {
         match Attribution::start(&config.attribution) {
             Ok(attribution) => {
@@ -166,8 +161,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         Attribution::disabled()
     };
     metrics.probe_loaded.set(i64::from(attribution.is_active()));
-    let node_name = config.resolved_node_name();
-    let (metadata, watchers) = start_metadata(&config, &metrics, &node_name).await?;
+    let node_name = &settings.node_name;
+    let (metadata, watchers) = start_metadata(config, &metrics, node_name).await?;
     let stopping = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::new());
     // Raised at shutdown: the source threads block until their next poll or packet and
@@ -453,7 +448,7 @@ fn save_state(store: &ConnectionStore, directory: &Path, origin: state::Origin) 
 /// Connects to the Kubernetes API and starts the pod and service watchers; without an
 /// API server the agent runs on, without pod metadata, and says so once.
 async fn start_metadata(
-    config: &Config,
+    config: &crate::config::Config,
     metrics: &Metrics,
     node_name: &str,
 ) -> Result<(Arc<Metadata>, Vec<tokio::task::JoinHandle<()>>)> {

@@ -2,7 +2,7 @@
 //! refused (the error names the key's path), and every value validated with one clear line.
 
 use std::fmt;
-use std::net::IpAddr;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -73,6 +73,64 @@ impl<'de> Deserialize<'de> for HumanDuration {
         parse_duration(&text)
             .map(HumanDuration)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The largest UDP payload over IPv4 (65535 - 20 - 8): the largest UDP message.
+pub const MAX_UDP_MESSAGE_SIZE: usize = 65_507;
+
+/// Values given on the command line, which replace the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `udp://HOST:PORT` or `tcp://HOST:PORT`: these collectors instead of the file's.
+    pub collectors: Vec<String>,
+}
+
+/// The configuration as the agent runs it: checked once, with what it refers to resolved
+/// and parsed (the node name, the observation domain, the pod CIDRs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub config: Config,
+    /// The configured name, else $NODE_NAME, else the host name.
+    pub node_name: String,
+    /// Configured, else FNV-32 of the node name (as Antrea does).
+    pub observation_domain_id: u32,
+    pub pod_cidrs: Vec<Cidr>,
+}
+
+impl Settings {
+    /// Reads `path` (none: the defaults), applies `overrides`, checks and resolves.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+                Config::parse_yaml(&text)
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+            }
+            None => Config::default(),
+        };
+        config.set_collector_urls(&overrides.collectors)?;
+        Self::new(config).map_err(|e| match path {
+            Some(path) => ConfigError(format!("{}: {e}", path.display())),
+            None => e,
+        })
+    }
+
+    /// Checks `config` and resolves it.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let pod_cidrs = config.checked()?;
+        let node_name = config.resolved_node_name();
+        let observation_domain_id = config
+            .export
+            .observation_domain_id
+            .unwrap_or_else(|| fnv32(node_name.as_bytes()));
+        Ok(Self {
+            config,
+            node_name,
+            observation_domain_id,
+            pod_cidrs,
+        })
     }
 }
 
@@ -478,24 +536,58 @@ fn check_listen(key: &str, text: &str) -> Result<(), ConfigError> {
         })
 }
 
-/// Parses `ADDRESS/PREFIX` (see [`Cidr::parse`]); the parts, for callers that have not
-/// moved to [`Cidr`] yet.
-pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
-    Cidr::parse(text)
-        .map(|c| (c.addr(), c.prefix_len()))
-        .map_err(|e| e.to_string())
-}
-
 impl Config {
     /// Parses and validates YAML.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = if text.trim().is_empty() {
-            Config::default()
-        } else {
-            serde_yaml::from_str(text).map_err(|e| name_the_key(text, &e))?
-        };
+        let config = Self::parse_yaml(text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Parses YAML (an empty text is the default configuration) without checking values.
+    fn parse_yaml(text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| name_the_key(text, &e))
+    }
+
+    /// Replaces the collectors with `udp://HOST:PORT` or `tcp://HOST:PORT` URLs (named
+    /// `collector-0`, ...), keeping the first configured collector's other settings.
+    pub fn set_collector_urls(&mut self, urls: &[String]) -> Result<(), ConfigError> {
+        if urls.is_empty() {
+            return Ok(());
+        }
+        let template = match self.export.collectors.first() {
+            Some(first) => first.clone(),
+            None => ExportConfig::default().collectors[0].clone(),
+        };
+        self.export.collectors = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let (transport, address) = match url.split_once("://") {
+                    Some(("udp", rest)) => (Transport::Udp, rest),
+                    Some(("tcp", rest)) => (Transport::Tcp, rest),
+                    _ => {
+                        return Err(ConfigError(format!(
+                            "--collector {url:?}: expected udp://HOST:PORT or tcp://HOST:PORT"
+                        )));
+                    }
+                };
+                Ok(CollectorConfig {
+                    name: format!("collector-{i}"),
+                    address: address.to_owned(),
+                    transport,
+                    max_message_size: match transport {
+                        Transport::Udp => template.max_message_size.min(MAX_UDP_MESSAGE_SIZE),
+                        Transport::Tcp => flowex_ipfix::MAX_MESSAGE_SIZE,
+                    },
+                    ..template.clone()
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(())
     }
 
     /// Reads, parses and validates a file.
@@ -512,6 +604,11 @@ impl Config {
 
     /// Checks every value; the first problem is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.checked().map(drop)
+    }
+
+    /// [`Config::validate`], keeping what it parsed: the pod CIDRs.
+    fn checked(&self) -> Result<Vec<Cidr>, ConfigError> {
         let positive = |key: &str, d: HumanDuration| {
             if d.0.is_zero() {
                 Err(invalid(key, "must be greater than 0"))
@@ -539,8 +636,10 @@ impl Config {
         }
         flowex_ipfix::Registry::new(self.export.enterprise_number)
             .map_err(|e| invalid("export.enterpriseNumber", e))?;
+        let mut pod_cidrs = Vec::with_capacity(self.export.pod_cidrs.len());
         for (i, cidr) in self.export.pod_cidrs.iter().enumerate() {
-            Cidr::parse(cidr).map_err(|e| invalid(&format!("export.podCIDRs[{i}]"), e))?;
+            pod_cidrs
+                .push(Cidr::parse(cidr).map_err(|e| invalid(&format!("export.podCIDRs[{i}]"), e))?);
         }
         if self.export.collectors.is_empty() {
             return Err(invalid(
@@ -562,7 +661,7 @@ impl Config {
             }
             check_host_port(&key("address"), &collector.address)?;
             let max = match collector.transport {
-                Transport::Udp => 65_507,
+                Transport::Udp => MAX_UDP_MESSAGE_SIZE,
                 Transport::Tcp => flowex_ipfix::MAX_MESSAGE_SIZE,
             };
             if !(flowex_ipfix::encoder::MIN_MESSAGE_SIZE..=max)
@@ -584,7 +683,7 @@ impl Config {
             positive(&key("maxReconnectDelay"), collector.max_reconnect_delay)?;
         }
         check_listen("metrics.listen", &self.metrics.listen)?;
-        Ok(())
+        Ok(pod_cidrs)
     }
 
     /// The node name: the configured one, else $NODE_NAME, else the host name.
@@ -600,13 +699,6 @@ impl Config {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_default()
-    }
-
-    /// The observation domain id: configured, else FNV-32 of the node name (as Antrea does).
-    pub fn observation_domain_id(&self) -> u32 {
-        self.export
-            .observation_domain_id
-            .unwrap_or_else(|| fnv32(self.resolved_node_name().as_bytes()))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use flowex_agent::config::{CollectorConfig, Config, Transport};
+use flowex_agent::config::{Config, Overrides, Settings};
 use flowex_agent::sources::conntrack::{
     ConntrackEntry, ConntrackSocket, DumpFilter, check_settings, default_root, tcp_state_name,
 };
@@ -244,38 +244,12 @@ fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+    let overrides = Overrides {
+        collectors: args.collectors.clone(),
     };
-    if !args.collectors.is_empty() {
-        let template = config.export.collectors[0].clone();
-        config.export.collectors = args
-            .collectors
-            .iter()
-            .enumerate()
-            .map(|(i, url)| {
-                let (transport, address) = match url.split_once("://") {
-                    Some(("udp", rest)) => (Transport::Udp, rest),
-                    Some(("tcp", rest)) => (Transport::Tcp, rest),
-                    _ => bail!("--collector {url:?}: expected udp://HOST:PORT or tcp://HOST:PORT"),
-                };
-                Ok(CollectorConfig {
-                    name: format!("collector-{i}"),
-                    address: address.to_owned(),
-                    transport,
-                    max_message_size: match transport {
-                        Transport::Udp => template.max_message_size.min(65_507),
-                        Transport::Tcp => flowex_ipfix::MAX_MESSAGE_SIZE,
-                    },
-                    ..template.clone()
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        config.validate()?;
-    }
-    flowex_agent::app::init_logging(&config.logging);
-    flowex_agent::app::run_blocking(config, args.duration.map(Duration::from_secs_f64))
+    let settings = Settings::load(args.config.as_deref(), &overrides)?;
+    flowex_agent::app::init_logging(&settings.config.logging);
+    flowex_agent::app::run_blocking(settings, args.duration.map(Duration::from_secs_f64))
 }
 
 fn main() -> ExitCode {
@@ -283,9 +257,9 @@ fn main() -> ExitCode {
     let result = match &args.command {
         Command::Run(run_args) => run(run_args),
         Command::Conntrack(conntrack_args) => conntrack(conntrack_args),
-        Command::CheckConfig { file } => Config::load(file)
+        Command::CheckConfig { file } => Settings::load(Some(file), &Overrides::default())
             .map_err(anyhow::Error::from)
-            .and_then(|config| flowex_agent::app::check(&config))
+            .and_then(|settings| flowex_agent::app::check(&settings))
             .map(|()| println!("ok")),
         Command::PrintDefaultConfig => {
             print!("{}", Config::default().to_yaml());

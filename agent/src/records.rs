@@ -108,6 +108,13 @@ impl PodNetworks {
         }
     }
 
+    /// From parsed CIDRs.
+    pub fn from_cidrs(cidrs: &[Cidr]) -> Self {
+        Self {
+            cidrs: cidrs.iter().copied().collect(),
+        }
+    }
+
     /// True when `addr` is inside one of the CIDRs.
     pub fn contains(&self, addr: IpAddr) -> bool {
         self.cidrs.contains(addr)

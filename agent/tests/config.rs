@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use flowex_agent::config::Config;
+use flowex_agent::config::{Config, Overrides, Settings, Transport};
 
 #[test]
 fn invalid_configs_are_rejected_with_one_clear_line() {
@@ -158,7 +158,10 @@ logging: { level: debug, format: json }
 "#,
     )
     .unwrap();
-    assert_eq!(config.observation_domain_id(), 42);
+    assert_eq!(
+        Settings::new(config.clone()).unwrap().observation_domain_id,
+        42
+    );
     assert_eq!(config.conntrack.zones, [0, 5]);
     assert_eq!(config.export.active_timeout.0.as_secs(), 60);
     assert_eq!(config.export.idle_timeout.0.as_millis(), 500);
@@ -173,7 +176,7 @@ logging: { level: debug, format: json }
     // Without an explicit id: FNV-32 (FNV-1, as Go's fnv.New32) of the node name.
     let derived = Config::from_yaml("nodeName: worker-7").unwrap();
     assert_eq!(
-        derived.observation_domain_id(),
+        Settings::new(derived).unwrap().observation_domain_id,
         flowex_agent::config::fnv32(b"worker-7")
     );
 }
@@ -231,4 +234,35 @@ fn cli_check_config_and_print_default_config() {
         "flowex: collector small: maxMessageSize 300 cannot carry template 257 and one record: it needs at least 624 bytes"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn command_line_collectors_replace_the_files_and_are_checked_like_them() {
+    let overrides = |urls: &[&str]| Overrides {
+        collectors: urls.iter().map(|u| u.to_string()).collect(),
+    };
+    let settings = Settings::load(
+        None,
+        &overrides(&["tcp://127.0.0.1:4739", "udp://[::1]:2055"]),
+    )
+    .unwrap();
+    let collectors = &settings.config.export.collectors;
+    assert_eq!(collectors.len(), 2);
+    assert_eq!(collectors[0].name, "collector-0");
+    assert_eq!(collectors[0].transport, Transport::Tcp);
+    assert_eq!(collectors[0].max_message_size, 65_535);
+    assert_eq!(collectors[1].address, "[::1]:2055");
+    assert_eq!(collectors[1].max_message_size, 1472);
+    assert_eq!(
+        Settings::load(None, &overrides(&["sctp://127.0.0.1:4739"]))
+            .unwrap_err()
+            .to_string(),
+        "--collector \"sctp://127.0.0.1:4739\": expected udp://HOST:PORT or tcp://HOST:PORT"
+    );
+    assert_eq!(
+        Settings::load(None, &overrides(&["udp://1.2.3.4.5:4739"]))
+            .unwrap_err()
+            .to_string(),
+        "export.collectors[0].address: \"1.2.3.4.5:4739\" has an invalid host"
+    );
 }

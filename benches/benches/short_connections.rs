@@ -63,10 +63,13 @@ fn main() {
 
 /// The agent side: what `flowex run --config PATH` does.
 fn run_agent(path: &str) {
-    let config = flowex_agent::config::Config::load(std::path::Path::new(path))
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    flowex_agent::app::init_logging(&config.logging);
-    if let Err(error) = flowex_agent::app::run_blocking(config, None) {
+    let settings = flowex_agent::config::Settings::load(
+        Some(std::path::Path::new(path)),
+        &flowex_agent::config::Overrides::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    flowex_agent::app::init_logging(&settings.config.logging);
+    if let Err(error) = flowex_agent::app::run_blocking(settings, None) {
         eprintln!("agent: {error:#}");
         std::process::exit(1);
     }
