@@ -3,14 +3,22 @@
 //! pass that notices the gone ones (more work than Antrea's op, which has no expiry).
 //! Data is generated outside the timed region. A sweep over new connections per poll shows
 //! time, bytes and allocations per op growing linearly; B/op and allocs/op are printed like
-//! Go's -benchmem.
+//! Go's -benchmem. `during_export`: the same poll while another thread exports 20,000
+//! other connections of the same store again and again (expiry, record building with pod
+//! lookups, encoding), as the agent's expiry task does: records are built outside the
+//! store's locks, so the poll should barely notice.
 
-use std::hint::black_box;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use flowex_agent::enrich::attribution::Attribution;
+use flowex_agent::enrich::metadata::Metadata;
+use flowex_agent::export::BatchBuilder;
+use flowex_agent::records::{PodNetworks, RecordBuilder};
 use flowex_agent::sources::conntrack::ConntrackEntry;
-use flowex_agent::store::{ConnectionStore, Timeouts};
+use flowex_agent::store::{ConnectionStore, Due, Timeouts};
 use flowex_benches::{CountingAllocator, allocations_per_op, tcp_entry};
 
 #[global_allocator]
@@ -35,28 +43,43 @@ fn pool(size: usize) -> Vec<ConntrackEntry> {
 }
 
 struct Poller {
-    store: ConnectionStore,
+    store: Arc<ConnectionStore>,
+    /// Expired connections, reused poll after poll as the agent does.
+    due: Vec<Due>,
     pool: Vec<ConntrackEntry>,
     window: usize,
     new: usize,
     start: usize,
     now_ms: u64,
+    /// Run the expiry pass after the updates (off: the updates alone, which is all the
+    /// agent's conntrack thread does; expiry is the export task's).
+    expire: bool,
 }
 
 impl Poller {
     fn new(window: usize, new: usize) -> Self {
-        let mut poller = Self {
-            store: ConnectionStore::new(Timeouts {
+        Self::with_timeouts(
+            window,
+            new,
+            Timeouts {
                 active_ms: 1_000,
                 idle_ms: 60_000,
                 deny_idle_ms: 60_000,
-            }),
+            },
+        )
+    }
+
+    fn with_timeouts(window: usize, new: usize, timeouts: Timeouts) -> Self {
+        let mut poller = Self {
+            store: Arc::new(ConnectionStore::new(timeouts)),
+            due: Vec::new(),
             // large enough that an entry leaves the window long before it comes back
             pool: pool((window + new) * 12),
             window,
             new,
             start: 0,
             now_ms: 0,
+            expire: true,
         };
         for _ in 0..4 {
             poller.poll();
@@ -79,9 +102,12 @@ impl Poller {
             self.store.update(entry, generation, self.now_ms);
         }
         self.start = (self.start + self.new) % len;
-        self.store.expire(self.now_ms, true, |e| {
-            black_box(e.delta.bytes);
-        })
+        self.due.clear();
+        if !self.expire {
+            return 0;
+        }
+        self.store
+            .expire_into(self.now_ms, true, usize::MAX, &mut self.due)
     }
 }
 
@@ -110,5 +136,88 @@ fn poll(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, poll);
+/// Adds `connections` connections the poller's window never touches.
+fn add_export_connections(store: &ConnectionStore, connections: usize) {
+    for i in 0..connections as u32 {
+        let src = IpAddr::from([10, 244, (i >> 8) as u8, i as u8]);
+        let entry = tcp_entry(
+            src,
+            IpAddr::from([10, 97, 0, 1]),
+            1024 + (i % 60_000) as u16,
+            8080,
+            (10, 1_000),
+            (10, 9_000),
+        );
+        store.update(entry, 0, 0);
+    }
+}
+
+/// Exports `connections` other connections of `store` round after round until `stop`:
+/// every round moves its own clock a second on, so each is due again (active timeout).
+fn exporter(
+    store: Arc<ConnectionStore>,
+    connections: usize,
+    stop: Arc<AtomicBool>,
+    records: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    add_export_connections(&store, connections);
+    std::thread::spawn(move || {
+        let metadata = Metadata::disabled(None);
+        metadata.mark_active();
+        let networks = PodNetworks::new(vec![("10.244.0.0".parse().expect("ip"), 16)]);
+        let mut builder = RecordBuilder::new(networks, Attribution::disabled(), metadata);
+        let mut batch = BatchBuilder::default();
+        let mut due = Vec::new();
+        // Far ahead of the poller's clock: its connections are due here too.
+        let mut now = 1_000_000_000u64;
+        while !stop.load(Ordering::Relaxed) {
+            now += 1_000;
+            due.clear();
+            store.expire_into(now, false, usize::MAX, &mut due);
+            for d in &due {
+                builder.push(&store, d, &mut batch);
+            }
+            drop(batch.finish());
+            records.fetch_add(due.len() as u64, Ordering::Relaxed);
+        }
+    })
+}
+
+fn poll_during_export(c: &mut Criterion) {
+    // Nothing goes idle: the exporter's clock runs far ahead of the poller's.
+    let timeouts = Timeouts {
+        active_ms: 1_000,
+        idle_ms: 1 << 50,
+        deny_idle_ms: 60_000,
+    };
+    let mut group = c.benchmark_group("poll_during_export");
+    // The conntrack thread's share of a poll: the updates (expiry is the export task's).
+    let mut quiet = Poller::with_timeouts(10_000, 1_000, timeouts);
+    quiet.expire = false;
+    add_export_connections(&quiet.store, 20_000);
+    group.bench_function("10k_1k_new_1k_gone_idle", |b| b.iter(|| quiet.poll()));
+    let mut poller = Poller::with_timeouts(10_000, 1_000, timeouts);
+    poller.expire = false;
+    let stop = Arc::new(AtomicBool::new(false));
+    let exported = Arc::new(AtomicU64::new(0));
+    let thread = exporter(
+        Arc::clone(&poller.store),
+        20_000,
+        Arc::clone(&stop),
+        Arc::clone(&exported),
+    );
+    let started = std::time::Instant::now();
+    group.bench_function("10k_1k_new_1k_gone_while_exporting_20k", |b| {
+        b.iter(|| poller.poll())
+    });
+    stop.store(true, Ordering::Relaxed);
+    thread.join().expect("exporter");
+    println!(
+        "poll_during_export: the exporter built {:.2} M records/s alongside the polls",
+        exported.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64() / 1e6
+    );
+    group.finish();
+}
+
+criterion_group!(benches, poll, poll_during_export);
 criterion_main!(benches);
