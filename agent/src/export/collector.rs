@@ -113,6 +113,8 @@ pub struct CollectorStats {
     pub send_errors: AtomicU64,
     pub reconnects: AtomicU64,
     pub messages: AtomicU64,
+    /// Records written to the transport (not yet confirmed; a resend counts again).
+    pub records_sent: AtomicU64,
     pub bytes: AtomicU64,
     /// Records accepted and not yet exported or dropped.
     pub queued: AtomicU64,
