@@ -280,27 +280,41 @@ pub struct Enrichment {
     pub meta: FlowMeta,
     /// Ends (source, destination) whose address the probe knows no namespace for.
     remote: [bool; 2],
+    /// The destination is a Service's (DNAT): its port name is looked up too.
+    translated: bool,
+    /// The pods were looked up once the metadata indexes were complete.
+    synced: bool,
     owner_lookups: u8,
     pod_lookups: u8,
 }
 
 impl Enrichment {
-    /// True when the owners need no (further) lookup: both ends found or remote, or
+    /// True when the owners need no (further) lookup: each end found, or remote and not
+    /// a pod address (a pod's socket the probe has not seen yet may still show up), or
     /// looked up [`LOOKUPS`] times.
     fn owners_settled(&self) -> bool {
+        let done =
+            |owner: &Option<EndOwner>, remote: bool, pod: bool| owner.is_some() || (remote && !pod);
         self.owner_lookups >= LOOKUPS
-            || ((self.owners.source.is_some() || self.remote[0])
-                && (self.owners.destination.is_some() || self.remote[1]))
+            || (done(&self.owners.source, self.remote[0], self.meta.source_is_pod)
+                && done(
+                    &self.owners.destination,
+                    self.remote[1],
+                    self.meta.destination_is_pod,
+                ))
     }
 
-    /// True when the pods need no (further) lookup: each end's pod found, or the end is
-    /// not a pod address, or looked up [`LOOKUPS`] times.
+    /// True when the pods need no (further) lookup: the indexes are complete and each end's
+    /// pod is found or the end is not a pod address (and, behind a Service, its port name
+    /// is found), or looked up [`LOOKUPS`] times.
     fn pods_settled(&self) -> bool {
         let meta = &self.meta;
-        meta.known
-            && (self.pod_lookups >= LOOKUPS
-                || ((meta.source.is_some() || !meta.source_is_pod)
-                    && (meta.destination.is_some() || !meta.destination_is_pod)))
+        self.pod_lookups >= LOOKUPS
+            || (meta.known
+                && self.synced
+                && (meta.source.is_some() || !meta.source_is_pod)
+                && (meta.destination.is_some() || !meta.destination_is_pod)
+                && (meta.service_port_name.is_some() || !self.translated))
     }
 
     /// True when nothing is left to look up; `probe` and `pods` say whether the probe and
@@ -335,6 +349,8 @@ impl PartialEq for Enrichment {
     fn eq(&self, other: &Self) -> bool {
         self.owners == other.owners
             && self.remote == other.remote
+            && self.translated == other.translated
+            && self.synced == other.synced
             && self.owner_lookups == other.owner_lookups
             && self.pod_lookups == other.pod_lookups
             && self.meta.known == other.meta.known
@@ -352,7 +368,8 @@ impl Hash for Enrichment {
     fn hash<H: Hasher>(&self, state: &mut H) {
         hash_owner(&self.owners.source, state);
         hash_owner(&self.owners.destination, state);
-        (self.remote, self.owner_lookups, self.pod_lookups).hash(state);
+        (self.remote, self.translated, self.synced).hash(state);
+        (self.owner_lookups, self.pod_lookups).hash(state);
         self.meta.known.hash(state);
         (self.meta.source_is_pod, self.meta.destination_is_pod).hash(state);
         arc_address(&self.meta.source).hash(state);
@@ -457,30 +474,40 @@ impl RecordBuilder {
     ) -> Arc<Enrichment> {
         self.stats.resolved += 1;
         let mut next = kept.cloned().unwrap_or_default();
+        next.translated = due.connection.reported_destination(&due.key).1;
+        let mut owner_found = false;
         if self.attribution.is_active() && !next.owners_settled() {
             let found = self.attribution.flow_lookup(&due.key, &due.connection);
+            owner_found = (next.owners.source.is_none() && found.owners.source.is_some())
+                || (next.owners.destination.is_none() && found.owners.destination.is_some());
             next.owners.source = next.owners.source.or(found.owners.source);
             next.owners.destination = next.owners.destination.or(found.owners.destination);
             next.remote = found.remote;
             next.owner_lookups += 1;
         }
-        if self.metadata.is_active() && !next.pods_settled() {
+        // A newly found owner can name a pod the address could not (a host-network pod,
+        // by its container id): look again even if the pods looked settled.
+        let pods_missing = next.meta.source.is_none() || next.meta.destination.is_none();
+        if self.metadata.is_active() && (!next.pods_settled() || (owner_found && pods_missing)) {
             let found = self
                 .metadata
                 .lookup(&due.key, &due.connection, &next.owners);
-            if found.known {
-                let meta = &mut next.meta;
-                meta.known = true;
-                meta.source = meta.source.take().or(found.source);
-                meta.destination = meta.destination.take().or(found.destination);
-                meta.source_is_pod |= found.source_is_pod;
-                meta.destination_is_pod |= found.destination_is_pod;
-                meta.service_port_name = meta.service_port_name.take().or(found.service_port_name);
+            let meta = &mut next.meta;
+            meta.source = meta.source.take().or(found.source);
+            meta.destination = meta.destination.take().or(found.destination);
+            meta.source_is_pod |= found.source_is_pod;
+            meta.destination_is_pod |= found.destination_is_pod;
+            meta.service_port_name = meta.service_port_name.take().or(found.service_port_name);
+            meta.known = found.known;
+            // Until every index has its first list, nothing found proves nothing: neither
+            // the lookup counts nor the result is final.
+            if self.metadata.is_synced() {
+                next.synced = true;
                 next.pod_lookups += 1;
             }
         }
         let shared = self.intern(next);
-        if kept.is_none_or(|kept| !std::ptr::eq(kept, &*shared)) {
+        if !due.is_final() && kept.is_none_or(|kept| !std::ptr::eq(kept, &*shared)) {
             store.annotate(due, Annotation::new(Arc::clone(&shared) as _));
         }
         shared

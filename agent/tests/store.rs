@@ -427,3 +427,64 @@ fn a_resumed_store_continues_deltas_and_does_not_repeat_ended_connections() {
         [(1000, EndReason::ActiveTimeout, counters(2, 200))]
     );
 }
+
+/// What the record builder keeps with a connection stays with that connection: a due copy
+/// annotates its own slot, and not the newer connection that took its tuple meanwhile.
+#[test]
+fn an_annotation_stays_with_its_connection_and_never_reaches_a_newer_one() {
+    use flowex_agent::store::{Annotation, Due};
+    use std::sync::Arc;
+    let store = store();
+    let mut first = entry(4100, 1, 100);
+    first.id = 1;
+    store.update(first, 0, 0);
+    let mut due: Vec<Due> = Vec::new();
+    store.expire_into(ACTIVE, false, usize::MAX, &mut due);
+    assert_eq!(due.len(), 1);
+    assert!(due[0].annotation.is_empty());
+    assert!(store.annotate(&due[0], Annotation::new(Arc::new(7u32))));
+    // The next export carries it.
+    store.update(entry(4100, 2, 200), 0, ACTIVE + 1);
+    let mut again: Vec<Due> = Vec::new();
+    store.expire_into(2 * ACTIVE, false, usize::MAX, &mut again);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].annotation.get::<u32>(), Some(&7));
+    // A new connection of the tuple (another conntrack id) takes the slot: the old copy
+    // can no longer annotate, and the new connection starts bare.
+    let mut second = entry(4100, 1, 100);
+    second.id = 2;
+    store.update(second, 0, 2 * ACTIVE + 1);
+    assert!(!store.annotate(&again[0], Annotation::new(Arc::new(8u32))));
+    let mut after: Vec<Due> = Vec::new();
+    store.expire_into(4 * ACTIVE, false, usize::MAX, &mut after);
+    let mut seen: Vec<(u32, EndReason, Option<u32>)> = after
+        .iter()
+        .map(|d| {
+            (
+                d.connection.conntrack_id,
+                d.reason,
+                d.annotation.get::<u32>().copied(),
+            )
+        })
+        .collect();
+    seen.sort_by_key(|s| s.0);
+    // The old one's final record keeps its own annotation; the new one has none.
+    assert_eq!(
+        seen,
+        [
+            (1, EndReason::EndOfFlow, Some(7)),
+            (2, EndReason::ActiveTimeout, None)
+        ]
+    );
+    // The retired one's copy annotates nothing; the new one's annotates its own slot.
+    let old = after
+        .iter()
+        .find(|d| d.connection.conntrack_id == 1)
+        .unwrap();
+    let new = after
+        .iter()
+        .find(|d| d.connection.conntrack_id == 2)
+        .unwrap();
+    assert!(!store.annotate(old, Annotation::new(Arc::new(9u32))));
+    assert!(store.annotate(new, Annotation::new(Arc::new(10u32))));
+}

@@ -5,10 +5,11 @@
 //! destination end is the socket whose local end is the reply tuple's source (the real
 //! server behind a Service address). Each end is looked up exactly; failing that, the
 //! namespace owning its local address is looked up, then an unconnected socket (a UDP
-//! server) and a socket bound to any address in it. These are `bpf(2)` calls made when a
-//! record is built: 1 for a local socket found exactly (~0.4 µs here), 2 for a remote end
-//! (~0.7 µs), at most 4 (`cargo bench -p flowex-benches --bench probe -- owner_lookup`).
-//! Caching the owners on the connection would save them on repeated exports.
+//! server) and a socket bound to any address in it. These are `bpf(2)` calls: 1 for a
+//! local socket found exactly (~0.4 µs here), 2 for a remote end (~0.7 µs), at most 4
+//! (`cargo bench -p flowex-benches --bench probe -- owner_lookup`). The record builder
+//! makes them at a connection's first export and keeps the owners with the connection
+//! (looking again, a bounded number of times, for an end not found yet).
 //!
 //! Container ids come from the owner's cgroup path (`/proc/<pid>/cgroup`), read once per
 //! cgroup id and cached: never a scan of /proc.

@@ -374,7 +374,9 @@ impl Sender {
         match result {
             Ok(end) => {
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
-                self.stats.records_sent.fetch_add(records, Ordering::Relaxed);
+                self.stats
+                    .records_sent
+                    .fetch_add(records, Ordering::Relaxed);
                 self.stats.bytes.fetch_add(len, Ordering::Relaxed);
                 self.in_flight.push_back(InFlight {
                     end,

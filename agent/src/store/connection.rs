@@ -204,6 +204,10 @@ impl std::fmt::Debug for Annotation {
 /// ([`ConnectionStore::expire_into`]).
 #[derive(Debug, Clone)]
 pub struct Due {
+    /// The slot and slot generation it was copied from (None: a retired connection, whose
+    /// tuple a newer one holds), so that what is learned of it is kept with it and never
+    /// with a later connection in the same slot.
+    pub(super) slot: Option<(u32, u32)>,
     pub key: ConnKey,
     pub connection: Connection,
     pub annotation: Annotation,
@@ -215,6 +219,13 @@ pub struct Due {
 }
 
 impl Due {
+    /// True when this is the connection's last export (its end, the shutdown flush, a
+    /// denial's idle timeout): nothing learned of it now would be used again.
+    pub fn is_final(&self) -> bool {
+        matches!(self.reason, EndReason::EndOfFlow | EndReason::ForcedEnd)
+            || self.connection.origin.is_denied()
+    }
+
     /// The borrowed view the record functions take.
     pub fn expired(&self) -> Expired<'_> {
         Expired {

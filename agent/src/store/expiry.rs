@@ -71,6 +71,7 @@ impl ConnectionStore {
                 let delta = c.counters.since(&c.exported);
                 c.last_export_ms = now_ms;
                 due.push(Due {
+                    slot: None,
                     key,
                     connection: c,
                     annotation,
@@ -105,6 +106,7 @@ impl ConnectionStore {
                 let mut emit = |c: &mut Connection, reason: EndReason| {
                     let delta = c.counters.since(&c.exported);
                     due.push(Due {
+                        slot: Some((slot, slot_generation)),
                         key,
                         connection: *c,
                         annotation: annotation.clone(),
@@ -160,21 +162,21 @@ impl ConnectionStore {
         exported
     }
 
-    /// Keeps what the record builder learned about a connection with it, unless the tuple
-    /// has moved on to another connection (another conntrack id or start) since `due` was
-    /// copied out. Returns whether it was kept.
+    /// Keeps what the record builder learned about a connection with it, unless its slot
+    /// has since been freed or taken by a newer connection of the tuple (or `due` is a
+    /// retired connection). Returns whether it was kept.
     pub fn annotate(&self, due: &Due, annotation: Annotation) -> bool {
-        let hash = hash_key(&due.key);
-        let mut shard = self.shard(hash);
-        let Some(slot) = shard.find(hash, &due.key) else {
+        let Some((slot, generation)) = due.slot else {
             return false;
         };
-        let entry = shard.slot_mut(slot);
-        let c = &entry.connection;
-        if c.conntrack_id != due.connection.conntrack_id || c.start_ms != due.connection.start_ms {
+        let hash = hash_key(&due.key);
+        let mut shard = self.shard(hash);
+        // The slot generation changes when the slot is freed or a newer connection of the
+        // tuple takes it over.
+        if shard.find(hash, &due.key) != Some(slot) || shard.slot(slot).generation != generation {
             return false;
         }
-        entry.annotation = annotation;
+        shard.slot_mut(slot).annotation = annotation;
         true
     }
 
@@ -204,6 +206,7 @@ impl ConnectionStore {
                 }
                 let delta = c.counters.since(&c.exported);
                 due.push(Due {
+                    slot: None,
                     key,
                     connection: c,
                     annotation,
@@ -225,6 +228,7 @@ impl ConnectionStore {
                 }
                 let delta = c.counters.since(&c.exported);
                 due.push(Due {
+                    slot: Some((slot, entry.generation)),
                     key: entry.key,
                     connection: *c,
                     annotation: entry.annotation.clone(),

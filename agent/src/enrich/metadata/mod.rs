@@ -80,6 +80,8 @@ pub struct Metadata {
     services: RwLock<ServiceIndex>,
     nodes: RwLock<NodeNetworks>,
     active: AtomicBool,
+    /// Pods, services and nodes: the first list has been loaded.
+    synced: [AtomicBool; 3],
     metrics: Option<KubeMetrics>,
 }
 
@@ -91,6 +93,7 @@ impl Metadata {
             services: RwLock::default(),
             nodes: RwLock::default(),
             active: AtomicBool::new(false),
+            synced: Default::default(),
             metrics: registry.map(KubeMetrics::new),
         })
     }
@@ -100,10 +103,20 @@ impl Metadata {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Marks the cache as fed: records get looked up from now on. [`start_watchers`] does
-    /// it; benchmarks that feed events by hand call it themselves.
+    /// Marks the cache as fed and complete: records get looked up from now on. For
+    /// benchmarks and tests that feed events by hand; [`start_watchers`] marks it active
+    /// and each index synced once its first list is in.
     pub fn mark_active(&self) {
+        self.synced
+            .iter()
+            .for_each(|s| s.store(true, Ordering::Release));
         self.active.store(true, Ordering::Release);
+    }
+
+    /// True once pods, services and nodes have all been listed: until then a lookup that
+    /// finds nothing may only mean the list is not in yet.
+    pub fn is_synced(&self) -> bool {
+        self.synced.iter().all(|s| s.load(Ordering::Acquire))
     }
 
     /// Read access to the pod index.

@@ -7,6 +7,7 @@
 //! backoff by the watcher, counted, and logged once per outage.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
@@ -119,6 +120,12 @@ impl Metadata {
     }
 
     fn set_synced(&self, resource: &str, synced: bool) {
+        let index = match resource {
+            "pods" => 0,
+            "services" => 1,
+            _ => 2,
+        };
+        self.synced[index].store(synced, Ordering::Release);
         if let Some(m) = &self.metrics {
             m.synced
                 .with_label_values(&[resource])
@@ -168,12 +175,12 @@ pub fn start_watchers(
     use kube::api::Api;
     use kube::runtime::{WatchStreamExt, watcher};
 
-    metadata.mark_active();
+    for resource in ["pods", "services", "nodes"] {
+        metadata.set_synced(resource, false);
+    }
+    metadata.active.store(true, Ordering::Release);
     if let Some(m) = &metadata.metrics {
         m.available.set(1);
-        m.synced.with_label_values(&["pods"]).set(0);
-        m.synced.with_label_values(&["services"]).set(0);
-        m.synced.with_label_values(&["nodes"]).set(0);
     }
     let pod_config = match scope {
         PodScope::Node => watcher::Config::default().fields(&format!("spec.nodeName={node}")),

@@ -9,9 +9,9 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use super::attributes::*;
 use super::entry::{ConntrackEntry, Tuple, parse_entry};
 use crate::netlink::{
-    Attributes, Messages, NFGEN_LEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_FILTERED, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, ParseError, RequestBuilder,
-    error_code,
+    Attributes, MessageHeader, Messages, NFGEN_LEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_FILTERED,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, ParseError,
+    RequestBuilder, error_code,
 };
 
 /// A dump datagram is at most 32 KiB on this kernel; a little more leaves headroom.
@@ -119,6 +119,24 @@ pub struct ConntrackSocket {
     request: Vec<u8>,
     batch: Vec<u8>,
     sequence: u32,
+    /// Datagrams and bytes received so far (dump statistics are differences).
+    datagrams: u64,
+    bytes: u64,
+}
+
+/// Whether a request's replies go on after this message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    More,
+    Finished,
+}
+
+/// An NLMSG_ERROR payload: Ok for an acknowledgement (error 0), else the kernel's error.
+fn kernel_error(payload: &[u8]) -> Result<(), ConntrackError> {
+    match error_code(payload)? {
+        0 => Ok(()),
+        code => Err(ConntrackError::Kernel(io::Error::from_raw_os_error(-code))),
+    }
 }
 
 /// Most entries fetched by one [`ConntrackSocket::get_many`]: the kernel queues all the
@@ -137,6 +155,8 @@ impl ConntrackSocket {
             request: Vec::with_capacity(256),
             batch: Vec::with_capacity(GET_BATCH * 128),
             sequence: 1,
+            datagrams: 0,
+            bytes: 0,
         })
     }
 
@@ -149,9 +169,38 @@ impl ConntrackSocket {
         self.receive.clear();
         loop {
             match self.socket.recv(&mut self.receive, 0) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.datagrams += 1;
+                    self.bytes += self.receive.len() as u64;
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads replies to the `count` requests sent with sequence numbers from `first` on,
+    /// until `on_reply` says they are finished: every request's replies pass through here
+    /// (messages of other sequences are skipped). `on_reply` gets the request's index,
+    /// the message's header and payload.
+    fn replies(
+        &mut self,
+        first: u32,
+        count: usize,
+        mut on_reply: impl FnMut(usize, &MessageHeader, &[u8]) -> Result<Reply, ConntrackError>,
+    ) -> Result<(), ConntrackError> {
+        loop {
+            self.receive()?;
+            for message in Messages::new(&self.receive) {
+                let (header, payload) = message?;
+                let index = header.sequence.wrapping_sub(first) as usize;
+                if index >= count {
+                    continue;
+                }
+                if on_reply(index, &header, payload)? == Reply::Finished {
+                    return Ok(());
+                }
             }
         }
     }
@@ -186,48 +235,35 @@ impl ConntrackSocket {
         mut on_entry: impl FnMut(&ConntrackEntry),
     ) -> Result<DumpStats, ConntrackError> {
         let sequence = self.send_dump_request(filter)?;
-
+        let (datagrams, bytes) = (self.datagrams, self.bytes);
         let mut stats = DumpStats::default();
         let mut entry = ConntrackEntry::default();
         let filter_set = filter.is_set() || filter.family != 0;
-        loop {
-            self.receive()?;
-            stats.datagrams += 1;
-            stats.bytes += self.receive.len() as u64;
-            for message in Messages::new(&self.receive) {
-                let (header, payload) = message?;
-                if header.sequence != sequence {
-                    continue;
-                }
-                match header.kind {
-                    NLMSG_DONE => return Ok(stats),
-                    NLMSG_ERROR => {
-                        let code = error_code(payload)?;
-                        if code != 0 {
-                            return Err(ConntrackError::Kernel(io::Error::from_raw_os_error(
-                                -code,
-                            )));
-                        }
-                    }
-                    NLMSG_OVERRUN => return Err(ConntrackError::Overrun),
-                    NLMSG_NOOP => {}
-                    kind if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
-                        stats.kernel_filtered |= header.flags & NLM_F_DUMP_FILTERED != 0;
-                        stats.interrupted |= header.flags & NLM_F_DUMP_INTR != 0;
-                        parse_entry(payload, &mut entry)?;
-                        // The user-space check is a few integer compares; it keeps the
-                        // result exact on kernels that ignore some filter attributes.
-                        if filter_set && !filter.matches(&entry) {
-                            stats.filtered_in_user_space += 1;
-                            continue;
-                        }
+        self.replies(sequence, 1, |_, header, payload| {
+            match header.kind {
+                NLMSG_DONE => return Ok(Reply::Finished),
+                NLMSG_ERROR => kernel_error(payload)?,
+                NLMSG_OVERRUN => return Err(ConntrackError::Overrun),
+                kind if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
+                    stats.kernel_filtered |= header.flags & NLM_F_DUMP_FILTERED != 0;
+                    stats.interrupted |= header.flags & NLM_F_DUMP_INTR != 0;
+                    parse_entry(payload, &mut entry)?;
+                    // The user-space check is a few integer compares; it keeps the
+                    // result exact on kernels that ignore some filter attributes.
+                    if filter_set && !filter.matches(&entry) {
+                        stats.filtered_in_user_space += 1;
+                    } else {
                         stats.entries += 1;
                         on_entry(&entry);
                     }
-                    _ => {}
                 }
+                _ => {}
             }
-        }
+            Ok(Reply::More)
+        })?;
+        stats.datagrams = self.datagrams - datagrams;
+        stats.bytes = self.bytes - bytes;
+        Ok(stats)
     }
 
     /// Runs the same dump as [`ConntrackSocket::dump`] but only receives and counts bytes,
@@ -235,19 +271,14 @@ impl ConntrackSocket {
     /// of a dump, the floor a parser is measured against.
     pub fn dump_bytes(&mut self, filter: &DumpFilter) -> Result<u64, ConntrackError> {
         let sequence = self.send_dump_request(filter)?;
-        let mut bytes = 0u64;
-        loop {
-            self.receive()?;
-            bytes += self.receive.len() as u64;
-            for message in Messages::new(&self.receive) {
-                let (header, _) = message?;
-                if header.sequence == sequence
-                    && (header.kind == NLMSG_DONE || header.kind == NLMSG_ERROR)
-                {
-                    return Ok(bytes);
-                }
-            }
-        }
+        let bytes = self.bytes;
+        self.replies(sequence, 1, |_, header, _| {
+            Ok(match header.kind {
+                NLMSG_DONE | NLMSG_ERROR => Reply::Finished,
+                _ => Reply::More,
+            })
+        })?;
+        Ok(self.bytes - bytes)
     }
 
     /// Fetches the one entry whose original tuple is `tuple` in `zone` into `out`; returns
@@ -298,35 +329,32 @@ impl ConntrackSocket {
         // others are still delivered and no reply is left behind.
         let mut failure = None;
         let mut answered = 0;
-        while answered < wanted.len() {
-            self.receive()?;
-            for message in Messages::new(&self.receive) {
-                let (header, payload) = message?;
-                let index = header.sequence.wrapping_sub(first) as usize;
-                if index >= wanted.len() {
-                    continue;
-                }
-                match header.kind {
-                    NLMSG_ERROR => {
-                        answered += 1;
-                        match -error_code(payload)? {
-                            // An acknowledgement would follow an entry: not asked for.
-                            0 => {}
-                            libc::ENOENT => answer(index, None),
-                            errno => {
-                                failure.get_or_insert(io::Error::from_raw_os_error(errno));
-                            }
+        self.replies(first, wanted.len(), |index, header, payload| {
+            match header.kind {
+                NLMSG_ERROR => {
+                    answered += 1;
+                    match -error_code(payload)? {
+                        // An acknowledgement would follow an entry: not asked for.
+                        0 => {}
+                        libc::ENOENT => answer(index, None),
+                        errno => {
+                            failure.get_or_insert(io::Error::from_raw_os_error(errno));
                         }
                     }
-                    kind if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
-                        answered += 1;
-                        parse_entry(payload, out)?;
-                        answer(index, Some(out));
-                    }
-                    _ => {}
                 }
+                kind if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW => {
+                    answered += 1;
+                    parse_entry(payload, out)?;
+                    answer(index, Some(out));
+                }
+                _ => {}
             }
-        }
+            Ok(if answered == wanted.len() {
+                Reply::Finished
+            } else {
+                Reply::More
+            })
+        })?;
         failure.map_or(Ok(()), |error| Err(ConntrackError::Kernel(error)))
     }
 
@@ -449,34 +477,18 @@ impl ConntrackSocket {
         )
         .finish();
         self.socket.send(request, 0)?;
-        loop {
-            self.receive()?;
-            let mut finished = false;
-            for reply in Messages::new(&self.receive) {
-                let (header, payload) = reply?;
-                if header.sequence != sequence {
-                    continue;
+        self.replies(sequence, 1, |_, header, payload| {
+            Ok(match header.kind {
+                NLMSG_DONE => Reply::Finished,
+                NLMSG_ERROR => {
+                    kernel_error(payload)?;
+                    Reply::Finished
                 }
-                match header.kind {
-                    NLMSG_DONE => finished = true,
-                    NLMSG_ERROR => {
-                        let code = error_code(payload)?;
-                        if code != 0 {
-                            return Err(ConntrackError::Kernel(io::Error::from_raw_os_error(
-                                -code,
-                            )));
-                        }
-                        finished = true;
-                    }
-                    _ => {
-                        let attrs = payload.get(NFGEN_LEN..).unwrap_or(&[]);
-                        each(Attributes::new(attrs))?;
-                    }
+                _ => {
+                    each(Attributes::new(payload.get(NFGEN_LEN..).unwrap_or(&[])))?;
+                    Reply::More
                 }
-            }
-            if finished {
-                return Ok(());
-            }
-        }
+            })
+        })
     }
 }

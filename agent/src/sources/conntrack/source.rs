@@ -21,6 +21,11 @@ use crate::telemetry::Metrics;
 /// SO_RCVBUFFORCE (a buffer of net.core.rmem_max) the source does not pause.
 const EVENT_COALESCE: Duration = Duration::from_millis(10);
 
+/// After a failed read of the event socket, the pause before the next.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Repeated read failures are logged at most this often.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The conntrack source: polls the table every `interval` and applies events in between.
 pub struct ConntrackSource<'a> {
     pub store: &'a ConnectionStore,
@@ -104,6 +109,8 @@ impl ConntrackSource<'_> {
         let mut unsure = Vec::new();
         let mut wanted = Vec::with_capacity(GET_BATCH);
         let mut fresh = ConntrackEntry::default();
+        let mut read_failures = 0u64;
+        let mut last_failure_log = None;
         while !stopping.load(Ordering::Acquire) {
             if Instant::now() >= next_poll {
                 self.poll(&mut socket);
@@ -172,7 +179,20 @@ impl ConntrackSource<'_> {
                     coalesce = !events.more_queued() && events.buffer_forced()
                 }
                 Ok(Received::Idle) => {}
-                Err(error) => tracing::error!("conntrack events: {error}"),
+                Err(error) => {
+                    // A failure that repeats would spin and flood the log: pause, and log
+                    // at most once a minute with the count.
+                    read_failures += 1;
+                    if last_failure_log.is_none_or(|at: Instant| at.elapsed() >= ERROR_LOG_INTERVAL)
+                    {
+                        tracing::error!(
+                            "conntrack events: {error} ({read_failures} failed read(s) since the last report)"
+                        );
+                        read_failures = 0;
+                        last_failure_log = Some(Instant::now());
+                    }
+                    std::thread::sleep(ERROR_PAUSE);
+                }
             }
             // One datagram of requests per batch of ended connections.
             for batch in ended.chunks(GET_BATCH) {
