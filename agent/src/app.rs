@@ -24,7 +24,7 @@ use crate::sources::conntrack::{
 };
 use crate::sources::deny::{DEFAULT_COPY_RANGE, DenyListener};
 use crate::state;
-use crate::store::{ConnectionStore, Due, Timeouts, now_ms};
+use crate::store::{ConnectionStore, Timeouts, now_ms};
 use crate::telemetry::{Health, Metrics};
 
 /// How often due connections are looked for.
@@ -32,8 +32,6 @@ const EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// The pause before the next expiry round when the last one was cut short by the
 /// collectors' room (a backlog is waiting in the store).
 const BACKLOG_TICK: Duration = Duration::from_millis(5);
-/// Records built per expiry step: the due connections copied out of the store at a time.
-const EXPIRY_CHUNK: usize = 4096;
 /// How often the probe's counters are read into the metrics.
 const PROBE_STATS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -293,9 +291,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
                 // The collectors' room bounds the batch: what does not fit waits in the
                 // store, and the next round comes as soon as the queues have drained a bit.
                 let room = process.room();
-                let (exported, _) = export_round(
-                    &store, &mut records, &mut builder, &process, &mut due, now_ms(), room, false,
-                );
+                let (exported, _) =
+                    records.export_due(&store, &process, &mut builder, &mut due, now_ms(), room, false);
                 let rejected = builder.rejected();
                 metrics.records_unencodable.inc_by(rejected - unencodable);
                 unencodable = rejected;
@@ -327,16 +324,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     let mut flushed = 0;
     loop {
         let room = process.room();
-        let (expired, forced) = export_round(
-            &store,
-            &mut records,
-            &mut builder,
-            &process,
-            &mut due,
-            now,
-            room,
-            true,
-        );
+        let (expired, forced) =
+            records.export_due(&store, &process, &mut builder, &mut due, now, room, true);
         flushed += forced;
         if expired + forced < room || store.unflushed() == 0 {
             break;
@@ -375,42 +364,6 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         None => Ok(()),
         Some(failure) => Err(anyhow::anyhow!("stopped after a failure: {failure}")),
     }
-}
-
-/// Exports up to `limit` records in chunks of [`EXPIRY_CHUNK`] (so the copies out of the
-/// store stay small however much is due): what is due, then, when `flush`, every
-/// connection not flushed yet as a forced end. Returns (due records, forced ends).
-#[allow(clippy::too_many_arguments)]
-fn export_round(
-    store: &ConnectionStore,
-    records: &mut RecordBuilder,
-    batch: &mut BatchBuilder,
-    process: &ExportingProcess,
-    due: &mut Vec<Due>,
-    now: u64,
-    limit: usize,
-    flush: bool,
-) -> (usize, usize) {
-    let (mut expired, mut forced) = (0, 0);
-    while expired + forced < limit {
-        let chunk = (limit - expired - forced).min(EXPIRY_CHUNK);
-        due.clear();
-        let mut taken = store.expire_into(now, true, chunk, due);
-        expired += taken;
-        if flush && taken < chunk {
-            let ended = store.force_end_into(now, chunk - taken, due);
-            forced += ended;
-            taken += ended;
-        }
-        for due in due.iter() {
-            records.push(store, due, batch);
-        }
-        process.export(batch.finish());
-        if taken < chunk {
-            break;
-        }
-    }
-    (expired, forced)
 }
 
 /// Runs `body` on a thread of its own named `name`. If it panics, or returns while the

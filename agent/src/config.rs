@@ -437,16 +437,9 @@ impl Default for LoggingConfig {
 }
 
 /// A configuration that cannot be used, with the key it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct ConfigError(pub String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 fn invalid(key: &str, message: impl fmt::Display) -> ConfigError {
     ConfigError(format!("{key}: {message}"))

@@ -16,7 +16,7 @@ use crate::enrich::attribution::{Attribution, EndOwner, FlowOwners};
 use crate::enrich::metadata::{FlowMeta, Metadata};
 use crate::telemetry::Metrics;
 
-use crate::export::BatchBuilder;
+use crate::export::{BatchBuilder, ExportingProcess};
 use crate::net::{Cidr, CidrSet};
 use crate::sources::conntrack::tcp_state_name;
 use crate::sources::deny::parse_prefix;
@@ -264,6 +264,9 @@ pub fn build<'a>(
         owners,
     }
 }
+
+/// Due connections copied out of the store and built into records at a time.
+pub const EXPIRY_CHUNK: usize = 4096;
 
 /// Lookups of an end's owner (or pod) before a connection settles for not having one: an
 /// end can be exported before the probe has seen its socket or the watch its pod, and a
@@ -526,6 +529,44 @@ impl RecordBuilder {
         let shared = Arc::new(value);
         self.interned.insert(Interned(Arc::clone(&shared)));
         shared
+    }
+
+    /// The expiry step, as the agent runs it: exports up to `limit` records to `process`,
+    /// in chunks of [`EXPIRY_CHUNK`] (so the copies out of the store stay small however
+    /// much is due): what is due, then, when `flush`, every connection not flushed yet as
+    /// a forced end. `due` is a buffer reused from call to call. Returns (due records,
+    /// forced ends).
+    #[allow(clippy::too_many_arguments)]
+    pub fn export_due(
+        &mut self,
+        store: &ConnectionStore,
+        process: &ExportingProcess,
+        batch: &mut BatchBuilder,
+        due: &mut Vec<Due>,
+        now_ms: u64,
+        limit: usize,
+        flush: bool,
+    ) -> (usize, usize) {
+        let (mut expired, mut forced) = (0, 0);
+        while expired + forced < limit {
+            let chunk = (limit - expired - forced).min(EXPIRY_CHUNK);
+            due.clear();
+            let mut taken = store.expire_into(now_ms, true, chunk, due);
+            expired += taken;
+            if flush && taken < chunk {
+                let ended = store.force_end_into(now_ms, chunk - taken, due);
+                forced += ended;
+                taken += ended;
+            }
+            for due in due.iter() {
+                self.push(store, due, batch);
+            }
+            process.export(batch.finish());
+            if taken < chunk {
+                break;
+            }
+        }
+        (expired, forced)
     }
 
     /// Builds the record of `due` into `batch`. Allocates nothing once the connection's

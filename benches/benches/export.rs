@@ -195,14 +195,16 @@ impl Bench {
     /// until the exporter has sent all of them. Returns the records exported.
     fn export(&mut self) -> u64 {
         let before = alloc_snapshot();
-        self.due.clear();
-        let exported =
-            self.store
-                .expire_into(self.now_ms, true, usize::MAX, &mut self.due) as u64;
-        for due in &self.due {
-            self.records.push(&self.store, due, &mut self.builder);
-        }
-        self.process.export(self.builder.finish());
+        let (exported, _) = self.records.export_due(
+            &self.store,
+            &self.process,
+            &mut self.builder,
+            &mut self.due,
+            self.now_ms,
+            usize::MAX,
+            false,
+        );
+        let exported = exported as u64;
         self.sent += exported;
         // Until every record is written to the socket: UDP confirmation (no refusal came
         // back) runs on its own 200 ms timer, which is not the work measured here.

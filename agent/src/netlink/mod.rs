@@ -2,8 +2,6 @@
 //! iterators that hand out borrowed views, and a request builder that writes into a
 //! caller's buffer.
 
-use std::fmt;
-
 /// Length of `struct nlmsghdr`.
 pub const HEADER_LEN: usize = 16;
 /// Length of `struct nfgenmsg`, which follows the header of every netfilter message.
@@ -29,46 +27,21 @@ pub const NLA_F_NET_BYTEORDER: u16 = 0x4000;
 const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
 
 /// Malformed netlink bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// A message header claims fewer than 16 bytes or more than the datagram holds.
+    #[error("netlink message length {length} is invalid ({available} bytes available)")]
     BadMessageLength { length: u32, available: usize },
     /// An attribute claims fewer than 4 bytes or more than its parent holds.
+    #[error("netlink attribute length {length} is invalid ({available} bytes available)")]
     BadAttributeLength { length: u16, available: usize },
     /// An attribute's payload has the wrong size for its type.
+    #[error("attribute {attribute} has an invalid {length}-byte payload")]
     BadPayload { attribute: u16, length: usize },
     /// A message too short for its fixed part.
+    #[error("message truncated: {needed} bytes needed, {available} available")]
     Truncated { needed: usize, available: usize },
 }
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadMessageLength { length, available } => write!(
-                f,
-                "netlink message length {length} is invalid ({available} bytes available)"
-            ),
-            Self::BadAttributeLength { length, available } => write!(
-                f,
-                "netlink attribute length {length} is invalid ({available} bytes available)"
-            ),
-            Self::BadPayload { attribute, length } => {
-                write!(
-                    f,
-                    "attribute {attribute} has an invalid {length}-byte payload"
-                )
-            }
-            Self::Truncated { needed, available } => {
-                write!(
-                    f,
-                    "message truncated: {needed} bytes needed, {available} available"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 #[inline]
 fn align4(len: usize) -> usize {

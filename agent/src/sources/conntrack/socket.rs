@@ -18,41 +18,20 @@ use crate::netlink::{
 const RECEIVE_BUFFER: usize = 64 * 1024;
 
 /// What can go wrong talking to ctnetlink.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
     /// The socket failed (open, send, receive).
-    Io(io::Error),
+    #[error("ctnetlink socket: {0}")]
+    Io(#[from] io::Error),
     /// The kernel answered with an error code.
+    #[error("ctnetlink request refused by the kernel: {0}")]
     Kernel(io::Error),
     /// The kernel's bytes did not parse.
-    Parse(ParseError),
+    #[error("malformed ctnetlink message: {0}")]
+    Parse(#[from] ParseError),
     /// The kernel ran out of buffer space during a dump (NLMSG_OVERRUN).
+    #[error("ctnetlink dump overrun")]
     Overrun,
-}
-
-impl std::fmt::Display for ConntrackError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "ctnetlink socket: {e}"),
-            Self::Kernel(e) => write!(f, "ctnetlink request refused by the kernel: {e}"),
-            Self::Parse(e) => write!(f, "malformed ctnetlink message: {e}"),
-            Self::Overrun => f.write_str("ctnetlink dump overrun"),
-        }
-    }
-}
-
-impl std::error::Error for ConntrackError {}
-
-impl From<io::Error> for ConntrackError {
-    fn from(e: io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-impl From<ParseError> for ConntrackError {
-    fn from(e: ParseError) -> Self {
-        Self::Parse(e)
-    }
 }
 
 /// Which entries a dump returns.

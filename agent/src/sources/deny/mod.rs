@@ -101,47 +101,22 @@ impl<'a> From<&DenyEvent<'a>> for Denial<'a> {
 }
 
 /// What can go wrong with the NFLOG source.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum DenyError {
     /// Another socket in this network namespace already listens on the group.
+    #[error(
+        "NFLOG group {0} already has a listener in this network namespace (another flowex, ulogd or tcpdump --nflog?); choose another deny.nflogGroup"
+    )]
     GroupTaken(u16),
     /// The kernel refused the configuration.
+    #[error("binding NFLOG group {group} was refused: {error}")]
     Refused { group: u16, error: io::Error },
     /// The socket failed.
-    Io(io::Error),
+    #[error("NFLOG socket: {0}")]
+    Io(#[from] io::Error),
     /// Malformed netlink bytes.
-    Parse(ParseError),
-}
-
-impl std::fmt::Display for DenyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::GroupTaken(group) => write!(
-                f,
-                "NFLOG group {group} already has a listener in this network namespace \
-                 (another flowex, ulogd or tcpdump --nflog?); choose another deny.nflogGroup"
-            ),
-            Self::Refused { group, error } => {
-                write!(f, "binding NFLOG group {group} was refused: {error}")
-            }
-            Self::Io(e) => write!(f, "NFLOG socket: {e}"),
-            Self::Parse(e) => write!(f, "malformed NFLOG message: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for DenyError {}
-
-impl From<io::Error> for DenyError {
-    fn from(e: io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-impl From<ParseError> for DenyError {
-    fn from(e: ParseError) -> Self {
-        Self::Parse(e)
-    }
+    #[error("malformed NFLOG message: {0}")]
+    Parse(#[from] ParseError),
 }
 
 /// Counters of packets that could not be turned into events.

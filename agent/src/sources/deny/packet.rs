@@ -37,24 +37,15 @@ impl PacketTuple {
 }
 
 /// Why the copied bytes are not a packet we can read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
     /// Not IPv4 or IPv6.
+    #[error("IP version {0} is neither 4 nor 6")]
     UnknownVersion(u8),
     /// Shorter than the headers it announces.
+    #[error("packet shorter than its headers")]
     Truncated,
 }
-
-impl std::fmt::Display for PacketError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::UnknownVersion(v) => write!(f, "IP version {v} is neither 4 nor 6"),
-            Self::Truncated => f.write_str("packet shorter than its headers"),
-        }
-    }
-}
-
-impl std::error::Error for PacketError {}
 
 const ICMP: u8 = 1;
 const TCP: u8 = 6;
