@@ -98,10 +98,12 @@ impl Slot {
     }
 }
 
+#[inline]
 fn hash_key(key: &ConnKey) -> u64 {
     FxBuild.hash_one(key)
 }
 
+#[inline]
 fn slot_in(chunks: &[Box<[Slot]>], slot: u32) -> &Slot {
     &chunks[slot as usize / CHUNK][slot as usize % CHUNK]
 }
@@ -122,6 +124,7 @@ struct Shard {
 }
 
 impl Shard {
+    #[inline]
     fn find(&self, hash: u64, key: &ConnKey) -> Option<u32> {
         let chunks = &self.chunks;
         self.index
@@ -129,10 +132,12 @@ impl Shard {
             .copied()
     }
 
+    #[inline]
     fn slot(&self, slot: u32) -> &Slot {
         slot_in(&self.chunks, slot)
     }
 
+    #[inline]
     fn slot_mut(&mut self, slot: u32) -> &mut Slot {
         &mut self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
     }

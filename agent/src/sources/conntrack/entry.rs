@@ -27,6 +27,7 @@ pub struct Tuple {
 
 impl Tuple {
     /// The store's key of this tuple in `zone`.
+    #[inline]
     pub fn key(&self, zone: u16) -> ConnKey {
         ConnKey::new(
             zone,
@@ -350,6 +351,7 @@ impl From<&ConntrackEntry> for Observation {
     /// What the store needs of an entry; conntrack's TCP state numbers are read here:
     /// TIME_WAIT (7) and CLOSE (8) end a connection, SYN_SENT to ESTABLISHED (1 to 3)
     /// only begin one.
+    #[inline]
     fn from(entry: &ConntrackEntry) -> Self {
         Observation {
             key: entry.original.key(entry.zone),
