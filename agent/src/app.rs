@@ -160,7 +160,7 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     } else {
         Attribution::disabled()
     };
-    metrics.probe_loaded.set(i64::from(attribution.is_active()));
+    metrics.probe_attached(attribution.is_active());
     let node_name = &settings.node_name;
     let (metadata, watchers) = start_metadata(config, &metrics, node_name).await?;
     let stopping = Arc::new(AtomicBool::new(false));
@@ -279,7 +279,6 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     let mut builder = BatchBuilder::default();
     // Due connections copied out of the store, reused round after round.
     let mut due = Vec::new();
-    let mut unencodable = 0;
     tokio::pin!(stop);
     let mut next_expiry = tokio::time::Instant::now() + EXPIRY_TICK;
     let mut next_probe_read = tokio::time::Instant::now();
@@ -293,9 +292,7 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
                 let room = process.room();
                 let (exported, _) =
                     records.export_due(&store, &process, &mut builder, &mut due, now_ms(), room, false);
-                let rejected = builder.rejected();
-                metrics.records_unencodable.inc_by(rejected - unencodable);
-                unencodable = rejected;
+                metrics.records_unencodable_total(builder.rejected());
                 let now = tokio::time::Instant::now();
                 next_expiry = now + if exported >= room { BACKLOG_TICK } else { EXPIRY_TICK };
                 process.report_drops();

@@ -88,7 +88,7 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
                 stream
             }
             Err(error) => {
-                endpoint.metrics.accept_errors.inc();
+                endpoint.metrics.accept_failed();
                 unreported += 1;
                 let now = tokio::time::Instant::now();
                 if last_warning.is_none_or(|at| now - at >= ACCEPT_LOG_INTERVAL) {

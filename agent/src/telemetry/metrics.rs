@@ -13,34 +13,34 @@ use crate::store::ConnectionStore;
 /// Every metric the agent exposes.
 pub struct Metrics {
     registry: Registry,
-    pub tracked_connections: IntGauge,
-    pub deny_connections: IntGauge,
-    pub conntrack_entries: IntGauge,
-    pub conntrack_max: IntGauge,
-    pub poll_duration: Histogram,
-    pub events_received: IntCounter,
-    pub events_lost: IntCounter,
-    pub resyncs: IntCounter,
-    pub deny_packets: IntCounter,
+    tracked_connections: IntGauge,
+    deny_connections: IntGauge,
+    conntrack_entries: IntGauge,
+    conntrack_max: IntGauge,
+    poll_duration: Histogram,
+    events_received: IntCounter,
+    events_lost: IntCounter,
+    resyncs: IntCounter,
+    deny_packets: IntCounter,
     /// NFLOG messages whose copied bytes were not a readable IP packet.
-    pub deny_unreadable: IntCounter,
+    deny_unreadable: IntCounter,
     /// Times the NFLOG socket overflowed (ENOBUFS): denied packets were lost.
-    pub deny_overflows: IntCounter,
+    deny_overflows: IntCounter,
     /// Records refused by the batch builder (a record type that misreports its length).
-    pub records_unencodable: IntCounter,
+    records_unencodable: IntCounter,
     records_produced: IntCounter,
     records_exported: IntCounterVec,
     records_dropped: IntCounterVec,
     records_resent: IntCounterVec,
     /// Failed accepts of the metrics server (out of file descriptors, mostly).
-    pub accept_errors: IntCounter,
+    accept_errors: IntCounter,
     send_errors: IntCounterVec,
     reconnects: IntCounterVec,
     messages: IntCounterVec,
     bytes: IntCounterVec,
     queue_depth: IntGaugeVec,
     connected: IntGaugeVec,
-    pub probe_loaded: IntGauge,
+    probe_loaded: IntGauge,
     probe_calls: IntCounter,
     probe_recorded: IntCounter,
     probe_map_errors: IntCounter,
@@ -221,6 +221,53 @@ impl Metrics {
             ],
             registry: r,
         }
+    }
+
+    /// Whether the eBPF socket probe is loaded.
+    pub fn probe_attached(&self, attached: bool) {
+        self.probe_loaded.set(i64::from(attached));
+    }
+
+    /// One poll of the conntrack table: how long it took, and the table's size and limit.
+    pub fn polled(&self, took: std::time::Duration, table: Option<(u32, u32)>) {
+        self.poll_duration.observe(took.as_secs_f64());
+        if let Some((entries, max)) = table {
+            self.conntrack_entries.set(i64::from(entries));
+            self.conntrack_max.set(i64::from(max));
+        }
+    }
+
+    /// Conntrack events read.
+    pub fn events_read(&self, count: u64) {
+        self.events_received.inc_by(count);
+    }
+
+    /// Conntrack events were lost: a resync dump follows.
+    pub fn events_lost_and_resynced(&self) {
+        self.events_lost.inc();
+        self.resyncs.inc();
+    }
+
+    /// One denied packet read from NFLOG.
+    pub fn denied_packet(&self) {
+        self.deny_packets.inc();
+    }
+
+    /// NFLOG losses since the last call: socket overflows and unreadable packets.
+    pub fn deny_losses(&self, overflows: u64, unreadable: u64) {
+        self.deny_overflows.inc_by(overflows);
+        self.deny_unreadable.inc_by(unreadable);
+    }
+
+    /// The batch builder's count of refused records so far (a running total).
+    pub fn records_unencodable_total(&self, total: u64) {
+        self.records_unencodable
+            .inc_by(total.saturating_sub(self.records_unencodable.get()));
+    }
+
+    /// A failed accept of the metrics server.
+    pub fn accept_failed(&self) {
+        self.accept_errors.inc();
     }
 
     /// Counts, per end, whether a record found its owner.

@@ -71,19 +71,16 @@ impl ConntrackSource<'_> {
                 tracing::error!("conntrack dump: {error}");
             }
         }
-        self.metrics
-            .poll_duration
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
         if first {
             let gone = self.store.finish_resume();
             if gone > 0 {
                 tracing::info!("{gone} connection(s) of the state file ended while no agent ran");
             }
         }
-        if let Ok(table) = socket.table_stats() {
-            self.metrics.conntrack_entries.set(i64::from(table.entries));
-            self.metrics.conntrack_max.set(i64::from(table.max_entries));
-        }
+        let table = socket.table_stats().ok();
+        self.metrics
+            .polled(took, table.map(|t| (t.entries, t.max_entries)));
     }
 
     /// Polls and reads events until `stopping` is set (and `interrupt` raised).
@@ -155,12 +152,11 @@ impl ConntrackSource<'_> {
                     }
                 }
             });
-            self.metrics.events_received.inc_by(received);
+            self.metrics.events_read(received);
             let now = now_ms();
             match result {
                 Ok(Received::Lost) => {
-                    self.metrics.events_lost.inc();
-                    self.metrics.resyncs.inc();
+                    self.metrics.events_lost_and_resynced();
                     // Empty the queue first: until it is, the kernel drops new events
                     // without saying so, and the dump below would miss the ones of its
                     // own time. What is discarded is older than the dump, which has it.

@@ -27,7 +27,7 @@ impl DenySource<'_> {
         let mut last_logged: Option<Instant> = None;
         while !stopping.load(Ordering::Acquire) {
             let result = listener.receive(None, |event| {
-                self.metrics.deny_packets.inc();
+                self.metrics.denied_packet();
                 self.store.deny(event, now_ms())
             });
             if let Err(error) = result {
@@ -43,15 +43,13 @@ impl DenySource<'_> {
             }
             let now = listener.stats();
             if now.lost > seen.lost {
-                self.metrics.deny_overflows.inc_by(now.lost - seen.lost);
                 tracing::warn!(
                     "the NFLOG socket overflowed (ENOBUFS): {} denied packet burst(s) lost",
                     now.lost - seen.lost
                 );
             }
             self.metrics
-                .deny_unreadable
-                .inc_by(now.unreadable - seen.unreadable);
+                .deny_losses(now.lost - seen.lost, now.unreadable - seen.unreadable);
             seen = now;
         }
     }
