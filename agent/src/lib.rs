@@ -8,6 +8,7 @@ pub mod enrich;
 pub mod export;
 pub mod net;
 pub mod netlink;
+pub mod network;
 pub mod records;
 pub mod sources;
 pub mod state;

@@ -48,6 +48,8 @@ pub struct Metrics {
     /// Per end (source, destination): records whose owner was found / not found.
     owner_found: [IntCounter; 2],
     owner_missing: [IntCounter; 2],
+    /// The node's own network health, read at each scrape.
+    node: crate::network::NodeNetwork,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -219,6 +221,7 @@ impl Metrics {
                 attributed.with_label_values(&["source", "missing"]),
                 attributed.with_label_values(&["destination", "missing"]),
             ],
+            node: crate::network::NodeNetwork::new(&r, crate::network::Sources::default()),
             registry: r,
         }
     }
@@ -296,6 +299,7 @@ impl Metrics {
 
     /// Copies the live counters of the store and collectors into the metrics.
     pub fn refresh(&self, store: &ConnectionStore, process: &ExportingProcess) {
+        self.node.refresh();
         self.tracked_connections.set(store.len() as i64);
         self.records_produced.inc_by(
             process

@@ -1,0 +1,194 @@
+//! The node's own network health, read where the kernel keeps it: per-CPU packet
+//! processing and its limits ([`softnet`]). Read at scrape time: one file and three
+//! sysctls per scrape, nothing in between.
+
+pub mod softnet;
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use softnet::{RxLimits, SoftnetCpu, grew, parse_softnet};
+
+/// Unreadable softnet_stat text is logged at most this often.
+const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Where the files are (a test points them elsewhere).
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub softnet_stat: PathBuf,
+    pub proc_sys_net_core: PathBuf,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Self {
+            softnet_stat: PathBuf::from("/proc/net/softnet_stat"),
+            proc_sys_net_core: PathBuf::from("/proc/sys/net/core"),
+        }
+    }
+}
+
+struct Softnet {
+    /// The last read, per CPU, to turn 32-bit wrapping counters into growing totals.
+    previous: Vec<SoftnetCpu>,
+    current: Vec<SoftnetCpu>,
+    last_error_log: Option<Instant>,
+}
+
+/// The node network metrics, registered once and refreshed at each scrape.
+pub struct NodeNetwork {
+    sources: Sources,
+    softnet: Mutex<Softnet>,
+    processed: IntCounterVec,
+    dropped: IntCounterVec,
+    squeezed: IntCounterVec,
+    received_rps: IntCounterVec,
+    flow_limit: IntCounterVec,
+    backlog: IntGaugeVec,
+    /// Label-less vectors: a setting that cannot be read has no series, not a 0.
+    budget: IntGaugeVec,
+    budget_usecs: IntGaugeVec,
+    max_backlog: IntGaugeVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Names are constants and unique: registration cannot fail.
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+impl NodeNetwork {
+    /// Registers the metrics on `registry`.
+    pub fn new(registry: &Registry, sources: Sources) -> Self {
+        let per_cpu = |name: &str, help: &str| {
+            register(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), &["cpu"]).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            register(
+                registry,
+                IntGaugeVec::new(Opts::new(name, help), &[]).expect("valid metric"),
+            )
+        };
+        Self {
+            sources,
+            softnet: Mutex::new(Softnet {
+                previous: Vec::new(),
+                current: Vec::new(),
+                last_error_log: None,
+            }),
+            processed: per_cpu(
+                "flowex_softnet_processed_total",
+                "Packets the CPU's receive path processed (/proc/net/softnet_stat).",
+            ),
+            dropped: per_cpu(
+                "flowex_softnet_dropped_total",
+                "Packets dropped because the CPU's backlog was full (net.core.netdev_max_backlog).",
+            ),
+            squeezed: per_cpu(
+                "flowex_softnet_times_squeezed_total",
+                "Receive rounds that ran out of budget (net.core.netdev_budget, netdev_budget_usecs) with packets left.",
+            ),
+            received_rps: per_cpu(
+                "flowex_softnet_received_rps_total",
+                "Times the CPU was woken for packets steered to it (RPS).",
+            ),
+            flow_limit: per_cpu(
+                "flowex_softnet_flow_limit_count_total",
+                "Packets dropped by the flow limit.",
+            ),
+            backlog: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "flowex_softnet_backlog_len",
+                        "Packets waiting in the CPU's backlog at the scrape (kernel 5.10 and later).",
+                    ),
+                    &["cpu"],
+                )
+                .expect("valid metric"),
+            ),
+            budget: gauge(
+                "flowex_netdev_budget",
+                "net.core.netdev_budget: packets one receive round may process.",
+            ),
+            budget_usecs: gauge(
+                "flowex_netdev_budget_usecs",
+                "net.core.netdev_budget_usecs: microseconds one receive round may take.",
+            ),
+            max_backlog: gauge(
+                "flowex_netdev_max_backlog",
+                "net.core.netdev_max_backlog: packets a CPU's backlog holds before it drops.",
+            ),
+        }
+    }
+
+    /// Reads the files and updates the metrics. An unreadable file leaves the metrics as
+    /// they were and is logged (at most every five minutes).
+    pub fn refresh(&self) {
+        let limits = RxLimits::read(&self.sources.proc_sys_net_core);
+        for (gauge, value) in [
+            (&self.budget, limits.netdev_budget),
+            (&self.budget_usecs, limits.netdev_budget_usecs),
+            (&self.max_backlog, limits.netdev_max_backlog),
+        ] {
+            if let Some(value) = value {
+                gauge.with_label_values(&[] as &[&str]).set(value as i64);
+            }
+        }
+        let mut softnet = self.softnet.lock().unwrap_or_else(PoisonError::into_inner);
+        let softnet = &mut *softnet;
+        let result = std::fs::read_to_string(&self.sources.softnet_stat)
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse_softnet(&text, &mut softnet.current).map_err(|e| e.to_string()));
+        if let Err(error) = result {
+            if softnet
+                .last_error_log
+                .is_none_or(|at| at.elapsed() >= ERROR_LOG_INTERVAL)
+            {
+                tracing::warn!(
+                    "{}: {error}: softnet metrics not updated",
+                    self.sources.softnet_stat.display()
+                );
+                softnet.last_error_log = Some(Instant::now());
+            }
+            return;
+        }
+        for now in &softnet.current {
+            // A CPU seen for the first time counts from zero (its totals since boot,
+            // modulo 2^32).
+            let before = softnet
+                .previous
+                .iter()
+                .find(|p| p.cpu == now.cpu)
+                .copied()
+                .unwrap_or_default();
+            let cpu = now.cpu.to_string();
+            let labels = [cpu.as_str()];
+            for (counter, before, now) in [
+                (&self.processed, before.processed, now.processed),
+                (&self.dropped, before.dropped, now.dropped),
+                (&self.squeezed, before.time_squeeze, now.time_squeeze),
+                (&self.received_rps, before.received_rps, now.received_rps),
+                (
+                    &self.flow_limit,
+                    before.flow_limit_count,
+                    now.flow_limit_count,
+                ),
+            ] {
+                counter.with_label_values(&labels).inc_by(grew(before, now));
+            }
+            if let Some(length) = now.backlog_len {
+                self.backlog
+                    .with_label_values(&labels)
+                    .set(i64::from(length));
+            }
+        }
+        std::mem::swap(&mut softnet.previous, &mut softnet.current);
+    }
+}
