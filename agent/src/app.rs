@@ -233,6 +233,7 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
                     zones: &zones,
                     include_loopback: loopback,
                     interval,
+                    cpus: Default::default(),
                 };
                 source.run(socket, events, &stopping, &interrupt)
             },

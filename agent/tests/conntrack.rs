@@ -276,3 +276,83 @@ fn startup_checks_report_and_set_the_sysctls_of_the_agents_namespace() {
     let out = ns.exec(&["sysctl", "-n", "net.netfilter.nf_conntrack_acct"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 }
+
+/// Conntrack's per-CPU counters as the agent reads them (and exports them) equal what
+/// `conntrack -S` prints, with invalid packets made for the test so they are not all 0.
+#[test]
+fn per_cpu_counters_match_conntrack_dash_s() {
+    use flowex_agent::network::{NodeNetwork, Sources};
+    use prometheus::{Encoder, Registry, TextEncoder};
+
+    let ns = Netns::new("st");
+    ns.track_connections();
+    ns.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
+    // Bare ACKs of no connection: conntrack counts them invalid.
+    let sent = ns.exec(&[
+        "python3",
+        "-c",
+        "import socket, struct\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)\n\
+         ack = struct.pack('!HHIIBBHHH', 40000, 9, 12345, 67890, 5 << 4, 0x10, 1024, 0, 0)\n\
+         for _ in range(3): s.sendto(ack, ('127.0.0.1', 0))",
+    ]);
+    assert!(sent.status.success(), "{sent:?}");
+    let cpus = ns.enter(|| {
+        let mut cpus = Vec::new();
+        ConntrackSocket::open()
+            .unwrap()
+            .cpu_stats(&mut cpus)
+            .unwrap();
+        cpus
+    });
+    let cli = String::from_utf8(ns.exec(&["conntrack", "-S"]).stdout).unwrap();
+    let mut compared = 0;
+    for line in cli.lines() {
+        let mut fields = line.split_whitespace();
+        let cpu: u16 = fields
+            .next()
+            .and_then(|f| f.strip_prefix("cpu="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ours = cpus.iter().find(|c| c.cpu == cpu).expect("every CPU read");
+        for field in fields {
+            let (name, value) = field.split_once('=').unwrap();
+            let value: u32 = value.parse().unwrap();
+            let mine = match name {
+                "found" => ours.found,
+                "invalid" => ours.invalid,
+                "insert" => ours.insert,
+                "insert_failed" => ours.insert_failed,
+                "drop" => ours.drop,
+                "early_drop" => ours.early_drop,
+                "error" => ours.error,
+                "search_restart" => ours.search_restart,
+                "clash_resolve" => ours.clash_resolve,
+                "chaintoolong" => ours.chain_too_long,
+                other => panic!("conntrack -S printed {other}"),
+            };
+            assert_eq!(mine, value, "cpu {cpu} {name}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 10 * cpus.len());
+    let invalid: u32 = cpus.iter().map(|c| c.invalid).sum();
+    assert!(invalid >= 3, "{cpus:?}");
+    // The metrics carry the same values.
+    let registry = Registry::new();
+    let network = NodeNetwork::new(&registry, Sources::default());
+    network.observe_conntrack(&cpus);
+    let mut text = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut text)
+        .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    for cpu in &cpus {
+        let series = format!(
+            "flowex_conntrack_stat_invalid_total{{cpu=\"{}\"}} {}",
+            cpu.cpu, cpu.invalid
+        );
+        assert!(text.lines().any(|l| l == series), "{series} not in\n{text}");
+    }
+}

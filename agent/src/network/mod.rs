@@ -1,6 +1,7 @@
 //! The node's own network health, read where the kernel keeps it: per-CPU packet
-//! processing and its limits ([`softnet`]). Read at scrape time: one file and three
-//! sysctls per scrape, nothing in between.
+//! processing and its limits ([`softnet`], read at scrape time: one file and three
+//! sysctls per scrape, nothing in between), and conntrack's per-CPU counters (read by the
+//! conntrack source with each poll, on the socket it polls with).
 
 pub mod softnet;
 
@@ -11,6 +12,8 @@ use std::time::Instant;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use softnet::{RxLimits, SoftnetCpu, grew, parse_softnet};
+
+use crate::sources::conntrack::CpuStats;
 
 /// Unreadable softnet_stat text is logged at most this often.
 const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
@@ -29,6 +32,12 @@ impl Default for Sources {
             proc_sys_net_core: PathBuf::from("/proc/sys/net/core"),
         }
     }
+}
+
+/// The conntrack counters last seen per CPU.
+#[derive(Default)]
+struct ConntrackCpus {
+    previous: Vec<CpuStats>,
 }
 
 struct Softnet {
@@ -52,6 +61,39 @@ pub struct NodeNetwork {
     budget: IntGaugeVec,
     budget_usecs: IntGaugeVec,
     max_backlog: IntGaugeVec,
+    conntrack: Mutex<ConntrackCpus>,
+    /// found, invalid, insert, insert_failed, drop, early_drop, error, search_restart,
+    /// clash_resolve, chaintoolong.
+    conntrack_stats: [IntCounterVec; 10],
+}
+
+/// The names of conntrack's per-CPU counters, as `conntrack -S` prints them.
+const CONNTRACK_STATS: [&str; 10] = [
+    "found",
+    "invalid",
+    "insert",
+    "insert_failed",
+    "drop",
+    "early_drop",
+    "error",
+    "search_restart",
+    "clash_resolve",
+    "chaintoolong",
+];
+
+fn stat_values(s: &CpuStats) -> [u32; 10] {
+    [
+        s.found,
+        s.invalid,
+        s.insert,
+        s.insert_failed,
+        s.drop,
+        s.early_drop,
+        s.error,
+        s.search_restart,
+        s.clash_resolve,
+        s.chain_too_long,
+    ]
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -125,7 +167,43 @@ impl NodeNetwork {
                 "flowex_netdev_max_backlog",
                 "net.core.netdev_max_backlog: packets a CPU's backlog holds before it drops.",
             ),
+            conntrack: Mutex::default(),
+            conntrack_stats: CONNTRACK_STATS.map(|stat| {
+                per_cpu(
+                    &format!("flowex_conntrack_stat_{stat}_total"),
+                    &format!("conntrack's per-CPU {stat} counter (as conntrack -S prints it)."),
+                )
+            }),
         }
+    }
+
+    /// Updates the conntrack counters from one read of every CPU's (32-bit, wrapping).
+    pub fn observe_conntrack(&self, cpus: &[CpuStats]) {
+        let mut seen = self
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for now in cpus {
+            let before = seen
+                .previous
+                .iter()
+                .find(|p| p.cpu == now.cpu)
+                .copied()
+                .unwrap_or_default();
+            let cpu = now.cpu.to_string();
+            for ((counter, before), now) in self
+                .conntrack_stats
+                .iter()
+                .zip(stat_values(&before))
+                .zip(stat_values(now))
+            {
+                counter
+                    .with_label_values(&[cpu.as_str()])
+                    .inc_by(grew(before, now));
+            }
+        }
+        seen.previous.clear();
+        seen.previous.extend_from_slice(cpus);
     }
 
     /// Reads the files and updates the metrics. An unreadable file leaves the metrics as

@@ -240,6 +240,11 @@ impl Metrics {
         }
     }
 
+    /// Conntrack's per-CPU counters, read with a poll.
+    pub fn conntrack_cpu_stats(&self, cpus: &[crate::sources::conntrack::CpuStats]) {
+        self.node.observe_conntrack(cpus);
+    }
+
     /// Conntrack events read.
     pub fn events_read(&self, count: u64) {
         self.events_received.inc_by(count);

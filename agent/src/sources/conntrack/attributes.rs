@@ -53,5 +53,7 @@ pub(crate) const CTA_STATS_DROP: u16 = 10;
 pub(crate) const CTA_STATS_EARLY_DROP: u16 = 11;
 pub(crate) const CTA_STATS_ERROR: u16 = 12;
 pub(crate) const CTA_STATS_SEARCH_RESTART: u16 = 13;
+pub(crate) const CTA_STATS_CLASH_RESOLVE: u16 = 14;
+pub(crate) const CTA_STATS_CHAIN_TOOLONG: u16 = 15;
 pub(crate) const CTA_STATS_GLOBAL_ENTRIES: u16 = 1;
 pub(crate) const CTA_STATS_GLOBAL_MAX_ENTRIES: u16 = 2;

@@ -15,5 +15,7 @@ pub use events::{
     ConntrackEvents, DEFAULT_EVENT_BUFFER, DRAIN_LIMIT, EventGroups, EventKind, Received,
 };
 pub use settings::{Check, SETTINGS, Setting, check_settings, default_root};
-pub use socket::{ConntrackError, ConntrackSocket, DumpFilter, DumpStats, GET_BATCH, TableStats};
+pub use socket::{
+    ConntrackError, ConntrackSocket, CpuStats, DumpFilter, DumpStats, GET_BATCH, TableStats,
+};
 pub use source::ConntrackSource;

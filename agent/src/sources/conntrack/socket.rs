@@ -76,6 +76,23 @@ pub struct DumpStats {
     pub bytes: u64,
 }
 
+/// One CPU's conntrack counters (`IPCTNL_MSG_CT_GET_STATS_CPU`), as `conntrack -S`
+/// prints them. The kernel keeps them in 32 bits: they wrap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    pub cpu: u16,
+    pub found: u32,
+    pub invalid: u32,
+    pub insert: u32,
+    pub insert_failed: u32,
+    pub drop: u32,
+    pub early_drop: u32,
+    pub error: u32,
+    pub search_restart: u32,
+    pub clash_resolve: u32,
+    pub chain_too_long: u32,
+}
+
 /// Table size and per-CPU counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TableStats {
@@ -401,7 +418,7 @@ impl ConntrackSocket {
         self.query(
             IPCTNL_MSG_CT_GET_STATS,
             NLM_F_REQUEST | NLM_F_ACK,
-            |attrs| {
+            |_, attrs| {
                 for attr in attrs {
                     let attr = attr?;
                     match attr.kind {
@@ -416,7 +433,7 @@ impl ConntrackSocket {
         self.query(
             IPCTNL_MSG_CT_GET_STATS_CPU,
             NLM_F_REQUEST | NLM_F_DUMP,
-            |attrs| {
+            |_, attrs| {
                 for attr in attrs {
                     let attr = attr?;
                     let value = u64::from(attr.be32()?);
@@ -438,13 +455,49 @@ impl ConntrackSocket {
         Ok(stats)
     }
 
-    /// Sends a bodiless request and feeds the attributes of each reply message to `each`
-    /// until NLMSG_DONE or the acknowledgement.
+    /// Reads every CPU's counters into `out` (cleared first; reused, so a read allocates
+    /// nothing once it has a slot per CPU).
+    pub fn cpu_stats(&mut self, out: &mut Vec<CpuStats>) -> Result<(), ConntrackError> {
+        out.clear();
+        self.query(
+            IPCTNL_MSG_CT_GET_STATS_CPU,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            |cpu, attrs| {
+                let mut stats = CpuStats {
+                    cpu,
+                    ..CpuStats::default()
+                };
+                for attr in attrs {
+                    let attr = attr?;
+                    let value = attr.be32()?;
+                    match attr.kind {
+                        CTA_STATS_FOUND => stats.found = value,
+                        CTA_STATS_INVALID => stats.invalid = value,
+                        CTA_STATS_INSERT => stats.insert = value,
+                        CTA_STATS_INSERT_FAILED => stats.insert_failed = value,
+                        CTA_STATS_DROP => stats.drop = value,
+                        CTA_STATS_EARLY_DROP => stats.early_drop = value,
+                        CTA_STATS_ERROR => stats.error = value,
+                        CTA_STATS_SEARCH_RESTART => stats.search_restart = value,
+                        CTA_STATS_CLASH_RESOLVE => stats.clash_resolve = value,
+                        CTA_STATS_CHAIN_TOOLONG => stats.chain_too_long = value,
+                        _ => {}
+                    }
+                }
+                out.push(stats);
+                Ok(())
+            },
+        )
+    }
+
+    /// Sends a bodiless request and feeds each reply message to `each`: the nfgenmsg
+    /// resource id (the CPU, for per-CPU statistics) and the attributes, until NLMSG_DONE
+    /// or the acknowledgement.
     fn query(
         &mut self,
         message: u16,
         flags: u16,
-        mut each: impl FnMut(Attributes<'_>) -> Result<(), ParseError>,
+        mut each: impl FnMut(u16, Attributes<'_>) -> Result<(), ParseError>,
     ) -> Result<(), ConntrackError> {
         let sequence = self.next_sequence();
         let request = RequestBuilder::new(
@@ -464,7 +517,14 @@ impl ConntrackSocket {
                     Reply::Finished
                 }
                 _ => {
-                    each(Attributes::new(payload.get(NFGEN_LEN..).unwrap_or(&[])))?;
+                    // nfgenmsg: family, version, resource id (big-endian).
+                    let resource = payload
+                        .get(2..4)
+                        .map_or(0, |id| u16::from_be_bytes([id[0], id[1]]));
+                    each(
+                        resource,
+                        Attributes::new(payload.get(NFGEN_LEN..).unwrap_or(&[])),
+                    )?;
                     Reply::More
                 }
             })

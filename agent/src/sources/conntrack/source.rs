@@ -35,6 +35,8 @@ pub struct ConntrackSource<'a> {
     pub include_loopback: bool,
     /// Time between polls.
     pub interval: Duration,
+    /// Per-CPU counters, a buffer reused poll after poll.
+    pub cpus: std::cell::RefCell<Vec<super::CpuStats>>,
 }
 
 impl ConntrackSource<'_> {
@@ -81,6 +83,10 @@ impl ConntrackSource<'_> {
         let table = socket.table_stats().ok();
         self.metrics
             .polled(took, table.map(|t| (t.entries, t.max_entries)));
+        let mut cpus = self.cpus.borrow_mut();
+        if socket.cpu_stats(&mut cpus).is_ok() {
+            self.metrics.conntrack_cpu_stats(&cpus);
+        }
     }
 
     /// Polls and reads events until `stopping` is set (and `interrupt` raised).
