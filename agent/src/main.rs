@@ -28,6 +28,9 @@ enum Command {
     Run(RunArgs),
     /// List the conntrack table of this network namespace (needs CAP_NET_ADMIN).
     Conntrack(ConntrackArgs),
+    /// Look for reasons connections on this node fail: NIC, softnet and conntrack drops,
+    /// with evidence and advice. Exits 0 when healthy, 1 when a finding is active.
+    Diagnose(DiagnoseArgs),
     /// Check a configuration file: prints "ok" and exits 0, or prints the error and exits 1.
     CheckConfig {
         /// The YAML file.
@@ -49,6 +52,26 @@ struct RunArgs {
     /// Stop gracefully (with the shutdown flush) after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DiagnoseArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Sample twice, SECONDS apart, and report rates over that window. Without it, one
+    /// sample: levels (a table near its limit) are findings, counters only history.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_watch)]
+    watch: Option<f64>,
+}
+
+fn parse_watch(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds <= 3600.0 => Ok(seconds),
+        _ => Err(format!(
+            "{text:?}: a number of seconds above 0, at most 3600"
+        )),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -243,6 +266,40 @@ fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Samples this namespace's sources (once, or twice with --watch) and prints the
+/// findings; the exit code says whether one is active.
+fn diagnose(args: &DiagnoseArgs) -> ExitCode {
+    use flowex_agent::network::{NodeNetwork, Sources, diagnose};
+    let network = NodeNetwork::new(&prometheus::Registry::new(), Sources::default());
+    let mut socket = ConntrackSocket::open()
+        .map_err(|e| network.conntrack_unreadable(format!("conntrack: {e} (needs CAP_NET_ADMIN)")))
+        .ok();
+    let mut sample = || {
+        if let Some(socket) = socket.as_mut() {
+            network.read_conntrack(socket);
+        }
+        network.sample()
+    };
+    let first = sample();
+    let report = match args.watch {
+        Some(seconds) => {
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+            diagnose::diagnose(Some(&first), &sample())
+        }
+        None => diagnose::diagnose(None, &first),
+    };
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn run(args: &RunArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         collectors: args.collectors.clone(),
@@ -257,6 +314,7 @@ fn main() -> ExitCode {
     let result = match &args.command {
         Command::Run(run_args) => run(run_args),
         Command::Conntrack(conntrack_args) => conntrack(conntrack_args),
+        Command::Diagnose(diagnose_args) => return diagnose(diagnose_args),
         Command::CheckConfig { file } => Settings::load(Some(file), &Overrides::default())
             .map_err(anyhow::Error::from)
             .and_then(|settings| flowex_agent::app::check(&settings))

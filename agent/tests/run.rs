@@ -236,6 +236,24 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
         (metrics, http_get("/healthz"))
     });
     assert!(health.ends_with("ok\n"), "{health}");
+    // The node's network findings, as `flowex diagnose` gives them, read in the agent's
+    // namespace (its conntrack numbers come from its own polls).
+    let diagnosis = pair.server.enter(|| http_get("/diagnose?format=json"));
+    let body = diagnosis.split("\r\n\r\n").nth(1).unwrap();
+    let report: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(report["healthy"], true, "{report}");
+    let max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap();
+    let checked = report["checked"].as_array().unwrap();
+    assert!(
+        checked.iter().any(|c| {
+            let c = c.as_str().unwrap();
+            c.starts_with("conntrack: ") && c.contains(&format!(" of {} entries", max.trim()))
+        }),
+        "{report}"
+    );
+    let text = pair.server.enter(|| http_get("/diagnose"));
+    assert!(text.contains("content-type: text/plain"), "{text}");
+    assert!(text.ends_with("\nhealthy\n"), "{text}");
     let value = |name: &str| -> f64 {
         metrics
             .lines()

@@ -3,6 +3,7 @@
 //! sysctls per scrape, nothing in between), and conntrack's per-CPU counters (read by the
 //! conntrack source with each poll, on the socket it polls with).
 
+pub mod diagnose;
 pub mod softnet;
 
 use std::path::PathBuf;
@@ -11,9 +12,10 @@ use std::time::Instant;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
+use diagnose::{ConntrackSample, Report, Sample};
 use softnet::{RxLimits, SoftnetCpu, grew, parse_softnet};
 
-use crate::sources::conntrack::CpuStats;
+use crate::sources::conntrack::{ConntrackSocket, CpuStats};
 
 /// Unreadable softnet_stat text is logged at most this often.
 const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
@@ -34,10 +36,24 @@ impl Default for Sources {
     }
 }
 
-/// The conntrack counters last seen per CPU.
+/// The conntrack counters last seen per CPU, and the table's size and limit.
 #[derive(Default)]
 struct ConntrackCpus {
     previous: Vec<CpuStats>,
+    table: Option<(u32, u32)>,
+    /// Why the last read failed, for a sample taken outside the agent.
+    error: Option<String>,
+}
+
+/// A window for rates shorter than this is widened to the sample before.
+const MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The two latest samples: `/diagnose` compares a new one with the newest that is at
+/// least [`MIN_WINDOW`] old, so a scrape just before does not shrink the window to nothing.
+#[derive(Default)]
+struct History {
+    older: Option<Sample>,
+    newer: Option<Sample>,
 }
 
 struct Softnet {
@@ -51,6 +67,7 @@ struct Softnet {
 pub struct NodeNetwork {
     sources: Sources,
     softnet: Mutex<Softnet>,
+    history: Mutex<History>,
     processed: IntCounterVec,
     dropped: IntCounterVec,
     squeezed: IntCounterVec,
@@ -124,6 +141,7 @@ impl NodeNetwork {
                 current: Vec::new(),
                 last_error_log: None,
             }),
+            history: Mutex::default(),
             processed: per_cpu(
                 "flowex_softnet_processed_total",
                 "Packets the CPU's receive path processed (/proc/net/softnet_stat).",
@@ -206,9 +224,112 @@ impl NodeNetwork {
         seen.previous.extend_from_slice(cpus);
     }
 
+    /// The conntrack table's size and limit, read with a poll.
+    pub fn observe_table(&self, entries: u32, max_entries: u32) {
+        let mut conntrack = self
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        conntrack.table = Some((entries, max_entries));
+        conntrack.error = None;
+    }
+
+    /// Reads conntrack's table size and per-CPU counters on `socket` (for `flowex
+    /// diagnose`; the agent's poll feeds [`Self::observe_conntrack`] itself).
+    pub fn read_conntrack(&self, socket: &mut ConntrackSocket) {
+        let mut cpus = Vec::new();
+        match socket
+            .table_stats()
+            .and_then(|table| socket.cpu_stats(&mut cpus).map(|()| table))
+        {
+            Ok(table) => {
+                self.observe_conntrack(&cpus);
+                self.observe_table(table.entries, table.max_entries);
+            }
+            Err(error) => self.conntrack_unreadable(format!("conntrack: {error}")),
+        }
+    }
+
+    /// Records why conntrack could not be read.
+    pub fn conntrack_unreadable(&self, reason: String) {
+        let mut conntrack = self
+            .conntrack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        conntrack.table = None;
+        conntrack.error = Some(reason);
+    }
+
+    /// Reads the sources, updates the metrics, and keeps the sample for [`Self::diagnose`].
+    pub fn sample(&self) -> Sample {
+        let mut sample = Sample::new();
+        let unavailable = sample.unavailable.len();
+        sample.limits = self.refresh_into(&mut sample.unavailable);
+        if sample.unavailable.len() == unavailable {
+            sample.softnet = self
+                .softnet
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .previous
+                .clone();
+        }
+        {
+            let conntrack = self
+                .conntrack
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((entries, max_entries)) = conntrack.table {
+                sample.conntrack = Some(ConntrackSample {
+                    entries,
+                    max_entries,
+                    cpus: conntrack.previous.clone(),
+                });
+            } else {
+                sample.unavailable.push(
+                    conntrack
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "conntrack: not read yet (no poll so far)".into()),
+                );
+            }
+        }
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        if history
+            .newer
+            .as_ref()
+            .is_none_or(|newer| sample.at.duration_since(newer.at) >= MIN_WINDOW)
+        {
+            history.older = history.newer.take();
+            history.newer = Some(sample.clone());
+        }
+        sample
+    }
+
+    /// Findings over the window since an earlier sample (a scrape's or an earlier
+    /// diagnosis's), or from this sample alone when there is none.
+    pub fn diagnose(&self) -> Report {
+        let baseline = {
+            let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            match (&history.newer, &history.older) {
+                (Some(newer), _) if now.duration_since(newer.at) >= MIN_WINDOW => {
+                    Some(newer.clone())
+                }
+                (_, Some(older)) => Some(older.clone()),
+                _ => None,
+            }
+        };
+        let now = self.sample();
+        diagnose::diagnose(baseline.as_ref(), &now)
+    }
+
     /// Reads the files and updates the metrics. An unreadable file leaves the metrics as
     /// they were and is logged (at most every five minutes).
     pub fn refresh(&self) {
+        self.refresh_into(&mut Vec::new());
+    }
+
+    fn refresh_into(&self, unavailable: &mut Vec<String>) -> RxLimits {
         let limits = RxLimits::read(&self.sources.proc_sys_net_core);
         for (gauge, value) in [
             (&self.budget, limits.netdev_budget),
@@ -225,6 +346,7 @@ impl NodeNetwork {
             .map_err(|e| e.to_string())
             .and_then(|text| parse_softnet(&text, &mut softnet.current).map_err(|e| e.to_string()));
         if let Err(error) = result {
+            unavailable.push(format!("{}: {error}", self.sources.softnet_stat.display()));
             if softnet
                 .last_error_log
                 .is_none_or(|at| at.elapsed() >= ERROR_LOG_INTERVAL)
@@ -235,7 +357,7 @@ impl NodeNetwork {
                 );
                 softnet.last_error_log = Some(Instant::now());
             }
-            return;
+            return limits;
         }
         for now in &softnet.current {
             // A CPU seen for the first time counts from zero (its totals since boot,
@@ -268,5 +390,6 @@ impl NodeNetwork {
             }
         }
         std::mem::swap(&mut softnet.previous, &mut softnet.current);
+        limits
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP endpoint on `metrics.listen`, on hyper's HTTP/1.1 server: `/metrics`
-//! (Prometheus text format) and `/healthz` ("ok", or 503 with the reason once the agent
-//! has failed).
+//! (Prometheus text format), `/healthz` ("ok", or 503 with the reason once the agent
+//! has failed) and `/diagnose` (the node network's findings, as text or, with
+//! `?format=json`, JSON; always 200: a finding is information, not the agent's failure).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -43,6 +44,22 @@ impl Endpoint {
                     "text/plain; version=0.0.4",
                     Bytes::from(self.metrics.render()),
                 )
+            }
+            "/diagnose" => {
+                let report = self.metrics.diagnose();
+                if request.uri().query() == Some("format=json") {
+                    (
+                        StatusCode::OK,
+                        "application/json",
+                        Bytes::from(report.to_json().to_string()),
+                    )
+                } else {
+                    (
+                        StatusCode::OK,
+                        "text/plain; charset=utf-8",
+                        Bytes::from(report.to_text()),
+                    )
+                }
             }
             "/healthz" => match self.health.failure() {
                 None => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),

@@ -237,6 +237,7 @@ impl Metrics {
         if let Some((entries, max)) = table {
             self.conntrack_entries.set(i64::from(entries));
             self.conntrack_max.set(i64::from(max));
+            self.node.observe_table(entries, max);
         }
     }
 
@@ -304,7 +305,8 @@ impl Metrics {
 
     /// Copies the live counters of the store and collectors into the metrics.
     pub fn refresh(&self, store: &ConnectionStore, process: &ExportingProcess) {
-        self.node.refresh();
+        // A sample, not only a refresh: scrapes give `/diagnose` its baseline.
+        self.node.sample();
         self.tracked_connections.set(store.len() as i64);
         self.records_produced.inc_by(
             process
@@ -344,6 +346,11 @@ impl Metrics {
                 .with_label_values(&name)
                 .set(i64::from(stats.connected.load(Ordering::Relaxed)));
         }
+    }
+
+    /// Findings about the node's network (`/diagnose`).
+    pub fn diagnose(&self) -> crate::network::diagnose::Report {
+        self.node.diagnose()
     }
 
     /// The registry, for metrics registered by other parts of the agent.
