@@ -97,7 +97,27 @@ pub fn check(settings: &Settings) -> Result<()> {
     for collector in &config.export.collectors {
         check_target(&CollectorTarget::from(collector), &templates)?;
     }
+    for warning in warnings(settings) {
+        eprintln!("flowex: warning: {warning}");
+    }
     Ok(())
+}
+
+/// The settings' warnings, and TLS files that cannot be used now (not an error: the agent
+/// reads them at each connection and retries until they can be).
+fn warnings(settings: &Settings) -> Vec<String> {
+    let mut all = settings.warnings.clone();
+    for collector in &settings.config.export.collectors {
+        if let Some(tls) = &collector.tls
+            && let Err(error) = crate::export::tls::client_config(tls)
+        {
+            all.push(format!(
+                "collector {:?}: {error}: the agent would retry until it can be read",
+                collector.name
+            ));
+        }
+    }
+    all
 }
 
 /// Runs the agent until `stop` resolves.
@@ -111,6 +131,9 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         } else {
             tracing::warn!("{}", check.describe());
         }
+    }
+    for warning in warnings(&settings) {
+        tracing::warn!("{warning}");
     }
     let registry = Registry::new(config.export.enterprise_number)?;
     let templates = Arc::new(records::templates(&registry)?);

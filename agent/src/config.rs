@@ -96,6 +96,9 @@ pub struct Settings {
     /// Configured, else FNV-32 of the node name (as Antrea does).
     pub observation_domain_id: u32,
     pub pod_cidrs: Vec<Cidr>,
+    /// What the configuration asks for that flowex changed or doubts: `check-config`
+    /// prints them, `run` logs them.
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -118,8 +121,34 @@ impl Settings {
     }
 
     /// Checks `config` and resolves it.
-    pub fn new(config: Config) -> Result<Self, ConfigError> {
+    pub fn new(mut config: Config) -> Result<Self, ConfigError> {
         let pod_cidrs = config.checked()?;
+        let mut warnings = Vec::new();
+        for (i, collector) in config.export.collectors.iter_mut().enumerate() {
+            let limit = collector.aggregator.map(Aggregator::udp_read_size);
+            if collector.transport == Transport::Udp
+                && let Some(limit) = limit
+                && collector.max_message_size > limit
+            {
+                if collector.max_message_size != default_max_message_size() {
+                    warnings.push(format!(
+                        "export.collectors[{i}].maxMessageSize: {} is more than the {limit} bytes Antrea's Flow Aggregator reads from a UDP datagram: {limit} is used",
+                        collector.max_message_size
+                    ));
+                }
+                collector.max_message_size = limit;
+            }
+            if collector
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.insecure_skip_verify)
+            {
+                warnings.push(format!(
+                    "export.collectors[{i}].tls.insecureSkipVerify: the certificate of collector {:?} is not verified: anyone on the path can read and change the records",
+                    collector.name
+                ));
+            }
+        }
         let node_name = config.resolved_node_name();
         let observation_domain_id = config
             .export
@@ -130,6 +159,7 @@ impl Settings {
             node_name,
             observation_domain_id,
             pod_cidrs,
+            warnings,
         })
     }
 }
@@ -219,6 +249,73 @@ pub struct ExportConfig {
 pub enum Transport {
     Udp,
     Tcp,
+    /// IPFIX over TLS (RFC 7011 section 11) on TCP.
+    Tls,
+}
+
+impl Transport {
+    /// The name used in config and URLs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+
+    /// The largest message the transport carries.
+    pub fn max_message_size(self) -> usize {
+        match self {
+            Self::Udp => MAX_UDP_MESSAGE_SIZE,
+            Self::Tcp | Self::Tls => flowex_ipfix::MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+/// A receiver with limits of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregator {
+    /// Antrea's Flow Aggregator (`pkg/flowaggregator/collector`).
+    Antrea,
+}
+
+impl Aggregator {
+    /// The largest UDP datagram the receiver reads whole.
+    pub fn udp_read_size(self) -> usize {
+        match self {
+            Self::Antrea => 1024,
+        }
+    }
+}
+
+/// TLS to a collector (`transport: tls`). Files are read at each connection, so a
+/// rotated certificate (a Secret updated in place) is used without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificate(s) the collector's certificate must chain to.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM file of this agent's certificate chain, for collectors that require one.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM file of the private key of `certFile` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// Name the collector's certificate must carry; default: the address's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Lowest TLS version: "1.2" (RFC 7011's minimum, the default) or "1.3".
+    #[serde(default = "default_tls_min_version")]
+    pub min_version: String,
+    /// Accept any server certificate. For tests only: it is logged as a warning at start.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+fn default_tls_min_version() -> String {
+    "1.2".into()
 }
 
 /// One collector.
@@ -230,7 +327,14 @@ pub struct CollectorConfig {
     pub address: String,
     #[serde(default = "default_transport")]
     pub transport: Transport,
-    /// Largest message in bytes (UDP: at most 65507; TCP: at most 65535).
+    /// `transport: tls` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// The receiver, where its limits differ from the standard's: `antrea` (Antrea's Flow
+    /// Aggregator reads UDP datagrams into 1024 bytes, so UDP messages are kept to that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregator: Option<Aggregator>,
+    /// Largest message in bytes (UDP: at most 65507; TCP and TLS: at most 65535).
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
     /// Re-send templates this often (UDP).
@@ -399,6 +503,8 @@ impl Default for ExportConfig {
                 name: "default".into(),
                 address: "127.0.0.1:4739".into(),
                 transport: default_transport(),
+                tls: None,
+                aggregator: None,
                 max_message_size: default_max_message_size(),
                 template_refresh: default_template_refresh(),
                 queue_capacity: default_queue_capacity(),
@@ -516,6 +622,66 @@ fn check_host_port(key: &str, text: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Checks a collector's TLS settings against its transport. The files themselves are
+/// read at each connection (they may appear or rotate while the agent runs).
+fn check_tls(key: &str, collector: &CollectorConfig) -> Result<(), ConfigError> {
+    let Some(tls) = &collector.tls else {
+        return if collector.transport == Transport::Tls {
+            Err(invalid(
+                key,
+                "transport tls needs tls.caFile (or tls.insecureSkipVerify: true)",
+            ))
+        } else {
+            Ok(())
+        };
+    };
+    if collector.transport != Transport::Tls {
+        return Err(invalid(
+            key,
+            format!(
+                "TLS settings given for transport {}: set transport: tls",
+                collector.transport.name()
+            ),
+        ));
+    }
+    if tls.ca_file.is_none() && !tls.insecure_skip_verify {
+        return Err(invalid(
+            &format!("{key}.caFile"),
+            "is needed to verify the collector (or insecureSkipVerify: true, for tests)",
+        ));
+    }
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => {
+            return Err(invalid(
+                &format!("{key}.keyFile"),
+                "is needed with certFile",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                &format!("{key}.certFile"),
+                "is needed with keyFile",
+            ));
+        }
+        _ => {}
+    }
+    if !matches!(tls.min_version.as_str(), "1.2" | "1.3") {
+        return Err(invalid(
+            &format!("{key}.minVersion"),
+            format!("{:?} is not \"1.2\" or \"1.3\"", tls.min_version),
+        ));
+    }
+    if let Some(name) = &tls.server_name
+        && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        return Err(invalid(
+            &format!("{key}.serverName"),
+            format!("{name:?} is not a DNS name or IP address"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an address to listen on: `IP:PORT` (IPv6 in brackets); a name is not resolved.
 fn check_listen(key: &str, text: &str) -> Result<(), ConfigError> {
     check_host_port(key, text)?;
@@ -562,19 +728,31 @@ impl Config {
                 let (transport, address) = match url.split_once("://") {
                     Some(("udp", rest)) => (Transport::Udp, rest),
                     Some(("tcp", rest)) => (Transport::Tcp, rest),
+                    Some(("tls", rest)) => (Transport::Tls, rest),
                     _ => {
                         return Err(ConfigError(format!(
-                            "--collector {url:?}: expected udp://HOST:PORT or tcp://HOST:PORT"
+                            "--collector {url:?}: expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT"
                         )));
                     }
                 };
+                if transport == Transport::Tls && template.tls.is_none() {
+                    return Err(ConfigError(format!(
+                        "--collector {url:?}: TLS needs certificates: give them as tls: {{caFile, certFile, keyFile}} on the first collector of the config file, whose settings --collector keeps"
+                    )));
+                }
                 Ok(CollectorConfig {
                     name: format!("collector-{i}"),
                     address: address.to_owned(),
                     transport,
                     max_message_size: match transport {
                         Transport::Udp => template.max_message_size.min(MAX_UDP_MESSAGE_SIZE),
-                        Transport::Tcp => flowex_ipfix::MAX_MESSAGE_SIZE,
+                        Transport::Tcp | Transport::Tls => flowex_ipfix::MAX_MESSAGE_SIZE,
+                    },
+                    // A TLS URL keeps the first collector's TLS files (a URL has no room
+                    // for them); other transports have none.
+                    tls: match transport {
+                        Transport::Tls => template.tls.clone(),
+                        _ => None,
                     },
                     ..template.clone()
                 })
@@ -653,10 +831,8 @@ impl Config {
                 ));
             }
             check_host_port(&key("address"), &collector.address)?;
-            let max = match collector.transport {
-                Transport::Udp => MAX_UDP_MESSAGE_SIZE,
-                Transport::Tcp => flowex_ipfix::MAX_MESSAGE_SIZE,
-            };
+            let max = collector.transport.max_message_size();
+            check_tls(&key("tls"), collector)?;
             if !(flowex_ipfix::encoder::MIN_MESSAGE_SIZE..=max)
                 .contains(&collector.max_message_size)
             {

@@ -123,6 +123,46 @@ fn invalid_configs_are_rejected_with_one_clear_line() {
             "conntrack: {eventBufferBytes: 1024}",
             "conntrack.eventBufferBytes: 1024 is below 65536",
         ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tls}]}",
+            "export.collectors[0].tls: transport tls needs tls.caFile (or tls.insecureSkipVerify: true)",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", tls: {caFile: ca.crt}}]}",
+            "export.collectors[0].tls: TLS settings given for transport udp: set transport: tls",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {certFile: c.crt}}]}",
+            "export.collectors[0].tls.caFile: is needed to verify the collector (or insecureSkipVerify: true, for tests)",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {caFile: ca.crt, certFile: c.crt}}]}",
+            "export.collectors[0].tls.keyFile: is needed with certFile",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {caFile: ca.crt, keyFile: c.key}}]}",
+            "export.collectors[0].tls.certFile: is needed with keyFile",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {caFile: ca.crt, minVersion: \"1.1\"}}]}",
+            "export.collectors[0].tls.minVersion: \"1.1\" is not \"1.2\" or \"1.3\"",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {caFile: ca.crt, serverName: \"bad name!\"}}]}",
+            "export.collectors[0].tls.serverName: \"bad name!\" is not a DNS name or IP address",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {caFile: ca.crt, clientCert: c.crt}}]}",
+            "export.collectors[0].tls: unknown field `clientCert`",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", aggregator: nfacctd}]}",
+            "unknown variant `nfacctd`, expected `antrea`",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tls, maxMessageSize: 70000, tls: {caFile: ca.crt}}]}",
+            "export.collectors[0].maxMessageSize: 70000 is outside",
+        ),
     ];
     for (yaml, expected) in cases {
         let error = Config::from_yaml(yaml)
@@ -257,12 +297,93 @@ fn command_line_collectors_replace_the_files_and_are_checked_like_them() {
         Settings::load(None, &overrides(&["sctp://127.0.0.1:4739"]))
             .unwrap_err()
             .to_string(),
-        "--collector \"sctp://127.0.0.1:4739\": expected udp://HOST:PORT or tcp://HOST:PORT"
+        "--collector \"sctp://127.0.0.1:4739\": expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT"
+    );
+    assert_eq!(
+        Settings::load(None, &overrides(&["tls://127.0.0.1:4739"]))
+            .unwrap_err()
+            .to_string(),
+        "--collector \"tls://127.0.0.1:4739\": TLS needs certificates: give them as tls: {caFile, certFile, keyFile} on the first collector of the config file, whose settings --collector keeps"
     );
     assert_eq!(
         Settings::load(None, &overrides(&["udp://1.2.3.4.5:4739"]))
             .unwrap_err()
             .to_string(),
         "export.collectors[0].address: \"1.2.3.4.5:4739\" has an invalid host"
+    );
+}
+
+#[test]
+fn a_tls_url_keeps_the_files_of_the_first_collector() {
+    let path = std::env::temp_dir().join(format!("flowex-tls-url-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "export:\n  collectors:\n    - name: fa\n      address: \"10.0.0.1:4739\"\n      transport: tls\n      tls: {caFile: /ca.crt, certFile: /c.crt, keyFile: /c.key, minVersion: \"1.3\"}\n",
+    )
+    .unwrap();
+    let settings = Settings::load(
+        Some(&path),
+        &Overrides {
+            collectors: vec![
+                "tls://127.0.0.1:24739".into(),
+                "udp://127.0.0.1:4739".into(),
+            ],
+        },
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let collectors = &settings.config.export.collectors;
+    assert_eq!(collectors[0].transport, Transport::Tls);
+    assert_eq!(collectors[0].address, "127.0.0.1:24739");
+    assert_eq!(collectors[0].max_message_size, 65_535);
+    let tls = collectors[0].tls.as_ref().unwrap();
+    assert_eq!(tls.ca_file.as_deref(), Some("/ca.crt"));
+    assert_eq!(tls.key_file.as_deref(), Some("/c.key"));
+    assert_eq!(tls.min_version, "1.3");
+    assert_eq!(collectors[1].tls, None);
+}
+
+#[test]
+fn antreas_aggregator_gets_udp_messages_it_reads_whole() {
+    let settings = |yaml: &str| Settings::new(serde_yaml::from_str(yaml).unwrap()).unwrap();
+    // The default size is lowered without a word; a size the user chose is lowered with one.
+    let quiet =
+        settings("export: {collectors: [{name: fa, address: \"a:4739\", aggregator: antrea}]}");
+    assert_eq!(quiet.config.export.collectors[0].max_message_size, 1024);
+    assert_eq!(quiet.warnings, Vec::<String>::new());
+    let loud = settings(
+        "export: {collectors: [{name: fa, address: \"a:4739\", aggregator: antrea, maxMessageSize: 1400}]}",
+    );
+    assert_eq!(loud.config.export.collectors[0].max_message_size, 1024);
+    assert_eq!(
+        loud.warnings,
+        [
+            "export.collectors[0].maxMessageSize: 1400 is more than the 1024 bytes Antrea's Flow Aggregator reads from a UDP datagram: 1024 is used"
+        ]
+    );
+    // Smaller sizes, and TCP, are left alone.
+    let small = settings(
+        "export: {collectors: [{name: fa, address: \"a:4739\", aggregator: antrea, maxMessageSize: 800}, {name: t, address: \"a:4739\", transport: tcp, aggregator: antrea, maxMessageSize: 65535}]}",
+    );
+    assert_eq!(small.config.export.collectors[0].max_message_size, 800);
+    assert_eq!(small.config.export.collectors[1].max_message_size, 65_535);
+    // check-config says it on stderr and still answers ok.
+    let path = std::env::temp_dir().join(format!("flowex-agg-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "export: {collectors: [{name: fa, address: \"127.0.0.1:4739\", aggregator: antrea, maxMessageSize: 1400}]}",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flowex"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok\n");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "flowex: warning: export.collectors[0].maxMessageSize: 1400 is more than the 1024 bytes Antrea's Flow Aggregator reads from a UDP datagram: 1024 is used\n"
     );
 }

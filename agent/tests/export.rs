@@ -25,11 +25,13 @@ fn target(name: &str, endpoint: Endpoint, capacity: usize) -> CollectorTarget {
     let (transport, max) = match endpoint {
         Endpoint::Udp(_) => (Transport::Udp, 1472),
         Endpoint::Tcp(_) => (Transport::Tcp, 65_535),
+        Endpoint::Tls(_) => (Transport::Tls, 65_535),
     };
     CollectorTarget {
         name: name.into(),
         address: endpoint.addr().to_string(),
         transport,
+        tls: None,
         max_message_size: max,
         template_refresh: Duration::from_secs(600),
         queue_capacity: capacity,

@@ -138,6 +138,7 @@ pub fn udp_export_pair(
         name: "bench".into(),
         address: collector.udp_endpoint().expect("udp").addr().to_string(),
         transport: flowex_agent::config::Transport::Udp,
+        tls: None,
         max_message_size: 1472,
         template_refresh: std::time::Duration::from_secs(600),
         queue_capacity,

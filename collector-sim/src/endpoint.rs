@@ -1,4 +1,5 @@
-//! Listen and target addresses written as `udp://HOST:PORT` or `tcp://HOST:PORT`.
+//! Listen and target addresses written as `udp://HOST:PORT`, `tcp://HOST:PORT` or
+//! `tls://HOST:PORT`.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -9,13 +10,15 @@ use std::str::FromStr;
 pub enum Endpoint {
     Udp(SocketAddr),
     Tcp(SocketAddr),
+    /// IPFIX over TLS on TCP.
+    Tls(SocketAddr),
 }
 
 impl Endpoint {
     /// The socket address.
     pub fn addr(&self) -> SocketAddr {
         match self {
-            Self::Udp(addr) | Self::Tcp(addr) => *addr,
+            Self::Udp(addr) | Self::Tcp(addr) | Self::Tls(addr) => *addr,
         }
     }
 
@@ -30,6 +33,7 @@ impl fmt::Display for Endpoint {
         match self {
             Self::Udp(addr) => write!(f, "udp://{addr}"),
             Self::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Self::Tls(addr) => write!(f, "tls://{addr}"),
         }
     }
 }
@@ -52,7 +56,7 @@ impl FromStr for Endpoint {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (scheme, rest) = text.split_once("://").ok_or_else(|| {
             EndpointError(format!(
-                "{text:?}: expected udp://HOST:PORT or tcp://HOST:PORT"
+                "{text:?}: expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT"
             ))
         })?;
         let addr = rest
@@ -63,8 +67,9 @@ impl FromStr for Endpoint {
         match scheme {
             "udp" => Ok(Self::Udp(addr)),
             "tcp" => Ok(Self::Tcp(addr)),
+            "tls" => Ok(Self::Tls(addr)),
             other => Err(EndpointError(format!(
-                "{text:?}: unknown transport {other:?} (udp or tcp)"
+                "{text:?}: unknown transport {other:?} (udp, tcp or tls)"
             ))),
         }
     }
@@ -83,6 +88,10 @@ mod tests {
         assert_eq!(
             "tcp://[::1]:0".parse::<Endpoint>().unwrap(),
             Endpoint::Tcp("[::1]:0".parse().unwrap())
+        );
+        assert_eq!(
+            "tls://127.0.0.1:4739".parse::<Endpoint>().unwrap(),
+            Endpoint::Tls("127.0.0.1:4739".parse().unwrap())
         );
         assert!("sctp://127.0.0.1:1".parse::<Endpoint>().is_err());
         assert!("127.0.0.1:1".parse::<Endpoint>().is_err());

@@ -27,6 +27,7 @@ pub mod sender;
 mod stats;
 pub mod synthetic;
 mod tcp;
+pub mod tls;
 pub mod tshark;
 mod udp;
 
@@ -60,6 +61,8 @@ pub struct CollectorConfig {
     pub json_output: Option<Box<dyn Write + Send>>,
     /// Keep every data record as JSON in memory (see [`Collector::records`]).
     pub keep_records: bool,
+    /// Certificates for `tls://` endpoints.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl CollectorConfig {
@@ -71,6 +74,7 @@ impl CollectorConfig {
             receive_buffer: DEFAULT_RECEIVE_BUFFER,
             json_output: None,
             keep_records: false,
+            tls: None,
         }
     }
 }
@@ -113,7 +117,7 @@ impl Collector {
         });
         enum Bound {
             Udp(UdpSocket),
-            Tcp(TcpListener),
+            Tcp(TcpListener, Option<Arc<rustls::ServerConfig>>),
         }
         let mut bound = Vec::new();
         let mut endpoints = Vec::new();
@@ -131,7 +135,19 @@ impl Collector {
                 Endpoint::Tcp(addr) => {
                     let listener = TcpListener::bind(addr).map_err(with_context)?;
                     endpoints.push(Endpoint::Tcp(listener.local_addr()?));
-                    bound.push(Bound::Tcp(listener));
+                    bound.push(Bound::Tcp(listener, None));
+                }
+                Endpoint::Tls(addr) => {
+                    let files = config.tls.as_ref().ok_or_else(|| {
+                        with_context(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "a TLS endpoint needs a certificate and key (--tls-cert, --tls-key)",
+                        ))
+                    })?;
+                    let server = tls::server_config(files).map_err(with_context)?;
+                    let listener = TcpListener::bind(addr).map_err(with_context)?;
+                    endpoints.push(Endpoint::Tls(listener.local_addr()?));
+                    bound.push(Bound::Tcp(listener, Some(server)));
                 }
             }
         }
@@ -143,9 +159,9 @@ impl Collector {
                     Bound::Udp(socket) => std::thread::Builder::new()
                         .name("udp-receiver".into())
                         .spawn(move || udp::run(socket, shared)),
-                    Bound::Tcp(listener) => std::thread::Builder::new()
+                    Bound::Tcp(listener, tls) => std::thread::Builder::new()
                         .name("tcp-acceptor".into())
-                        .spawn(move || tcp::accept_loop(listener, shared)),
+                        .spawn(move || tcp::accept_loop(listener, shared, tls)),
                 }
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -169,7 +185,18 @@ impl Collector {
 
     /// The first bound TCP endpoint.
     pub fn tcp_endpoint(&self) -> Option<Endpoint> {
-        self.endpoints.iter().copied().find(|e| !e.is_udp())
+        self.endpoints
+            .iter()
+            .copied()
+            .find(|e| matches!(e, Endpoint::Tcp(_)))
+    }
+
+    /// The first TLS endpoint, with its bound port.
+    pub fn tls_endpoint(&self) -> Option<Endpoint> {
+        self.endpoints
+            .iter()
+            .copied()
+            .find(|e| matches!(e, Endpoint::Tls(_)))
     }
 
     /// Receive buffer sizes the kernel granted, one per UDP endpoint.

@@ -66,6 +66,12 @@ impl Sender {
                 stream.set_nodelay(true)?;
                 (Transport::Tcp(stream), flowex_ipfix::MAX_MESSAGE_SIZE)
             }
+            Endpoint::Tls(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the sender speaks UDP and TCP; use flowex for TLS",
+                ));
+            }
         };
         let registry = Registry::default();
         let encoder = Encoder::new(

@@ -45,6 +45,9 @@ pub struct Summary {
     pub tcp_connections: u64,
     /// TCP connections closed by the collector because the peer sent something malformed.
     pub tcp_disconnects: u64,
+    /// TLS sessions refused in the handshake (no client certificate, an untrusted one, no
+    /// common version).
+    pub tls_refused: u64,
 }
 
 impl Summary {
@@ -86,6 +89,7 @@ impl Summary {
             "bytes": self.bytes,
             "tcp_connections": self.tcp_connections,
             "tcp_disconnects": self.tcp_disconnects,
+            "tls_refused": self.tls_refused,
         })
     }
 
@@ -244,6 +248,10 @@ impl Stats {
 
     pub fn count_tcp_disconnect(&self) {
         lock(&self.summary).tcp_disconnects += 1;
+    }
+
+    pub fn count_tls_refused(&self) {
+        lock(&self.summary).tls_refused += 1;
     }
 }
 

@@ -1,8 +1,8 @@
-//! The TCP receiver: an accept loop, and one thread per connection that frames messages by
-//! the IPFIX length field and handles partial reads.
+//! The TCP and TLS receiver: an accept loop, and one thread per connection that frames
+//! messages by the IPFIX length field and handles partial reads.
 
 use std::io::{self, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -13,8 +13,13 @@ use flowex_ipfix::wire::message::{HEADER_LEN, VERSION};
 use crate::Shared;
 use crate::receiver::Receiver;
 
-/// Accepts connections until the collector stops.
-pub(crate) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts connections until the collector stops; with `tls`, each completes a TLS
+/// handshake first (a refused one is counted in `tls_refused`).
+pub(crate) fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     if let Err(error) = listener.set_nonblocking(true) {
         eprintln!("collector-sim: cannot make the TCP listener non-blocking: {error}");
         return;
@@ -26,8 +31,24 @@ pub(crate) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 shared.stats.count_tcp_connection();
                 let shared = Arc::clone(&shared);
                 let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+                let tls = tls.clone();
                 connections.push(std::thread::spawn(move || {
-                    connection(stream, session, &shared);
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+                    match tls {
+                        None => connection(stream, session, &shared),
+                        Some(config) => {
+                            match crate::tls::accept(&config, stream, || {
+                                shared.stop.load(Ordering::Acquire)
+                            }) {
+                                Ok(stream) => connection(stream, session, &shared),
+                                Err(error) => {
+                                    shared.stats.count_tls_refused();
+                                    shared.stats.log_limited("tls_handshake", &error);
+                                }
+                            }
+                        }
+                    }
                 }));
                 connections.retain(|handle| !handle.is_finished());
             }
@@ -47,9 +68,7 @@ pub(crate) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Reads one connection's stream of messages. A malformed message closes the connection
 /// (the stream can no longer be trusted); other connections are unaffected.
-fn connection(mut stream: TcpStream, session: u64, shared: &Shared) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+fn connection(mut stream: impl Read, session: u64, shared: &Shared) {
     let mut receiver = Receiver::new();
     let mut buf = vec![0u8; 4 * 65_536];
     let mut filled = 0usize;

@@ -38,6 +38,8 @@ pub struct CollectorTarget {
     /// HOST:PORT, resolved at each (re)connect.
     pub address: String,
     pub transport: Transport,
+    /// `transport: tls`: the files and names, read at each connection.
+    pub tls: Option<crate::config::TlsConfig>,
     pub max_message_size: usize,
     pub template_refresh: Duration,
     /// Records that may wait in the queue; more are dropped and counted.
@@ -54,6 +56,7 @@ impl From<&CollectorConfig> for CollectorTarget {
             name: c.name.clone(),
             address: c.address.clone(),
             transport: c.transport,
+            tls: c.tls.clone(),
             max_message_size: c.max_message_size,
             template_refresh: c.template_refresh.0,
             queue_capacity: c.queue_capacity,

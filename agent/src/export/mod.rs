@@ -4,6 +4,7 @@
 
 mod batch;
 mod collector;
+pub mod tls;
 mod transport;
 
 pub use batch::{BatchBuilder, EncodedBatch};

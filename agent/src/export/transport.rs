@@ -1,6 +1,11 @@
-//! A collector's transport task: packs queued batches into messages, sends them over UDP
-//! or TCP, confirms what the transport can confirm, and reconnects with backoff. See
+//! A collector's transport task: packs queued batches into messages, sends them over UDP,
+//! TCP or TLS, confirms what the transport can confirm, and reconnects with backoff. See
 //! [`super::collector`] for how each record is accounted for.
+//!
+//! TCP and TLS confirm a message once the collector's kernel has acknowledged its last
+//! byte. For TLS the bytes are counted on the socket (ciphertext), where the kernel
+//! reports them: the end of a message is the bytes acknowledged plus those still queued
+//! once the message is flushed, and it is confirmed when `tcpi_bytes_acked` reaches it.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -9,9 +14,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowex_ipfix::{EncodeError, Encoder, Template};
-use tokio::io::AsyncWriteExt;
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
 
 use super::collector::{Chunk, CollectorStats, CollectorTarget, DropReason};
 use crate::config::Transport;
@@ -23,6 +30,7 @@ enum Link {
         /// Bytes written on this connection.
         written: u64,
     },
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// True for the error a connected UDP socket reports after ICMP port unreachable.
@@ -37,6 +45,72 @@ fn unacknowledged(stream: &TcpStream) -> Option<u64> {
     // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, on a socket fd we own.
     let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut pending) };
     (rc == 0).then_some(pending.max(0) as u64)
+}
+
+/// Bytes the peer's kernel has acknowledged on this connection (handshakes included).
+fn bytes_acknowledged(stream: &TcpStream) -> Option<u64> {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: TCP_INFO on a TCP socket fd we own, with a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info.tcpi_bytes_acked)
+}
+
+/// Bytes written to the socket so far: acknowledged, plus still queued.
+fn bytes_written(stream: &TcpStream) -> Option<u64> {
+    Some(bytes_acknowledged(stream)? + unacknowledged(stream)?)
+}
+
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what}: no answer within {CONNECT_TIMEOUT:?}"),
+    )
+}
+
+/// TLS over a new TCP connection: the files are read first (a missing file is reported
+/// without touching the network), then the handshake, then a short wait for the alert a
+/// TLS 1.3 collector sends after the handshake when it refuses our certificate.
+async fn connect_tls(
+    target: &CollectorTarget,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<Link> {
+    let settings = target.tls.clone().unwrap_or_default();
+    let config = super::tls::client_config(&settings).map_err(std::io::Error::other)?;
+    let name =
+        super::tls::server_name(&settings, &target.address).map_err(std::io::Error::other)?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out("TCP connect"))??;
+    stream.set_nodelay(true)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+        .await
+        .map_err(|_| timed_out("TLS handshake"))?
+        .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(TLS_ALERT_WAIT, stream.read(&mut byte)).await {
+        // Nothing came: the collector accepted the session.
+        Err(_) => Ok(Link::Tls(Box::new(stream))),
+        Ok(Ok(0)) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "the collector closed the TLS session after the handshake (does it require a client certificate?)",
+        )),
+        Ok(Ok(_)) => Ok(Link::Tls(Box::new(stream))),
+        Ok(Err(error)) => Err(std::io::Error::new(
+            error.kind(),
+            format!("TLS session refused: {error}"),
+        )),
+    }
 }
 
 async fn connect(target: &CollectorTarget) -> std::io::Result<Link> {
@@ -67,10 +141,14 @@ async fn connect(target: &CollectorTarget) -> std::io::Result<Link> {
             stream.set_nodelay(true)?;
             Ok(Link::Tcp { stream, written: 0 })
         }
+        Transport::Tls => connect_tls(target, addr).await,
     }
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new TLS session waits for a refusal before it carries data: a collector
+/// that refuses the client certificate under TLS 1.3 says so right after the handshake.
+const TLS_ALERT_WAIT: Duration = Duration::from_millis(100);
 /// How long a UDP probe waits for a refusal before the collector counts as up. ICMP from
 /// a closed port on this host or a neighbour arrives within microseconds to milliseconds.
 const UDP_PROBE_WAIT: Duration = Duration::from_millis(50);
@@ -152,7 +230,7 @@ impl Outage {
                 tracing::warn!(
                     "collector {} ({} {}): {what}: {error}; retrying every {:?} at most",
                     target.name,
-                    transport_name(target.transport),
+                    target.transport.name(),
                     target.address,
                     target.max_reconnect_delay
                 );
@@ -182,13 +260,6 @@ impl Outage {
             );
         }
         self.attempts = 0;
-    }
-}
-
-fn transport_name(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
     }
 }
 
@@ -279,16 +350,21 @@ impl Sender {
         }
     }
 
-    /// The link failed: TCP messages the collector did not acknowledge are sent again on
-    /// the next connection; UDP messages since the last clean check are dropped.
+    /// The link failed: TCP and TLS messages the collector did not acknowledge are sent
+    /// again on the next connection; UDP messages since the last clean check are dropped.
     fn link_failed(&mut self, error: &std::io::Error) {
         let Some(link) = self.link.take() else { return };
         self.stats.connected.store(false, Ordering::Release);
-        match link {
+        let acknowledged = match &link {
             Link::Tcp { stream, written } => {
+                Some(written - unacknowledged(stream).unwrap_or(*written).min(*written))
+            }
+            Link::Tls(stream) => Some(bytes_acknowledged(stream.get_ref().0).unwrap_or(0)),
+            Link::Udp(_) => None,
+        };
+        match acknowledged {
+            Some(acknowledged) => {
                 self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                let acknowledged =
-                    written - unacknowledged(&stream).unwrap_or(written).min(written);
                 self.confirm_acknowledged(acknowledged);
                 for message in self.in_flight.drain(..) {
                     if let Some(chunk) = message.chunk {
@@ -299,7 +375,7 @@ impl Sender {
                     }
                 }
             }
-            Link::Udp(_) => {
+            None => {
                 let lost: u64 = self.in_flight.drain(..).map(|m| m.records).sum();
                 self.stats
                     .settle_dropped(DropReason::CollectorRefused, lost);
@@ -322,11 +398,34 @@ impl Sender {
     /// Confirms what the transport has delivered; false when the link turned out to have
     /// failed.
     fn confirm(&mut self) -> bool {
-        match &self.link {
+        match &mut self.link {
             None => false,
             Some(Link::Tcp { stream, written }) => {
                 if let Some(pending) = unacknowledged(stream) {
                     let acknowledged = written.saturating_sub(pending);
+                    self.confirm_acknowledged(acknowledged);
+                }
+                true
+            }
+            Some(Link::Tls(stream)) => {
+                // Collectors send nothing on an IPFIX session: whatever is readable is
+                // an alert or the end of the session, read without waiting.
+                let mut byte = [0u8; 1];
+                let failure = match stream.read(&mut byte).now_or_never() {
+                    None | Some(Ok(1..)) => None,
+                    Some(Ok(0)) => Some(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "the collector closed the TLS session",
+                    )),
+                    Some(Err(error)) => Some(error),
+                };
+                if let Some(error) = failure {
+                    self.link_failed(&error);
+                    return false;
+                }
+                if let Some(Link::Tls(stream)) = &self.link
+                    && let Some(acknowledged) = bytes_acknowledged(stream.get_ref().0)
+                {
                     self.confirm_acknowledged(acknowledged);
                 }
                 true
@@ -368,6 +467,17 @@ impl Sender {
                     *written += len;
                 }
                 result.map(|()| *written)
+            }
+            Some(Link::Tls(stream)) => {
+                let result = match stream.write_all(message).await {
+                    Ok(()) => stream.flush().await,
+                    Err(error) => Err(error),
+                };
+                result.and_then(|()| {
+                    bytes_written(stream.get_ref().0).ok_or_else(|| {
+                        std::io::Error::other("cannot read the socket's byte counts (TCP_INFO)")
+                    })
+                })
             }
             None => unreachable!("checked above"),
         };

@@ -33,7 +33,8 @@ use collector_sim::{Collector, CollectorConfig, Endpoint};
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
-    /// Endpoint to listen on, udp://HOST:PORT or tcp://HOST:PORT; repeat for several.
+    /// Endpoint to listen on, udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT (with
+    /// --tls-cert and --tls-key); repeat for several.
     /// Default: udp://127.0.0.1:4739 and tcp://127.0.0.1:4739.
     #[arg(long = "listen", value_name = "ENDPOINT")]
     listen: Vec<Endpoint>,
@@ -52,6 +53,16 @@ struct Args {
     /// UDP receive buffer to ask for, in bytes (SO_RCVBUFFORCE when permitted).
     #[arg(long, value_name = "BYTES", default_value_t = collector_sim::DEFAULT_RECEIVE_BUFFER)]
     receive_buffer: usize,
+    /// PEM certificate chain of tls:// endpoints.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// PEM CA of client certificates: every TLS client must present one that chains to it
+    /// (refused handshakes are counted in tls_refused).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Seconds between summary lines on stderr (without --json); 0 turns them off.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     summary_interval: u64,
@@ -81,6 +92,22 @@ fn main() -> ExitCode {
     let mut config = CollectorConfig::new(listen);
     config.template_lifetime = Duration::from_secs(args.template_lifetime);
     config.receive_buffer = args.receive_buffer;
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            config.tls = Some(collector_sim::tls::TlsFiles {
+                ca: args.tls_ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        (None, None) if args.tls_ca.is_none() => {}
+        _ => {
+            eprintln!(
+                "collector-sim: --tls-cert and --tls-key go together (and --tls-ca needs them)"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     if args.json {
         config.json_output = Some(Box::new(std::io::stdout()));
     }

@@ -1,0 +1,420 @@
+//! IPFIX over TLS with certificates made here by openssl(1): to collector-sim requiring
+//! client certificates, to `openssl s_server -Verify` (an independent TLS stack, its
+//! plain stream then decoded by collector-sim over TCP), and the failures a user meets: no
+//! client certificate, a certificate file that appears later (read at each connection),
+//! an untrusted server, and `insecureSkipVerify`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use collector_sim::tls::TlsFiles;
+use collector_sim::{Collector, CollectorConfig, Endpoint, synthetic};
+use flowex_agent::config::{TlsConfig, Transport};
+use flowex_agent::export::{BatchBuilder, CollectorTarget, EncodedBatch, ExportingProcess};
+use flowex_ipfix::{Registry, Template, antrea};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A directory of certificates: `ca`, `server` (IP 127.0.0.1, DNS collector.test),
+/// `client`, and `rogue-ca` with a `rogue-server` of its own.
+struct Certificates {
+    dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Certificates {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("flowex-tls-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let certs = Self { dir };
+        certs.ca("ca");
+        certs.ca("rogue-ca");
+        certs.leaf(
+            "server",
+            "ca",
+            "subjectAltName=IP:127.0.0.1,DNS:collector.test\nextendedKeyUsage=serverAuth",
+        );
+        certs.leaf(
+            "client",
+            "ca",
+            "subjectAltName=DNS:flowex-agent\nextendedKeyUsage=clientAuth",
+        );
+        certs.leaf(
+            "rogue-server",
+            "rogue-ca",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+        );
+        certs
+    }
+
+    fn ca(&self, name: &str) {
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+    }
+
+    fn leaf(&self, name: &str, ca: &str, extensions: &str) {
+        std::fs::write(
+            self.dir.join(format!("{name}.ext")),
+            format!("basicConstraints=CA:FALSE\n{extensions}\n"),
+        )
+        .unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_str().unwrap().to_owned()
+    }
+
+    /// The agent's settings: trusts `ca`, presents `client` when `with_client`.
+    fn agent(&self, ca: &str, with_client: bool) -> TlsConfig {
+        TlsConfig {
+            ca_file: Some(self.path(&format!("{ca}.crt"))),
+            cert_file: with_client.then(|| self.path("client.crt")),
+            key_file: with_client.then(|| self.path("client.key")),
+            server_name: None,
+            min_version: "1.2".into(),
+            insecure_skip_verify: false,
+        }
+    }
+
+    /// collector-sim requiring client certificates from `ca`.
+    fn collector(&self, server: &str) -> Collector {
+        let mut config = CollectorConfig::new(vec!["tls://127.0.0.1:0".parse().unwrap()]);
+        config.tls = Some(TlsFiles {
+            ca: Some(self.dir.join("ca.crt")),
+            cert: self.dir.join(format!("{server}.crt")),
+            key: self.dir.join(format!("{server}.key")),
+        });
+        Collector::start(config).unwrap()
+    }
+}
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn templates() -> Arc<Vec<Template>> {
+    let registry = Registry::default();
+    Arc::new(vec![
+        antrea::ipv4_template(&registry).unwrap(),
+        antrea::ipv6_template(&registry).unwrap(),
+    ])
+}
+
+fn target(address: String, tls: TlsConfig) -> CollectorTarget {
+    CollectorTarget {
+        name: "tls".into(),
+        address,
+        transport: Transport::Tls,
+        tls: Some(tls),
+        max_message_size: 65_535,
+        template_refresh: Duration::from_secs(600),
+        queue_capacity: 100_000,
+        max_reconnect_delay: Duration::from_millis(300),
+        log_interval: flowex_agent::export::DEFAULT_LOG_INTERVAL,
+    }
+}
+
+fn batch(from: u64, count: u64) -> EncodedBatch {
+    let mut builder = BatchBuilder::default();
+    for index in from..from + count {
+        let record = synthetic::flow_record(index, index % 4 == 3);
+        builder.push(record.template_id(), &record);
+    }
+    builder.finish()
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn address(endpoint: Endpoint) -> String {
+    endpoint.addr().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_reaches_a_tls_collector_that_requires_a_client_certificate() {
+    let certs = Certificates::new("ok");
+    let collector = certs.collector("server");
+    let process = ExportingProcess::start(
+        &[target(
+            address(collector.tls_endpoint().unwrap()),
+            certs.agent("ca", true),
+        )],
+        templates(),
+        9,
+    )
+    .unwrap();
+    for chunk in 0..10 {
+        process.export(batch(chunk * 1_000, 1_000));
+    }
+    let stats = Arc::clone(&process.collectors()[0].stats);
+    assert!(collector.wait_for_records(10_000, WAIT));
+    // Confirmed by the collector's acknowledgements of the TLS bytes, before shutdown.
+    eventually("every record confirmed", || {
+        stats.records_exported.load(Ordering::Acquire) == 10_000
+    })
+    .await;
+    process.shutdown(WAIT).await;
+    let summary = collector.wait_until_quiet(Duration::from_millis(200), WAIT);
+    assert_eq!(summary.records, 10_000);
+    assert_eq!(summary.templates, 2);
+    assert_eq!(summary.sequence_gaps, 0);
+    assert_eq!(summary.decode_error_total(), 0);
+    assert_eq!(summary.tls_refused, 0);
+    assert_eq!(summary.tcp_connections, 1);
+    assert_eq!(stats.records_dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_client_certificate_the_session_is_refused_and_retried_until_the_files_appear() {
+    let certs = Certificates::new("late");
+    let collector = certs.collector("server");
+    // The agent's pair is configured but not there yet (a Secret not mounted yet).
+    let mut tls = certs.agent("ca", true);
+    let late_cert = certs.path("late-client.crt");
+    let late_key = certs.path("late-client.key");
+    tls.cert_file = Some(late_cert.clone());
+    tls.key_file = Some(late_key.clone());
+    let process = ExportingProcess::start(
+        &[target(address(collector.tls_endpoint().unwrap()), tls)],
+        templates(),
+        3,
+    )
+    .unwrap();
+    let stats = Arc::clone(&process.collectors()[0].stats);
+    process.export(batch(0, 500));
+    eventually("failed attempts on the missing files", || {
+        stats.send_errors.load(Ordering::Acquire) >= 2
+    })
+    .await;
+    assert!(!stats.connected.load(Ordering::Acquire));
+    assert_eq!(
+        collector.summary().tcp_connections,
+        0,
+        "files are read first"
+    );
+
+    // Now without any certificate: the collector refuses the handshake, and counts it.
+    let process_without = ExportingProcess::start(
+        &[target(
+            address(collector.tls_endpoint().unwrap()),
+            certs.agent("ca", false),
+        )],
+        templates(),
+        4,
+    )
+    .unwrap();
+    let without = Arc::clone(&process_without.collectors()[0].stats);
+    process_without.export(batch(0, 100));
+    eventually("refused sessions", || collector.summary().tls_refused >= 2).await;
+    assert!(without.send_errors.load(Ordering::Acquire) >= 2);
+    assert_eq!(without.records_exported.load(Ordering::Acquire), 0);
+    assert_eq!(collector.summary().records, 0);
+    assert_eq!(
+        process_without.shutdown(Duration::from_millis(100)).await,
+        100
+    );
+
+    // The files appear (a rotation works the same way): the next attempt uses them and
+    // the queued records all arrive, once.
+    std::fs::copy(certs.path("client.crt"), &late_cert).unwrap();
+    std::fs::copy(certs.path("client.key"), &late_key).unwrap();
+    assert!(collector.wait_for_records(500, WAIT));
+    eventually("the records confirmed", || {
+        stats.records_exported.load(Ordering::Acquire) == 500
+    })
+    .await;
+    process.shutdown(WAIT).await;
+    let summary = collector.wait_until_quiet(Duration::from_millis(200), WAIT);
+    assert_eq!(summary.records, 500);
+    assert_eq!(summary.by_observation_domain.get(&3), Some(&500));
+    assert_eq!(stats.records_dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_collector_gets_nothing_unless_verification_is_skipped() {
+    let certs = Certificates::new("rogue");
+    let collector = certs.collector("rogue-server");
+    let endpoint = address(collector.tls_endpoint().unwrap());
+    let process = ExportingProcess::start(
+        &[target(endpoint.clone(), certs.agent("ca", true))],
+        templates(),
+        5,
+    )
+    .unwrap();
+    let stats = Arc::clone(&process.collectors()[0].stats);
+    process.export(batch(0, 200));
+    eventually("refused handshakes", || {
+        stats.send_errors.load(Ordering::Acquire) >= 2
+    })
+    .await;
+    assert_eq!(collector.summary().records, 0);
+    assert_eq!(stats.records_exported.load(Ordering::Acquire), 0);
+    assert_eq!(process.shutdown(Duration::from_millis(100)).await, 200);
+
+    let mut skip = certs.agent("ca", true);
+    skip.insecure_skip_verify = true;
+    let process = ExportingProcess::start(&[target(endpoint, skip)], templates(), 6).unwrap();
+    process.export(batch(0, 200));
+    assert!(collector.wait_for_records(200, WAIT));
+    process.shutdown(WAIT).await;
+    assert_eq!(collector.summary().records, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_s_server_requiring_a_client_certificate_receives_every_record() {
+    let certs = Certificates::new("openssl");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    // s_server writes the decrypted stream to stdout; its stdin stays open (no input).
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            &certs.path("server.crt"),
+            "-key",
+            &certs.path("server.key"),
+            "-CAfile",
+            &certs.path("ca.crt"),
+            "-Verify",
+            "1",
+            "-verify_return_error",
+            "-quiet",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The plain stream goes on to collector-sim over TCP, which decodes and counts it.
+    let decoder = Collector::start(CollectorConfig::new(vec![
+        "tcp://127.0.0.1:0".parse().unwrap(),
+    ]))
+    .unwrap();
+    let mut plain = server.stdout.take().unwrap();
+    let mut forward = std::net::TcpStream::connect(decoder.tcp_endpoint().unwrap().addr()).unwrap();
+    let pump = std::thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        while let Ok(n) = plain.read(&mut buf) {
+            if n == 0 || forward.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    // Wait for s_server to listen.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // That probe connection was one session; s_server serves the next.
+    std::thread::sleep(Duration::from_millis(200));
+    let process = ExportingProcess::start(
+        &[target(format!("127.0.0.1:{port}"), certs.agent("ca", true))],
+        templates(),
+        11,
+    )
+    .unwrap();
+    let stats = Arc::clone(&process.collectors()[0].stats);
+    for chunk in 0..4 {
+        process.export(batch(chunk * 1_000, 1_000));
+    }
+    let arrived = decoder.wait_for_records(4_000, WAIT);
+    process.shutdown(WAIT).await;
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = pump.join();
+    assert!(arrived, "{:?}", decoder.summary());
+    let summary = decoder.wait_until_quiet(Duration::from_millis(200), WAIT);
+    assert_eq!(summary.records, 4_000);
+    assert_eq!(summary.templates, 2);
+    assert_eq!(summary.decode_error_total(), 0);
+    assert_eq!(summary.by_observation_domain.get(&11), Some(&4_000));
+    assert_eq!(stats.records_exported.load(Ordering::Acquire), 4_000);
+}
