@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the tests use, installed only when missing.
-packages=(tshark conntrack nftables iproute2 procps clang-19 libbpf-dev)
+packages=(tshark conntrack nftables iproute2 procps clang-19 libbpf-dev openssl protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,10 +24,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-# Python packages for the offline Helm chart checks (Helm's SDK, Kubernetes schemas).
-if ! python3 -c "import helm_python, kubernetes_validate, yaml" 2>/dev/null; then
-  echo "== installing helm-python-sdk kubernetes-validate pyyaml"
-  python3 -m pip install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
+# Python packages for the offline Helm chart checks (Helm's SDK, Kubernetes schemas) and
+# for the independent gRPC server of the gRPC tests (grpcio, grpcio-tools).
+if ! python3 -c "import helm_python, kubernetes_validate, yaml, grpc, grpc_tools" 2>/dev/null; then
+  echo "== installing helm-python-sdk kubernetes-validate pyyaml grpcio grpcio-tools"
+  python3 -m pip install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml grpcio grpcio-tools
 fi
 
 echo "== cargo fmt --check"

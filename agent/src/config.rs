@@ -251,6 +251,8 @@ pub enum Transport {
     Tcp,
     /// IPFIX over TLS (RFC 7011 section 11) on TCP.
     Tls,
+    /// Antrea's FlowExportService (gRPC over mutual TLS), as Antrea's agents use it.
+    Grpc,
 }
 
 impl Transport {
@@ -260,6 +262,7 @@ impl Transport {
             Self::Udp => "udp",
             Self::Tcp => "tcp",
             Self::Tls => "tls",
+            Self::Grpc => "grpc",
         }
     }
 
@@ -267,7 +270,7 @@ impl Transport {
     pub fn max_message_size(self) -> usize {
         match self {
             Self::Udp => MAX_UDP_MESSAGE_SIZE,
-            Self::Tcp | Self::Tls => flowex_ipfix::MAX_MESSAGE_SIZE,
+            Self::Tcp | Self::Tls | Self::Grpc => flowex_ipfix::MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -625,21 +628,25 @@ fn check_host_port(key: &str, text: &str) -> Result<(), ConfigError> {
 /// Checks a collector's TLS settings against its transport. The files themselves are
 /// read at each connection (they may appear or rotate while the agent runs).
 fn check_tls(key: &str, collector: &CollectorConfig) -> Result<(), ConfigError> {
+    let secure = matches!(collector.transport, Transport::Tls | Transport::Grpc);
     let Some(tls) = &collector.tls else {
-        return if collector.transport == Transport::Tls {
+        return if secure {
             Err(invalid(
                 key,
-                "transport tls needs tls.caFile (or tls.insecureSkipVerify: true)",
+                format!(
+                    "transport {} needs tls.caFile (or tls.insecureSkipVerify: true)",
+                    collector.transport.name()
+                ),
             ))
         } else {
             Ok(())
         };
     };
-    if collector.transport != Transport::Tls {
+    if !secure {
         return Err(invalid(
             key,
             format!(
-                "TLS settings given for transport {}: set transport: tls",
+                "TLS settings given for transport {}: set transport: tls or grpc",
                 collector.transport.name()
             ),
         ));
@@ -729,13 +736,14 @@ impl Config {
                     Some(("udp", rest)) => (Transport::Udp, rest),
                     Some(("tcp", rest)) => (Transport::Tcp, rest),
                     Some(("tls", rest)) => (Transport::Tls, rest),
+                    Some(("grpc", rest)) => (Transport::Grpc, rest),
                     _ => {
                         return Err(ConfigError(format!(
-                            "--collector {url:?}: expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT"
+                            "--collector {url:?}: expected udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or grpc://HOST:PORT"
                         )));
                     }
                 };
-                if transport == Transport::Tls && template.tls.is_none() {
+                if matches!(transport, Transport::Tls | Transport::Grpc) && template.tls.is_none() {
                     return Err(ConfigError(format!(
                         "--collector {url:?}: TLS needs certificates: give them as tls: {{caFile, certFile, keyFile}} on the first collector of the config file, whose settings --collector keeps"
                     )));
@@ -746,12 +754,14 @@ impl Config {
                     transport,
                     max_message_size: match transport {
                         Transport::Udp => template.max_message_size.min(MAX_UDP_MESSAGE_SIZE),
-                        Transport::Tcp | Transport::Tls => flowex_ipfix::MAX_MESSAGE_SIZE,
+                        Transport::Tcp | Transport::Tls | Transport::Grpc => {
+                            flowex_ipfix::MAX_MESSAGE_SIZE
+                        }
                     },
                     // A TLS URL keeps the first collector's TLS files (a URL has no room
                     // for them); other transports have none.
                     tls: match transport {
-                        Transport::Tls => template.tls.clone(),
+                        Transport::Tls | Transport::Grpc => template.tls.clone(),
                         _ => None,
                     },
                     ..template.clone()

@@ -26,6 +26,7 @@ fn target(name: &str, endpoint: Endpoint, capacity: usize) -> CollectorTarget {
         Endpoint::Udp(_) => (Transport::Udp, 1472),
         Endpoint::Tcp(_) => (Transport::Tcp, 65_535),
         Endpoint::Tls(_) => (Transport::Tls, 65_535),
+        Endpoint::Grpc(_) => (Transport::Grpc, 65_535),
     };
     CollectorTarget {
         name: name.into(),

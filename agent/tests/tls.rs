@@ -4,167 +4,21 @@
 //! client certificate, a certificate file that appears later (read at each connection),
 //! an untrusted server, and `insecureSkipVerify`.
 
+mod support;
+
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use collector_sim::tls::TlsFiles;
 use collector_sim::{Collector, CollectorConfig, Endpoint, synthetic};
 use flowex_agent::config::{TlsConfig, Transport};
 use flowex_agent::export::{BatchBuilder, CollectorTarget, EncodedBatch, ExportingProcess};
 use flowex_ipfix::{Registry, Template, antrea};
+use support::certificates::Certificates;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// A directory of certificates: `ca`, `server` (IP 127.0.0.1, DNS collector.test),
-/// `client`, and `rogue-ca` with a `rogue-server` of its own.
-struct Certificates {
-    dir: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-impl Certificates {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("flowex-tls-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let certs = Self { dir };
-        certs.ca("ca");
-        certs.ca("rogue-ca");
-        certs.leaf(
-            "server",
-            "ca",
-            "subjectAltName=IP:127.0.0.1,DNS:collector.test\nextendedKeyUsage=serverAuth",
-        );
-        certs.leaf(
-            "client",
-            "ca",
-            "subjectAltName=DNS:flowex-agent\nextendedKeyUsage=clientAuth",
-        );
-        certs.leaf(
-            "rogue-server",
-            "rogue-ca",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
-        );
-        certs
-    }
-
-    fn ca(&self, name: &str) {
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.crt"),
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-    }
-
-    fn leaf(&self, name: &str, ca: &str, extensions: &str) {
-        std::fs::write(
-            self.dir.join(format!("{name}.ext")),
-            format!("basicConstraints=CA:FALSE\n{extensions}\n"),
-        )
-        .unwrap();
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        openssl(
-            &self.dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                &format!("{ca}.crt"),
-                "-CAkey",
-                &format!("{ca}.key"),
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.crt"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).to_str().unwrap().to_owned()
-    }
-
-    /// The agent's settings: trusts `ca`, presents `client` when `with_client`.
-    fn agent(&self, ca: &str, with_client: bool) -> TlsConfig {
-        TlsConfig {
-            ca_file: Some(self.path(&format!("{ca}.crt"))),
-            cert_file: with_client.then(|| self.path("client.crt")),
-            key_file: with_client.then(|| self.path("client.key")),
-            server_name: None,
-            min_version: "1.2".into(),
-            insecure_skip_verify: false,
-        }
-    }
-
-    /// collector-sim requiring client certificates from `ca`.
-    fn collector(&self, server: &str) -> Collector {
-        let mut config = CollectorConfig::new(vec!["tls://127.0.0.1:0".parse().unwrap()]);
-        config.tls = Some(TlsFiles {
-            ca: Some(self.dir.join("ca.crt")),
-            cert: self.dir.join(format!("{server}.crt")),
-            key: self.dir.join(format!("{server}.key")),
-        });
-        Collector::start(config).unwrap()
-    }
-}
-
-impl Drop for Certificates {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn templates() -> Arc<Vec<Template>> {
     let registry = Registry::default();

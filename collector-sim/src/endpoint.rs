@@ -1,5 +1,5 @@
-//! Listen and target addresses written as `udp://HOST:PORT`, `tcp://HOST:PORT` or
-//! `tls://HOST:PORT`.
+//! Listen and target addresses written as `udp://HOST:PORT`, `tcp://HOST:PORT`,
+//! `tls://HOST:PORT` or `grpc://HOST:PORT`.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -12,13 +12,15 @@ pub enum Endpoint {
     Tcp(SocketAddr),
     /// IPFIX over TLS on TCP.
     Tls(SocketAddr),
+    /// Antrea's FlowExportService over mutual TLS.
+    Grpc(SocketAddr),
 }
 
 impl Endpoint {
     /// The socket address.
     pub fn addr(&self) -> SocketAddr {
         match self {
-            Self::Udp(addr) | Self::Tcp(addr) | Self::Tls(addr) => *addr,
+            Self::Udp(addr) | Self::Tcp(addr) | Self::Tls(addr) | Self::Grpc(addr) => *addr,
         }
     }
 
@@ -34,6 +36,7 @@ impl fmt::Display for Endpoint {
             Self::Udp(addr) => write!(f, "udp://{addr}"),
             Self::Tcp(addr) => write!(f, "tcp://{addr}"),
             Self::Tls(addr) => write!(f, "tls://{addr}"),
+            Self::Grpc(addr) => write!(f, "grpc://{addr}"),
         }
     }
 }
@@ -56,7 +59,7 @@ impl FromStr for Endpoint {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (scheme, rest) = text.split_once("://").ok_or_else(|| {
             EndpointError(format!(
-                "{text:?}: expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT"
+                "{text:?}: expected udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or grpc://HOST:PORT"
             ))
         })?;
         let addr = rest
@@ -68,8 +71,9 @@ impl FromStr for Endpoint {
             "udp" => Ok(Self::Udp(addr)),
             "tcp" => Ok(Self::Tcp(addr)),
             "tls" => Ok(Self::Tls(addr)),
+            "grpc" => Ok(Self::Grpc(addr)),
             other => Err(EndpointError(format!(
-                "{text:?}: unknown transport {other:?} (udp, tcp or tls)"
+                "{text:?}: unknown transport {other:?} (udp, tcp, tls or grpc)"
             ))),
         }
     }

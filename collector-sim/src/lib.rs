@@ -21,6 +21,7 @@
 //! ```
 
 mod endpoint;
+pub mod grpc;
 pub mod json;
 mod receiver;
 pub mod sender;
@@ -118,6 +119,7 @@ impl Collector {
         enum Bound {
             Udp(UdpSocket),
             Tcp(TcpListener, Option<Arc<rustls::ServerConfig>>),
+            Grpc(TcpListener, Arc<rustls::ServerConfig>),
         }
         let mut bound = Vec::new();
         let mut endpoints = Vec::new();
@@ -149,6 +151,19 @@ impl Collector {
                     endpoints.push(Endpoint::Tls(listener.local_addr()?));
                     bound.push(Bound::Tcp(listener, Some(server)));
                 }
+                Endpoint::Grpc(addr) => {
+                    let files = config.tls.as_ref().ok_or_else(|| {
+                        with_context(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "a gRPC endpoint is always mutual TLS: it needs --tls-cert, --tls-key (and --tls-ca)",
+                        ))
+                    })?;
+                    let mut server = tls::server_config(files).map_err(with_context)?;
+                    Arc::make_mut(&mut server).alpn_protocols = vec![b"h2".to_vec()];
+                    let listener = TcpListener::bind(addr).map_err(with_context)?;
+                    endpoints.push(Endpoint::Grpc(listener.local_addr()?));
+                    bound.push(Bound::Grpc(listener, server));
+                }
             }
         }
         let threads = bound
@@ -162,6 +177,9 @@ impl Collector {
                     Bound::Tcp(listener, tls) => std::thread::Builder::new()
                         .name("tcp-acceptor".into())
                         .spawn(move || tcp::accept_loop(listener, shared, tls)),
+                    Bound::Grpc(listener, tls) => std::thread::Builder::new()
+                        .name("grpc-server".into())
+                        .spawn(move || grpc::serve(listener, shared, tls)),
                 }
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -189,6 +207,14 @@ impl Collector {
             .iter()
             .copied()
             .find(|e| matches!(e, Endpoint::Tcp(_)))
+    }
+
+    /// The first gRPC endpoint, with its bound port.
+    pub fn grpc_endpoint(&self) -> Option<Endpoint> {
+        self.endpoints
+            .iter()
+            .copied()
+            .find(|e| matches!(e, Endpoint::Grpc(_)))
     }
 
     /// The first TLS endpoint, with its bound port.

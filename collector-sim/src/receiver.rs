@@ -24,11 +24,11 @@ pub(crate) struct RecordOutput {
 }
 
 impl RecordOutput {
-    fn wanted(&self) -> bool {
+    pub(crate) fn wanted(&self) -> bool {
         self.json.is_some() || self.kept.is_some()
     }
 
-    fn deliver(&self, records: &mut Vec<Json>) {
+    pub(crate) fn deliver(&self, records: &mut Vec<Json>) {
         if let Some(json) = &self.json {
             let mut out = lock(json);
             for record in records.iter() {

@@ -66,10 +66,10 @@ impl Sender {
                 stream.set_nodelay(true)?;
                 (Transport::Tcp(stream), flowex_ipfix::MAX_MESSAGE_SIZE)
             }
-            Endpoint::Tls(_) => {
+            Endpoint::Tls(_) | Endpoint::Grpc(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    "the sender speaks UDP and TCP; use flowex for TLS",
+                    "the sender speaks UDP and TCP; use flowex for TLS and gRPC",
                 ));
             }
         };

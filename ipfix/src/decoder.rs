@@ -83,6 +83,12 @@ pub struct DataRecord<'a> {
 }
 
 impl<'a> DataRecord<'a> {
+    /// A record of `template` in `bytes` (as an encoder wrote it). Fields that run past
+    /// the end of `bytes` are not returned.
+    pub fn new(template: &'a Template, bytes: &'a [u8]) -> Self {
+        Self { template, bytes }
+    }
+
     /// The record's template.
     pub fn template(&self) -> &'a Template {
         self.template

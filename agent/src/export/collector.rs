@@ -336,13 +336,23 @@ impl ExportingProcess {
             .map(|(target, encoder)| {
                 let (queue, receiver) = mpsc::unbounded_channel();
                 let stats = Arc::new(CollectorStats::default());
-                let task = tokio::spawn(super::transport::run(
-                    target.clone(),
-                    Arc::clone(&templates),
-                    encoder,
-                    receiver,
-                    Arc::clone(&stats),
-                ));
+                let task = if target.transport == Transport::Grpc {
+                    tokio::spawn(super::grpc::run(
+                        target.clone(),
+                        Arc::clone(&templates),
+                        domain,
+                        receiver,
+                        Arc::clone(&stats),
+                    ))
+                } else {
+                    tokio::spawn(super::transport::run(
+                        target.clone(),
+                        Arc::clone(&templates),
+                        encoder,
+                        receiver,
+                        Arc::clone(&stats),
+                    ))
+                };
                 CollectorHandle {
                     name: target.name.clone(),
                     stats,

@@ -4,6 +4,7 @@
 
 mod batch;
 mod collector;
+pub mod grpc;
 pub mod tls;
 mod transport;
 

@@ -59,6 +59,14 @@ fn pem_error(error: &rustls_pki_types::pem::Error) -> String {
 
 /// The client configuration for `tls`, reading its files now.
 pub fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    client_config_for(tls, &[])
+}
+
+/// [`client_config`] offering the application protocols `alpn` (gRPC: `h2`).
+pub fn client_config_for(
+    tls: &TlsConfig,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = if tls.min_version == "1.3" {
         &[&rustls::version::TLS13]
     } else {
@@ -84,7 +92,7 @@ pub fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsSetupError
         }
         builder.with_root_certificates(roots)
     };
-    let config = match (&tls.cert_file, &tls.key_file) {
+    let mut config = match (&tls.cert_file, &tls.key_file) {
         (Some(cert_path), Some(key_path)) => {
             let chain = certificates("certFile", cert_path)?;
             let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsSetupError::File {
@@ -105,6 +113,7 @@ pub fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsSetupError
         }
         _ => builder.with_no_client_auth(),
     };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

@@ -141,11 +141,12 @@ async fn connect(target: &CollectorTarget) -> std::io::Result<Link> {
             stream.set_nodelay(true)?;
             Ok(Link::Tcp { stream, written: 0 })
         }
-        Transport::Tls => connect_tls(target, addr).await,
+        // gRPC collectors have their own task (super::grpc); TLS is what they share.
+        Transport::Tls | Transport::Grpc => connect_tls(target, addr).await,
     }
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new TLS session waits for a refusal before it carries data: a collector
 /// that refuses the client certificate under TLS 1.3 says so right after the handshake.
 const TLS_ALERT_WAIT: Duration = Duration::from_millis(100);
@@ -205,14 +206,14 @@ impl Backoff {
 
 /// A collector that cannot be reached: logged at the first failure, summarised once per
 /// log interval while it lasts, and logged again when it ends.
-struct Outage {
+pub(super) struct Outage {
     since: Option<Instant>,
     attempts: u64,
     reported: Instant,
 }
 
 impl Outage {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             since: None,
             attempts: 0,
@@ -220,7 +221,12 @@ impl Outage {
         }
     }
 
-    fn failed(&mut self, target: &CollectorTarget, what: &str, error: &dyn std::fmt::Display) {
+    pub(super) fn failed(
+        &mut self,
+        target: &CollectorTarget,
+        what: &str,
+        error: &dyn std::fmt::Display,
+    ) {
         let now = Instant::now();
         self.attempts += 1;
         match self.since {
@@ -249,7 +255,7 @@ impl Outage {
         }
     }
 
-    fn recovered(&mut self, target: &CollectorTarget) {
+    pub(super) fn recovered(&mut self, target: &CollectorTarget) {
         if let Some(since) = self.since.take() {
             tracing::info!(
                 "collector {} ({}) reachable again after {:.1} s and {} failed attempt(s)",

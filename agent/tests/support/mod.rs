@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod certificates;
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output};

@@ -33,8 +33,9 @@ use collector_sim::{Collector, CollectorConfig, Endpoint};
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
-    /// Endpoint to listen on, udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT (with
-    /// --tls-cert and --tls-key); repeat for several.
+    /// Endpoint to listen on, udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or
+    /// grpc://HOST:PORT (Antrea's FlowExportService; tls and grpc need --tls-cert and
+    /// --tls-key); repeat for several.
     /// Default: udp://127.0.0.1:4739 and tcp://127.0.0.1:4739.
     #[arg(long = "listen", value_name = "ENDPOINT")]
     listen: Vec<Endpoint>,
