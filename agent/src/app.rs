@@ -109,6 +109,7 @@ fn warnings(settings: &Settings) -> Vec<String> {
     let mut all = settings.warnings.clone();
     for collector in &settings.config.export.collectors {
         if let Some(tls) = &collector.tls
+            && !tls.antrea
             && let Err(error) = crate::export::tls::client_config(tls)
         {
             all.push(format!(
@@ -185,7 +186,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     };
     metrics.probe_attached(attribution.is_active());
     let node_name = &settings.node_name;
-    let (metadata, watchers) = start_metadata(config, &metrics, node_name).await?;
+    let (metadata, mut watchers) = start_metadata(config, &metrics, node_name).await?;
+    watchers.extend(start_certificate_watchers(config, &targets).await?);
     let stopping = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::new());
     // Raised at shutdown: the source threads block until their next poll or packet and
@@ -452,6 +454,37 @@ fn save_state(store: &ConnectionStore, directory: &Path, origin: state::Origin) 
             "cannot save the state file ({error}): the next agent exports ended connections again and restarts deltas"
         ),
     }
+}
+
+/// Watches the ConfigMaps and Secrets of the collectors with `tls.antrea` (through the
+/// same API client as the metadata, also when `kubernetes.enabled` is false).
+async fn start_certificate_watchers(
+    config: &crate::config::Config,
+    targets: &[CollectorTarget],
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let wanted: Vec<_> = targets
+        .iter()
+        .filter_map(|t| t.api_certificates.clone())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some((client, url)) = metadata::client(&config.kubernetes).await? else {
+        tracing::error!(
+            "tls.antrea needs the Kubernetes API, and none is found (not in a cluster, no kubeconfig): those collectors cannot connect"
+        );
+        return Ok(Vec::new());
+    };
+    let mut tasks = Vec::new();
+    for certificates in wanted {
+        tracing::info!(
+            "reading the CA of ConfigMap {} and the client pair of Secret {} from {url}",
+            certificates.config_map,
+            certificates.secret
+        );
+        tasks.extend(certificates.watch(client.clone()));
+    }
+    Ok(tasks)
 }
 
 /// Connects to the Kubernetes API and starts the pod and service watchers; without an

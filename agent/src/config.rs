@@ -294,7 +294,7 @@ impl Aggregator {
 
 /// TLS to a collector (`transport: tls`). Files are read at each connection, so a
 /// rotated certificate (a Secret updated in place) is used without a restart.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the CA certificate(s) the collector's certificate must chain to.
@@ -315,10 +315,42 @@ pub struct TlsConfig {
     /// Accept any server certificate. For tests only: it is logged as a warning at start.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// Read the CA and the client pair through the Kubernetes API, as Antrea's agents do,
+    /// from `caConfigMap` (`ca.crt`) and `clientSecret` (`tls.crt`, `tls.key`), watched.
+    #[serde(default)]
+    pub antrea: bool,
+    /// `namespace/name` of the ConfigMap holding the CA (`tls.antrea`).
+    #[serde(default = "default_ca_config_map")]
+    pub ca_config_map: String,
+    /// `namespace/name` of the Secret holding the client pair (`tls.antrea`).
+    #[serde(default = "default_client_secret")]
+    pub client_secret: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+            min_version: default_tls_min_version(),
+            insecure_skip_verify: false,
+            antrea: false,
+            ca_config_map: default_ca_config_map(),
+            client_secret: default_client_secret(),
+        }
+    }
 }
 
 fn default_tls_min_version() -> String {
     "1.2".into()
+}
+fn default_ca_config_map() -> String {
+    "flow-aggregator/flow-aggregator-ca".into()
+}
+fn default_client_secret() -> String {
+    "flow-aggregator/flow-aggregator-client-tls".into()
 }
 
 /// One collector.
@@ -634,7 +666,7 @@ fn check_tls(key: &str, collector: &CollectorConfig) -> Result<(), ConfigError> 
             Err(invalid(
                 key,
                 format!(
-                    "transport {} needs tls.caFile (or tls.insecureSkipVerify: true)",
+                    "transport {} needs tls.caFile, or tls.antrea: true (or tls.insecureSkipVerify: true)",
                     collector.transport.name()
                 ),
             ))
@@ -651,10 +683,37 @@ fn check_tls(key: &str, collector: &CollectorConfig) -> Result<(), ConfigError> 
             ),
         ));
     }
-    if tls.ca_file.is_none() && !tls.insecure_skip_verify {
+    if tls.antrea {
+        if tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some() {
+            return Err(invalid(
+                &format!("{key}.antrea"),
+                "reads the certificates from caConfigMap and clientSecret: remove caFile, certFile and keyFile",
+            ));
+        }
+        for (field, object) in [
+            ("caConfigMap", &tls.ca_config_map),
+            ("clientSecret", &tls.client_secret),
+        ] {
+            let valid = object.split_once('/').is_some_and(|(namespace, name)| {
+                [namespace, name].iter().all(|part| {
+                    !part.is_empty()
+                        && part.len() <= 253
+                        && part.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.')
+                        })
+                })
+            });
+            if !valid {
+                return Err(invalid(
+                    &format!("{key}.{field}"),
+                    format!("{object:?} is not NAMESPACE/NAME"),
+                ));
+            }
+        }
+    } else if tls.ca_file.is_none() && !tls.insecure_skip_verify {
         return Err(invalid(
             &format!("{key}.caFile"),
-            "is needed to verify the collector (or insecureSkipVerify: true, for tests)",
+            "is needed to verify the collector (or antrea: true to read it from the API, or insecureSkipVerify: true, for tests)",
         ));
     }
     match (&tls.cert_file, &tls.key_file) {

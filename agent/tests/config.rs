@@ -125,7 +125,7 @@ fn invalid_configs_are_rejected_with_one_clear_line() {
         ),
         (
             "export: {collectors: [{name: a, address: \"a:1\", transport: tls}]}",
-            "export.collectors[0].tls: transport tls needs tls.caFile (or tls.insecureSkipVerify: true)",
+            "export.collectors[0].tls: transport tls needs tls.caFile, or tls.antrea: true (or tls.insecureSkipVerify: true)",
         ),
         (
             "export: {collectors: [{name: a, address: \"a:1\", tls: {caFile: ca.crt}}]}",
@@ -133,7 +133,7 @@ fn invalid_configs_are_rejected_with_one_clear_line() {
         ),
         (
             "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {certFile: c.crt}}]}",
-            "export.collectors[0].tls.caFile: is needed to verify the collector (or insecureSkipVerify: true, for tests)",
+            "export.collectors[0].tls.caFile: is needed to verify the collector (or antrea: true to read it from the API, or insecureSkipVerify: true, for tests)",
         ),
         (
             "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {caFile: ca.crt, certFile: c.crt}}]}",
@@ -154,6 +154,18 @@ fn invalid_configs_are_rejected_with_one_clear_line() {
         (
             "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {caFile: ca.crt, clientCert: c.crt}}]}",
             "export.collectors[0].tls: unknown field `clientCert`",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: grpc}]}",
+            "export.collectors[0].tls: transport grpc needs tls.caFile, or tls.antrea: true (or tls.insecureSkipVerify: true)",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: grpc, tls: {antrea: true, caFile: ca.crt}}]}",
+            "export.collectors[0].tls.antrea: reads the certificates from caConfigMap and clientSecret: remove caFile, certFile and keyFile",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", transport: tls, tls: {antrea: true, clientSecret: flow-aggregator-client-tls}}]}",
+            "export.collectors[0].tls.clientSecret: \"flow-aggregator-client-tls\" is not NAMESPACE/NAME",
         ),
         (
             "export: {collectors: [{name: a, address: \"a:1\", aggregator: nfacctd}]}",
@@ -297,7 +309,7 @@ fn command_line_collectors_replace_the_files_and_are_checked_like_them() {
         Settings::load(None, &overrides(&["sctp://127.0.0.1:4739"]))
             .unwrap_err()
             .to_string(),
-        "--collector \"sctp://127.0.0.1:4739\": expected udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT"
+        "--collector \"sctp://127.0.0.1:4739\": expected udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or grpc://HOST:PORT"
     );
     assert_eq!(
         Settings::load(None, &overrides(&["tls://127.0.0.1:4739"]))
@@ -341,6 +353,29 @@ fn a_tls_url_keeps_the_files_of_the_first_collector() {
     assert_eq!(tls.key_file.as_deref(), Some("/c.key"));
     assert_eq!(tls.min_version, "1.3");
     assert_eq!(collectors[1].tls, None);
+}
+
+#[test]
+fn antrea_certificates_default_to_the_flow_aggregators_objects() {
+    let settings = Settings::new(
+        serde_yaml::from_str(
+            "export: {collectors: [{name: fa, address: \"flow-aggregator.flow-aggregator.svc:14739\", transport: grpc, tls: {antrea: true}}]}",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let tls = settings.config.export.collectors[0].tls.clone().unwrap();
+    assert!(tls.antrea);
+    assert_eq!(tls.ca_config_map, "flow-aggregator/flow-aggregator-ca");
+    assert_eq!(
+        tls.client_secret,
+        "flow-aggregator/flow-aggregator-client-tls"
+    );
+    assert_eq!(tls.min_version, "1.2");
+    assert_eq!(
+        settings.config.export.collectors[0].transport,
+        Transport::Grpc
+    );
 }
 
 #[test]

@@ -33,6 +33,7 @@ fn target(name: &str, endpoint: Endpoint, capacity: usize) -> CollectorTarget {
         address: endpoint.addr().to_string(),
         transport,
         tls: None,
+        api_certificates: None,
         max_message_size: max,
         template_refresh: Duration::from_secs(600),
         queue_capacity: capacity,

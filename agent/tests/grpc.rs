@@ -34,6 +34,7 @@ fn target(transport: Transport, address: String, tls: Option<TlsConfig>) -> Coll
         address,
         transport,
         tls,
+        api_certificates: None,
         max_message_size: 65_535,
         template_refresh: Duration::from_secs(600),
         queue_capacity: 100_000,

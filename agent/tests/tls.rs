@@ -4,6 +4,8 @@
 //! client certificate, a certificate file that appears later (read at each connection),
 //! an untrusted server, and `insecureSkipVerify`.
 
+#[path = "support/fake_api.rs"]
+mod fake_api;
 mod support;
 
 use std::io::{Read, Write};
@@ -34,6 +36,7 @@ fn target(address: String, tls: TlsConfig) -> CollectorTarget {
         address,
         transport: Transport::Tls,
         tls: Some(tls),
+        api_certificates: None,
         max_message_size: 65_535,
         template_refresh: Duration::from_secs(600),
         queue_capacity: 100_000,
@@ -271,4 +274,126 @@ async fn openssl_s_server_requiring_a_client_certificate_receives_every_record()
     assert_eq!(summary.decode_error_total(), 0);
     assert_eq!(summary.by_observation_domain.get(&11), Some(&4_000));
     assert_eq!(stats.records_exported.load(Ordering::Acquire), 4_000);
+}
+
+/// `tls.antrea`: the CA and client pair come from a ConfigMap and a Secret of the API
+/// (a stand-in server speaking the real list and watch JSON); replacing both, with a
+/// collector now trusting only the new CA, is followed without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_from_the_api_are_used_and_followed_when_rotated() {
+    use fake_api::{FakeApi, config_map, secret};
+    use flowex_agent::export::certificates::ApiCertificates;
+
+    let old = Certificates::new("api-old");
+    let new = Certificates::new("api-new");
+    let read = |c: &Certificates, f: &str| std::fs::read(c.dir.join(f)).unwrap();
+    let api = FakeApi::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    api.add(
+        "configmaps",
+        config_map(
+            "flow-aggregator",
+            "flow-aggregator-ca",
+            &[(
+                "ca.crt",
+                std::str::from_utf8(&read(&old, "ca.crt")).unwrap(),
+            )],
+        ),
+    );
+    // Another ConfigMap of the namespace, which the name selector must leave out.
+    api.add(
+        "configmaps",
+        config_map(
+            "flow-aggregator",
+            "other",
+            &[("ca.crt", "not a certificate")],
+        ),
+    );
+    api.add(
+        "secrets",
+        secret(
+            "flow-aggregator",
+            "flow-aggregator-client-tls",
+            &[
+                ("tls.crt", &read(&old, "client.crt")),
+                ("tls.key", &read(&old, "client.key")),
+            ],
+        ),
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&api.kubeconfig()).unwrap();
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let certificates = Arc::new(ApiCertificates::new(
+        "flow-aggregator/flow-aggregator-ca",
+        "flow-aggregator/flow-aggregator-client-tls",
+    ));
+    let watchers = certificates.watch(client);
+
+    let first = old.collector("server");
+    let address = first.tls_endpoint().unwrap().addr().to_string();
+    let mut target = target(
+        address.clone(),
+        TlsConfig {
+            antrea: true,
+            ..TlsConfig::default()
+        },
+    );
+    target.api_certificates = Some(Arc::clone(&certificates));
+    let process = ExportingProcess::start(&[target], templates(), 7).unwrap();
+    let stats = Arc::clone(&process.collectors()[0].stats);
+    process.export(batch(0, 300));
+    assert!(first.wait_for_records(300, WAIT), "{:?}", first.summary());
+
+    // Both rotate to a new CA and pair; the collector restarts trusting only the new CA.
+    api.modify(
+        "configmaps",
+        config_map(
+            "flow-aggregator",
+            "flow-aggregator-ca",
+            &[(
+                "ca.crt",
+                std::str::from_utf8(&read(&new, "ca.crt")).unwrap(),
+            )],
+        ),
+    );
+    api.modify(
+        "secrets",
+        secret(
+            "flow-aggregator",
+            "flow-aggregator-client-tls",
+            &[
+                ("tls.crt", &read(&new, "client.crt")),
+                ("tls.key", &read(&new, "client.key")),
+            ],
+        ),
+    );
+    eventually("the new pair", || {
+        certificates.material().cert.as_deref() == Some(&read(&new, "client.crt")[..])
+    })
+    .await;
+    drop(first);
+    let second = {
+        let mut config = CollectorConfig::new(vec![format!("tls://{address}").parse().unwrap()]);
+        config.tls = Some(collector_sim::tls::TlsFiles {
+            ca: Some(new.dir.join("ca.crt")),
+            cert: new.dir.join("server.crt"),
+            key: new.dir.join("server.key"),
+        });
+        Collector::start(config).unwrap()
+    };
+    process.export(batch(300, 200));
+    assert!(second.wait_for_records(200, WAIT), "{:?}", second.summary());
+    eventually("every record confirmed", || {
+        stats.records_exported.load(Ordering::Acquire) == 500
+    })
+    .await;
+    process.shutdown(WAIT).await;
+    assert_eq!(second.summary().tls_refused, 0);
+    assert_eq!(stats.records_dropped(), 0);
+    for watcher in watchers {
+        watcher.abort();
+    }
 }

@@ -139,6 +139,7 @@ pub fn udp_export_pair(
         address: collector.udp_endpoint().expect("udp").addr().to_string(),
         transport: flowex_agent::config::Transport::Udp,
         tls: None,
+        api_certificates: None,
         max_message_size: 1472,
         template_refresh: std::time::Duration::from_secs(600),
         queue_capacity,

@@ -38,8 +38,10 @@ pub struct CollectorTarget {
     /// HOST:PORT, resolved at each (re)connect.
     pub address: String,
     pub transport: Transport,
-    /// `transport: tls`: the files and names, read at each connection.
+    /// `transport: tls` and `grpc`: the files and names, read at each connection.
     pub tls: Option<crate::config::TlsConfig>,
+    /// `tls.antrea`: the CA and client pair as the API watchers last saw them.
+    pub api_certificates: Option<Arc<super::certificates::ApiCertificates>>,
     pub max_message_size: usize,
     pub template_refresh: Duration,
     /// Records that may wait in the queue; more are dropped and counted.
@@ -57,6 +59,12 @@ impl From<&CollectorConfig> for CollectorTarget {
             address: c.address.clone(),
             transport: c.transport,
             tls: c.tls.clone(),
+            api_certificates: c.tls.as_ref().filter(|tls| tls.antrea).map(|tls| {
+                Arc::new(super::certificates::ApiCertificates::new(
+                    &tls.ca_config_map,
+                    &tls.client_secret,
+                ))
+            }),
             max_message_size: c.max_message_size,
             template_refresh: c.template_refresh.0,
             queue_capacity: c.queue_capacity,

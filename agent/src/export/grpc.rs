@@ -364,7 +364,8 @@ impl tower_service::Service<Uri> for TlsConnector {
         let target = Arc::clone(&self.target);
         Box::pin(async move {
             let settings = target.tls.clone().unwrap_or_default();
-            let config = super::tls::client_config_for(&settings, &[b"h2"])
+            let material = target.api_certificates.as_ref().map(|api| api.material());
+            let config = super::tls::client_config_for(&settings, material.as_ref(), &[b"h2"])
                 .map_err(std::io::Error::other)?;
             let name = super::tls::server_name(&settings, &target.address)
                 .map_err(std::io::Error::other)?;

@@ -3,6 +3,7 @@
 //! so a slow or absent collector never blocks the others or the sources.
 
 mod batch;
+pub mod certificates;
 mod collector;
 pub mod grpc;
 pub mod tls;

@@ -10,6 +10,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use super::certificates::Material;
 use crate::config::TlsConfig;
 
 /// Why a TLS client configuration could not be built.
@@ -19,6 +20,12 @@ pub enum TlsSetupError {
     File {
         key: &'static str,
         path: String,
+        message: String,
+    },
+    #[error("{what} {object}: {message}")]
+    Api {
+        what: &'static str,
+        object: String,
         message: String,
     },
     #[error("tls.serverName: {0:?} is not a DNS name or IP address")]
@@ -59,12 +66,35 @@ fn pem_error(error: &rustls_pki_types::pem::Error) -> String {
 
 /// The client configuration for `tls`, reading its files now.
 pub fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsSetupError> {
-    client_config_for(tls, &[])
+    client_config_for(tls, None, &[])
 }
 
-/// [`client_config`] offering the application protocols `alpn` (gRPC: `h2`).
+fn parse_api_certificates(
+    what: &'static str,
+    object: &str,
+    pem: Option<&[u8]>,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let error = |message: String| TlsSetupError::Api {
+        what,
+        object: object.to_owned(),
+        message,
+    };
+    let pem =
+        pem.ok_or_else(|| error("not seen yet (missing, or no permission to watch it)".into()))?;
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(pem_error(&e)))?;
+    if certs.is_empty() {
+        return Err(error("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// [`client_config`] offering the application protocols `alpn` (gRPC: `h2`), with the
+/// certificates of `api` when `tls.antrea` is set.
 pub fn client_config_for(
     tls: &TlsConfig,
+    api: Option<&Material>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = if tls.min_version == "1.3" {
@@ -74,12 +104,31 @@ pub fn client_config_for(
     };
     let builder =
         ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+    let from_api = if tls.antrea {
+        Some(api.cloned().unwrap_or_default())
+    } else {
+        None
+    };
     let builder = if tls.insecure_skip_verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyServer(
                 provider().signature_verification_algorithms,
             )))
+    } else if let Some(material) = &from_api {
+        let mut roots = RootCertStore::empty();
+        for cert in parse_api_certificates(
+            "ca.crt of ConfigMap",
+            &tls.ca_config_map,
+            material.ca.as_deref(),
+        )? {
+            roots.add(cert).map_err(|e| TlsSetupError::Api {
+                what: "ca.crt of ConfigMap",
+                object: tls.ca_config_map.clone(),
+                message: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+        builder.with_root_certificates(roots)
     } else {
         let path = tls.ca_file.as_deref().unwrap_or_default();
         let mut roots = RootCertStore::empty();
@@ -92,26 +141,59 @@ pub fn client_config_for(
         }
         builder.with_root_certificates(roots)
     };
-    let mut config = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert_path), Some(key_path)) => {
-            let chain = certificates("certFile", cert_path)?;
-            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsSetupError::File {
-                key: "keyFile",
-                path: key_path.clone(),
-                message: match e {
-                    rustls_pki_types::pem::Error::NoItemsFound => "no PEM private key in it".into(),
-                    other => pem_error(&other),
-                },
+    let mut config = if let Some(material) = &from_api {
+        let chain = parse_api_certificates(
+            "tls.crt of Secret",
+            &tls.client_secret,
+            material.cert.as_deref(),
+        )?;
+        let key = material
+            .key
+            .as_deref()
+            .ok_or_else(|| TlsSetupError::Api {
+                what: "tls.key of Secret",
+                object: tls.client_secret.clone(),
+                message: "not seen yet".into(),
+            })
+            .and_then(|pem| {
+                PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsSetupError::Api {
+                    what: "tls.key of Secret",
+                    object: tls.client_secret.clone(),
+                    message: pem_error(&e),
+                })
             })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| TlsSetupError::File {
-                    key: "keyFile",
-                    path: key_path.clone(),
-                    message: format!("does not fit certFile {cert_path}: {e}"),
-                })?
+        builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| TlsSetupError::Api {
+                what: "tls.key of Secret",
+                object: tls.client_secret.clone(),
+                message: format!("does not fit tls.crt: {e}"),
+            })?
+    } else {
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(cert_path), Some(key_path)) => {
+                let chain = certificates("certFile", cert_path)?;
+                let key =
+                    PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsSetupError::File {
+                        key: "keyFile",
+                        path: key_path.clone(),
+                        message: match e {
+                            rustls_pki_types::pem::Error::NoItemsFound => {
+                                "no PEM private key in it".into()
+                            }
+                            other => pem_error(&other),
+                        },
+                    })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| TlsSetupError::File {
+                        key: "keyFile",
+                        path: key_path.clone(),
+                        message: format!("does not fit certFile {cert_path}: {e}"),
+                    })?
+            }
+            _ => builder.with_no_client_auth(),
         }
-        _ => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
@@ -179,9 +261,22 @@ mod tests {
     fn tls(ca: Option<&str>) -> TlsConfig {
         TlsConfig {
             ca_file: ca.map(str::to_owned),
-            min_version: "1.2".into(),
             ..TlsConfig::default()
         }
+    }
+
+    #[test]
+    fn certificates_not_seen_in_the_api_yet_name_the_object() {
+        let config = TlsConfig {
+            antrea: true,
+            ..TlsConfig::default()
+        };
+        assert_eq!(
+            client_config_for(&config, None, &[])
+                .unwrap_err()
+                .to_string(),
+            "ca.crt of ConfigMap flow-aggregator/flow-aggregator-ca: not seen yet (missing, or no permission to watch it)"
+        );
     }
 
     #[test]

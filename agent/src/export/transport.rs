@@ -85,7 +85,9 @@ async fn connect_tls(
     addr: std::net::SocketAddr,
 ) -> std::io::Result<Link> {
     let settings = target.tls.clone().unwrap_or_default();
-    let config = super::tls::client_config(&settings).map_err(std::io::Error::other)?;
+    let material = target.api_certificates.as_ref().map(|api| api.material());
+    let config = super::tls::client_config_for(&settings, material.as_ref(), &[])
+        .map_err(std::io::Error::other)?;
     let name =
         super::tls::server_name(&settings, &target.address).map_err(std::io::Error::other)?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))

@@ -133,8 +133,7 @@ impl Certificates {
             cert_file: with_client.then(|| self.path("client.crt")),
             key_file: with_client.then(|| self.path("client.key")),
             server_name: None,
-            min_version: "1.2".into(),
-            insecure_skip_verify: false,
+            ..TlsConfig::default()
         }
     }
 

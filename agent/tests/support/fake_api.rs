@@ -64,6 +64,8 @@ fn kind_of(resource: &str) -> &'static str {
     match resource {
         "pods" => "Pod",
         "nodes" => "Node",
+        "configmaps" => "ConfigMap",
+        "secrets" => "Secret",
         _ => "Service",
     }
 }
@@ -78,10 +80,38 @@ fn key_of(object: &Value) -> String {
 
 /// Whether `object` passes a `spec.nodeName=X` selector (the only one the agent sends).
 fn selected(object: &Value, selector: Option<&str>) -> bool {
-    match selector.and_then(|s| s.strip_prefix("spec.nodeName=")) {
-        Some(node) => object["spec"]["nodeName"] == node,
-        None => true,
+    match selector {
+        Some(s) if s.starts_with("spec.nodeName=") => {
+            object["spec"]["nodeName"] == s["spec.nodeName=".len()..]
+        }
+        Some(s) if s.starts_with("metadata.name=") => {
+            object["metadata"]["name"] == s["metadata.name=".len()..]
+        }
+        _ => true,
     }
+}
+
+/// `namespace` (None: all) and resource of an API path.
+fn route(path: &str) -> Option<(Option<String>, &'static str)> {
+    let resource = |name: &str| match name {
+        "pods" => Some("pods"),
+        "services" => Some("services"),
+        "nodes" => Some("nodes"),
+        "configmaps" => Some("configmaps"),
+        "secrets" => Some("secrets"),
+        _ => None,
+    };
+    let rest = path.strip_prefix("/api/v1/")?;
+    match rest.split('/').collect::<Vec<_>>()[..] {
+        [name] => Some((None, resource(name)?)),
+        ["namespaces", namespace, name] => Some((Some(namespace.to_owned()), resource(name)?)),
+        _ => None,
+    }
+}
+
+/// True when `object` is in `namespace` (None: every namespace).
+fn in_namespace(object: &Value, namespace: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| object["metadata"]["namespace"] == ns)
 }
 
 impl FakeApi {
@@ -244,11 +274,9 @@ fn serve(stream: TcpStream, shared: &Arc<(Mutex<State>, Condvar)>) -> std::io::R
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let params: BTreeMap<&str, &str> =
             query.split('&').filter_map(|p| p.split_once('=')).collect();
-        let resource = match path {
-            "/api/v1/pods" => "pods",
-            "/api/v1/services" => "services",
-            "/api/v1/nodes" => "nodes",
-            _ => {
+        let (namespace, resource) = match route(path) {
+            Some(found) => found,
+            None => {
                 let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
                 write!(
                     stream,
@@ -264,13 +292,22 @@ fn serve(stream: TcpStream, shared: &Arc<(Mutex<State>, Condvar)>) -> std::io::R
                 .get("resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            return watch(stream, shared, resource, selector, from);
+            return watch(
+                stream,
+                shared,
+                resource,
+                namespace.as_deref(),
+                selector,
+                from,
+            );
         }
         let state = shared.0.lock().unwrap();
         let items: Vec<&Value> = state
             .objects
             .iter()
-            .filter(|((r, _), o)| r == resource && selected(o, selector))
+            .filter(|((r, _), o)| {
+                r == resource && selected(o, selector) && in_namespace(o, namespace.as_deref())
+            })
             .map(|(_, o)| o)
             .collect();
         let body = json!({
@@ -298,6 +335,7 @@ fn watch(
     mut stream: TcpStream,
     shared: &Arc<(Mutex<State>, Condvar)>,
     resource: &str,
+    namespace: Option<&str>,
     selector: Option<&str>,
     from: u64,
 ) -> std::io::Result<()> {
@@ -324,7 +362,9 @@ fn watch(
             .events
             .iter()
             .filter(|(v, r, kind, o)| {
-                *v > sent && r == resource && (kind == "BOOKMARK" || selected(o, selector))
+                *v > sent
+                    && r == resource
+                    && (kind == "BOOKMARK" || (selected(o, selector) && in_namespace(o, namespace)))
             })
             .map(|(v, _, kind, o)| (*v, json!({"type": kind, "object": o})))
             .collect();
@@ -408,5 +448,51 @@ pub fn node(name: &str, pod_cidrs: &[&str]) -> Value {
         "apiVersion": "v1",
         "metadata": {"name": name, "uid": format!("uid-node-{name}")},
         "spec": {"podCIDR": pod_cidrs.first().copied().unwrap_or(""), "podCIDRs": pod_cidrs}
+    })
+}
+
+/// A ConfigMap with `data`.
+pub fn config_map(namespace: &str, name: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"namespace": namespace, "name": name},
+        "data": data,
+    })
+}
+
+/// A Secret of type kubernetes.io/tls with `data` (base64-encoded here).
+pub fn secret(namespace: &str, name: &str, data: &[(&str, &[u8])]) -> Value {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let base64 = |bytes: &[u8]| {
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    };
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(base64(v))))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"namespace": namespace, "name": name},
+        "data": data,
     })
 }
