@@ -9,7 +9,7 @@ use flowex_ipfix::{DecodeError, Decoder, Item};
 use serde_json::Value as Json;
 
 use crate::json::record_to_json;
-use crate::stats::{MessageTally, Stats, check_sequence, lock};
+use crate::stats::{MessageTally, Stats, StreamState, check_sequence, lock};
 
 /// Id of flowEndReason (IANA).
 const FLOW_END_REASON: u16 = 136;
@@ -46,9 +46,18 @@ impl RecordOutput {
 
 /// The state one receiving thread owns: its decoder (template cache) and the next sequence
 /// number expected per (session, observation domain).
+/// Streams (session, observation domain) whose sequence numbers one receiver follows
+/// before it forgets the least recently used.
+pub(crate) const STREAM_LIMIT: usize = 65_536;
+/// Templates one receiver keeps (an Antrea template decodes into ~2 KB).
+pub(crate) const TEMPLATE_LIMIT: usize = 16_384;
+
 pub(crate) struct Receiver {
     pub decoder: Decoder,
-    expected: HashMap<(u64, u32), u32>,
+    streams: HashMap<(u64, u32), StreamState>,
+    uses: u64,
+    /// Decoder evictions already reported to the stats.
+    templates_evicted: u64,
     tally: MessageTally,
     pending: Vec<Json>,
 }
@@ -56,8 +65,14 @@ pub(crate) struct Receiver {
 impl Receiver {
     pub fn new() -> Self {
         Self {
-            decoder: Decoder::default(),
-            expected: HashMap::new(),
+            decoder: {
+                let mut decoder = Decoder::default();
+                decoder.set_template_limit(TEMPLATE_LIMIT);
+                decoder
+            },
+            streams: HashMap::new(),
+            uses: 0,
+            templates_evicted: 0,
             tally: MessageTally::default(),
             pending: Vec::new(),
         }
@@ -66,7 +81,28 @@ impl Receiver {
     /// Forgets a session's templates and sequence state.
     pub fn forget_session(&mut self, session: u64) {
         self.decoder.forget_session(session);
-        self.expected.retain(|(s, _), _| *s != session);
+        self.streams.retain(|(s, _), _| *s != session);
+    }
+
+    /// Forgets the templates and sequence state of several sessions at once.
+    pub fn forget_sessions(&mut self, sessions: &std::collections::HashSet<u64>) {
+        self.decoder.forget_sessions(|s| sessions.contains(&s));
+        self.streams.retain(|(s, _), _| !sessions.contains(s));
+    }
+
+    /// Evicts the least recently used eighth of the streams when there are too many;
+    /// returns how many went.
+    fn make_room(&mut self) -> u64 {
+        if self.streams.len() < STREAM_LIMIT {
+            return 0;
+        }
+        let count = STREAM_LIMIT / 8;
+        let mut uses: Vec<u64> = self.streams.values().map(|s| s.used).collect();
+        let (_, cut, _) = uses.select_nth_unstable(count - 1);
+        let cut = *cut;
+        let before = self.streams.len();
+        self.streams.retain(|_, s| s.used > cut);
+        (before - self.streams.len()) as u64
     }
 
     /// Decodes one message and counts it; a malformed message is counted as an error and
@@ -111,14 +147,26 @@ impl Receiver {
                 self.tally.bytes = message.len() as u64;
                 self.tally.template_sets = u64::from(info.template_sets);
                 let key = (session, info.header.observation_domain_id);
-                let check = check_sequence(
-                    self.expected.get(&key).copied(),
-                    info.header.sequence_number,
-                );
+                if !self.streams.contains_key(&key) {
+                    let evicted = self.make_room();
+                    if evicted > 0 {
+                        stats.count_evicted_streams(evicted);
+                    }
+                }
+                self.uses += 1;
+                let mut state = self.streams.get(&key).copied();
                 let sent = info.data_records + info.options_records;
-                self.expected
-                    .insert(key, info.header.sequence_number.wrapping_add(sent));
+                let check =
+                    check_sequence(&mut state, info.header.sequence_number, sent, self.uses);
+                if let Some(state) = state {
+                    self.streams.insert(key, state);
+                }
                 stats.merge(&self.tally, check);
+                let evicted = self.decoder.evicted_templates();
+                if evicted > self.templates_evicted {
+                    stats.count_evicted_templates(evicted - self.templates_evicted);
+                    self.templates_evicted = evicted;
+                }
                 if !self.pending.is_empty() {
                     output.deliver(&mut self.pending);
                 }

@@ -48,6 +48,12 @@ pub struct Summary {
     /// TLS sessions refused in the handshake (no client certificate, an untrusted one, no
     /// common version).
     pub tls_refused: u64,
+    /// (session, observation domain) streams whose sequence state was forgotten for room.
+    pub evicted_streams: u64,
+    /// Templates forgotten for room (least recently used first).
+    pub evicted_templates: u64,
+    /// UDP peers forgotten for room (their templates and streams with them).
+    pub evicted_peers: u64,
 }
 
 impl Summary {
@@ -90,6 +96,9 @@ impl Summary {
             "tcp_connections": self.tcp_connections,
             "tcp_disconnects": self.tcp_disconnects,
             "tls_refused": self.tls_refused,
+            "evicted_streams": self.evicted_streams,
+            "evicted_templates": self.evicted_templates,
+            "evicted_peers": self.evicted_peers,
         })
     }
 
@@ -205,12 +214,12 @@ impl Stats {
                 .or_default() += all;
         }
         match gap {
-            SequenceCheck::InOrder => {}
+            SequenceCheck::InOrder | SequenceCheck::Pending => {}
             SequenceCheck::Gap(missing) => {
                 summary.sequence_gaps += 1;
                 summary.missing_records += u64::from(missing);
             }
-            SequenceCheck::Backwards => summary.sequence_resets += 1,
+            SequenceCheck::Reset => summary.sequence_resets += 1,
         }
         drop(summary);
         self.records.fetch_add(tally.records, Ordering::AcqRel);
@@ -250,6 +259,18 @@ impl Stats {
         lock(&self.summary).tcp_disconnects += 1;
     }
 
+    pub fn count_evicted_streams(&self, n: u64) {
+        lock(&self.summary).evicted_streams += n;
+    }
+
+    pub fn count_evicted_templates(&self, n: u64) {
+        lock(&self.summary).evicted_templates += n;
+    }
+
+    pub fn count_evicted_peers(&self, n: u64) {
+        lock(&self.summary).evicted_peers += n;
+    }
+
     pub fn count_tls_refused(&self) {
         lock(&self.summary).tls_refused += 1;
     }
@@ -259,21 +280,66 @@ impl Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SequenceCheck {
     InOrder,
+    /// Records numbered and never seen.
     Gap(u32),
-    Backwards,
+    /// The stream started again: a number that went backwards, or a jump the next message
+    /// did not confirm.
+    Reset,
+    /// A jump too large to be loss on its own word: counted when the next message
+    /// confirms it (as a gap) or not (as a reset).
+    Pending,
 }
 
-/// Compares a message's sequence number with the one expected in its stream.
-pub(crate) fn check_sequence(expected: Option<u32>, actual: u32) -> SequenceCheck {
-    let Some(expected) = expected else {
-        // The first message of a stream sets the baseline.
+/// A jump ahead up to this many records is loss at once; a larger one needs the next
+/// message to confirm it. At 2 M records/s an exporter would need to lose every message
+/// for 30 ms in a row to skip more, while a random number (a corrupt or forged message)
+/// lands within it with a chance of 1 in 32,768.
+pub(crate) const PLAUSIBLE_GAP: u32 = 1 << 16;
+
+/// Where one (session, observation domain) stream is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamState {
+    /// The sequence number the next message should carry.
+    pub expected: u32,
+    /// A large jump waiting for the next message: its size.
+    pub pending: Option<u32>,
+    /// Recency, for eviction.
+    pub used: u64,
+}
+
+/// Checks a message numbered `actual` carrying `sent` records against its stream's state
+/// (None: the stream's first message, which sets the baseline) and moves the state on.
+/// Sequence numbers are compared modulo 2^32 (RFC 7011 section 3.1).
+pub(crate) fn check_sequence(
+    state: &mut Option<StreamState>,
+    actual: u32,
+    sent: u32,
+    used: u64,
+) -> SequenceCheck {
+    let next = actual.wrapping_add(sent);
+    let Some(stream) = state else {
+        *state = Some(StreamState {
+            expected: next,
+            pending: None,
+            used,
+        });
         return SequenceCheck::InOrder;
     };
-    match actual.wrapping_sub(expected) {
-        0 => SequenceCheck::InOrder,
-        ahead if ahead < 1 << 31 => SequenceCheck::Gap(ahead),
-        _ => SequenceCheck::Backwards,
-    }
+    let ahead = actual.wrapping_sub(stream.expected);
+    let check = match (stream.pending.take(), ahead) {
+        (Some(jump), 0) => SequenceCheck::Gap(jump),
+        (Some(_), _) => SequenceCheck::Reset,
+        (None, 0) => SequenceCheck::InOrder,
+        (None, ahead) if ahead <= PLAUSIBLE_GAP => SequenceCheck::Gap(ahead),
+        (None, ahead) if ahead < 1 << 31 => {
+            stream.pending = Some(ahead);
+            SequenceCheck::Pending
+        }
+        (None, _) => SequenceCheck::Reset,
+    };
+    stream.expected = next;
+    stream.used = used;
+    check
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -287,13 +353,65 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    /// Runs messages (sequence number, records) through one stream.
+    fn run(messages: &[(u32, u32)]) -> Vec<SequenceCheck> {
+        let mut state = None;
+        messages
+            .iter()
+            .map(|&(actual, sent)| check_sequence(&mut state, actual, sent, 0))
+            .collect()
+    }
+
     #[test]
-    fn sequence_checks() {
-        assert_eq!(check_sequence(None, 77), SequenceCheck::InOrder);
-        assert_eq!(check_sequence(Some(10), 10), SequenceCheck::InOrder);
-        assert_eq!(check_sequence(Some(10), 15), SequenceCheck::Gap(5));
-        assert_eq!(check_sequence(Some(u32::MAX - 1), 3), SequenceCheck::Gap(5));
-        assert_eq!(check_sequence(Some(10), 4), SequenceCheck::Backwards);
+    fn sequence_numbers_are_compared_modulo_2_32() {
+        use SequenceCheck::*;
+        assert_eq!(run(&[(77, 3), (80, 1)]), [InOrder, InOrder]);
+        assert_eq!(run(&[(10, 0), (15, 0)]), [InOrder, Gap(5)]);
+        assert_eq!(run(&[(u32::MAX - 1, 0), (3, 0)]), [InOrder, Gap(5)]);
+        assert_eq!(run(&[(10, 0), (4, 0)]), [InOrder, Reset]);
+        assert_eq!(
+            run(&[(10, 0), (10 + PLAUSIBLE_GAP, 0)]),
+            [InOrder, Gap(PLAUSIBLE_GAP)]
+        );
+    }
+
+    #[test]
+    fn a_large_jump_counts_only_when_the_next_message_confirms_it() {
+        use SequenceCheck::*;
+        // Confirmed: the stream goes on from the new number.
+        assert_eq!(
+            run(&[(10, 5), (3_000_000, 5), (3_000_005, 1)]),
+            [InOrder, Pending, Gap(3_000_000 - 15)]
+        );
+        // Not confirmed: a stray number, then the stream as before: one reset.
+        assert_eq!(
+            run(&[(10, 5), (2_000_000_000, 5), (15, 1), (16, 0)]),
+            [InOrder, Pending, Reset, InOrder]
+        );
+    }
+
+    #[test]
+    fn random_sequence_numbers_make_resets_not_billions_missing() {
+        let mut state = None;
+        let mut x: u32 = 0x1234_5678;
+        let mut missing = 0u64;
+        let mut resets = 0;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            match check_sequence(&mut state, x, 10, 0) {
+                SequenceCheck::Gap(n) => missing += u64::from(n),
+                SequenceCheck::Reset => resets += 1,
+                _ => {}
+            }
+        }
+        // 100,000 random numbers: half jump back (a reset at once), half jump ahead and
+        // wait for a confirmation that does not come (a reset at the next message): about
+        // two thirds of the messages count a reset, and what counts as missing is bounded
+        // by the few that land within PLAUSIBLE_GAP.
+        assert!((60_000..72_000).contains(&resets), "{resets}");
+        assert!(missing < 20 * u64::from(PLAUSIBLE_GAP), "{missing}");
     }
 
     #[test]

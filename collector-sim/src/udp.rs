@@ -139,13 +139,41 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// UDP peers one receiver tells apart before it forgets the least recently heard.
+const PEER_LIMIT: usize = 65_536;
+
+/// Forgets the least recently heard eighth of `sessions` (their templates and streams).
+fn forget_old_peers(
+    sessions: &mut HashMap<SocketAddr, (u64, u64)>,
+    receiver: &mut Receiver,
+    shared: &Shared,
+) {
+    let count = PEER_LIMIT / 8;
+    let mut heard: Vec<u64> = sessions.values().map(|(_, at)| *at).collect();
+    let (_, cut, _) = heard.select_nth_unstable(count - 1);
+    let cut = *cut;
+    let mut forgotten = std::collections::HashSet::new();
+    sessions.retain(|_, (session, at)| {
+        if *at <= cut {
+            forgotten.insert(*session);
+            false
+        } else {
+            true
+        }
+    });
+    receiver.forget_sessions(&forgotten);
+    shared.stats.count_evicted_peers(forgotten.len() as u64);
+}
+
 /// Receives until the collector stops. Each peer address is its own transport session.
 pub(crate) fn run(socket: UdpSocket, shared: Arc<Shared>) {
     if let Err(error) = socket.set_read_timeout(Some(Duration::from_millis(50))) {
         eprintln!("collector-sim: cannot set a UDP read timeout: {error}");
     }
     let mut receiver = Receiver::new();
-    let mut sessions: HashMap<SocketAddr, u64> = HashMap::new();
+    // Peer: (session, when last heard, in datagrams).
+    let mut sessions: HashMap<SocketAddr, (u64, u64)> = HashMap::new();
+    let mut heard = 0u64;
     let mut batch = Batch::new();
     let mut last_expiry = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
@@ -154,9 +182,15 @@ pub(crate) fn run(socket: UdpSocket, shared: Arc<Shared>) {
                 for i in 0..count {
                     let (bytes, peer) = batch.datagram(i);
                     let peer = peer.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let session = *sessions
-                        .entry(peer)
-                        .or_insert_with(|| shared.next_session.fetch_add(1, Ordering::Relaxed));
+                    heard += 1;
+                    if !sessions.contains_key(&peer) && sessions.len() >= PEER_LIMIT {
+                        forget_old_peers(&mut sessions, &mut receiver, &shared);
+                    }
+                    let entry = sessions.entry(peer).or_insert_with(|| {
+                        (shared.next_session.fetch_add(1, Ordering::Relaxed), 0)
+                    });
+                    entry.1 = heard;
+                    let session = entry.0;
                     let _ = receiver.handle(&shared.stats, &shared.output, session, bytes);
                 }
             }

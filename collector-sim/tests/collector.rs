@@ -282,3 +282,90 @@ fn binding_a_taken_port_is_a_clear_error() {
         .unwrap();
     assert!(error.to_string().starts_with(&endpoint), "{error}");
 }
+
+/// A storm of messages with random observation domains and random sequence numbers, each
+/// with a template, beside an exporter that keeps sending properly: the collector's state
+/// stays bounded (streams and templates evicted, least recently used first, and counted),
+/// random numbers count as resets rather than billions of missing records, and the proper
+/// exporter's records are all decoded, with no gap.
+#[test]
+fn a_storm_of_random_domains_and_sequence_numbers_keeps_state_bounded() {
+    let collector = start(&["udp://127.0.0.1:0"], false);
+    let target = collector.udp_endpoint().unwrap();
+    let storm = UdpSocket::bind("127.0.0.1:0").unwrap();
+    storm.connect(target.addr()).unwrap();
+    let record = synthetic::flow_record(1, false);
+    let mut x: u32 = 0x9e37_79b9;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut proper = Sender::connect(target, 4242, Some(1472)).unwrap();
+    let storm_messages = 80_000u64;
+    for i in 0..storm_messages {
+        let domain = next();
+        let sequence = next();
+        let datagram = message(domain, sequence, true, &[record]);
+        storm.send(&datagram).unwrap();
+        if i % 1_000 == 0 {
+            // The proper exporter: 5 records now and then, on its own socket.
+            for index in 0..5 {
+                proper
+                    .send(&synthetic::flow_record(i + index, false))
+                    .unwrap();
+            }
+            proper.flush().unwrap();
+            // Keep the receive buffer from overflowing: this is about state, not speed.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let proper_records = 5 * storm_messages.div_ceil(1_000);
+    let expected = storm_messages + proper_records;
+    assert!(
+        collector.wait_for_records(expected, Duration::from_secs(30)),
+        "{:?}",
+        collector.summary()
+    );
+    let summary = settle(&collector);
+    assert_eq!(summary.records, expected);
+    assert_eq!(summary.decode_error_total(), 0);
+    assert_eq!(
+        summary.by_observation_domain.get(&4242),
+        Some(&proper_records)
+    );
+    // 80,001 streams and templates from 2 peers: more than the 65,536 streams and 16,384
+    // templates kept.
+    assert!(summary.evicted_streams >= 8_192, "{summary:?}");
+    assert!(summary.evicted_templates >= 8_192, "{summary:?}");
+    // Every storm stream is new (random domains): no gap and no reset among them, and the
+    // proper exporter, used all along, is never evicted: no gap either.
+    assert_eq!(summary.sequence_gaps, 0, "{summary:?}");
+    assert_eq!(summary.missing_records, 0);
+}
+
+/// Random sequence numbers in one stream count as resets, not as missing records.
+#[test]
+fn random_sequence_numbers_in_one_stream_are_resets() {
+    let collector = start(&["udp://127.0.0.1:0"], false);
+    let target = collector.udp_endpoint().unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(target.addr()).unwrap();
+    let record = synthetic::flow_record(1, false);
+    let mut x: u32 = 0x1234_5678;
+    for i in 0..2_000u32 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        socket.send(&message(9, x, i == 0, &[record])).unwrap();
+        if i % 200 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert!(collector.wait_for_records(2_000, WAIT));
+    let summary = settle(&collector);
+    assert!(summary.sequence_resets > 1_200, "{summary:?}");
+    // Only numbers landing within 65,536 of the expected one can count as loss.
+    assert!(summary.missing_records < 5 * 65_536, "{summary:?}");
+}

@@ -207,15 +207,30 @@ struct TemplateKey {
 struct Learned {
     template: Template,
     at: Instant,
+    /// The decoder's use count when the template was last learned or used.
+    used: u64,
 }
+
+/// Templates a decoder keeps by default before it evicts the least recently used.
+pub const DEFAULT_TEMPLATE_LIMIT: usize = 65_536;
 
 /// A decoder with a template cache keyed by (transport session, observation domain, id).
 /// Sessions are numbers the caller assigns, e.g. one per TCP connection or UDP peer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
     registry: Registry,
     templates: HashMap<TemplateKey, Learned>,
     specs: Vec<FieldSpecifierRepr>,
+    /// Bumped at each template learned or used: the recency of [`Learned::used`].
+    uses: u64,
+    limit: usize,
+    evicted: u64,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new(Registry::default())
+    }
 }
 
 impl Decoder {
@@ -225,7 +240,45 @@ impl Decoder {
             registry,
             templates: HashMap::new(),
             specs: Vec::new(),
+            uses: 0,
+            limit: DEFAULT_TEMPLATE_LIMIT,
+            evicted: 0,
         }
+    }
+
+    /// Keeps at most `limit` templates (at least 1): learning one more evicts the least
+    /// recently used first, so a flood of exporters or domains cannot grow the cache
+    /// without bound while the templates in use stay.
+    pub fn set_template_limit(&mut self, limit: usize) {
+        self.limit = limit.max(1);
+    }
+
+    /// Templates evicted for room so far.
+    pub fn evicted_templates(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Makes room for one template: evicts the least recently used eighth (at least one)
+    /// at once, so each eviction's scan is paid for by many insertions.
+    fn make_room(&mut self) {
+        if self.templates.len() < self.limit {
+            return;
+        }
+        let excess = self.templates.len() + 1 - self.limit;
+        let count = excess.max(self.limit / 8).max(1).min(self.templates.len());
+        let mut uses: Vec<u64> = self.templates.values().map(|l| l.used).collect();
+        let (_, cut, _) = uses.select_nth_unstable(count - 1);
+        let cut = *cut;
+        let mut removed = 0;
+        self.templates.retain(|_, learned| {
+            if removed < count && learned.used <= cut {
+                removed += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.evicted += removed as u64;
     }
 
     /// Number of templates known, over all sessions.
@@ -247,6 +300,11 @@ impl Decoder {
     /// Forgets every template of a session (its transport connection closed).
     pub fn forget_session(&mut self, session: u64) {
         self.templates.retain(|key, _| key.session != session);
+    }
+
+    /// Forgets the templates of every session `forget` says yes to, in one pass.
+    pub fn forget_sessions(&mut self, forget: impl Fn(u64) -> bool) {
+        self.templates.retain(|key, _| !forget(key.session));
     }
 
     /// Forgets templates not refreshed within `lifetime` (UDP template lifetime);
@@ -392,11 +450,16 @@ impl Decoder {
                 domain,
                 template_id,
             };
+            if !self.templates.contains_key(&key) {
+                self.make_room();
+            }
+            self.uses += 1;
             self.templates.insert(
                 key,
                 Learned {
                     template,
                     at: Instant::now(),
+                    used: self.uses,
                 },
             );
             if let Some(learned) = self.templates.get(&key) {
@@ -420,7 +483,9 @@ impl Decoder {
             domain,
             template_id,
         };
-        let Some(learned) = self.templates.get(&key) else {
+        self.uses += 1;
+        let uses = self.uses;
+        let Some(learned) = self.templates.get_mut(&key) else {
             info.unknown_template_sets += 1;
             visit(Item::UnknownTemplate {
                 template_id,
@@ -428,6 +493,8 @@ impl Decoder {
             });
             return Ok(());
         };
+        learned.used = uses;
+        let learned = &*learned;
         let template = &learned.template;
         let min_len = template.min_record_len();
         let mut rest = body;
