@@ -3,10 +3,13 @@
 
 For each variant: `helm lint --strict` (Helm's own SDK, no helm binary), render, every
 manifest checked by kubernetes-validate in strict mode against Kubernetes KUBE_VERSION, and
-the rendered agent configuration accepted by `flowex check-config`, and the state
-directory mounted from the node exactly when the configuration names one. Also checks
-that every agent option (a collector's too) can be set from values, and that the schema
-refuses bad values. Prints one line per check and ends with "N passed, M failed".
+the rendered agent configuration accepted by `flowex check-config`, the state
+directory mounted from the node exactly when the configuration names one, certificateMounts
+as read-only volumes, the Roles and RoleBindings of tls.antrea (exactly the CA ConfigMaps
+and client Secrets, in their namespaces, nothing when no collector reads them) and the
+collectors in NOTES. Also checks that every agent option (a collector's and its TLS
+settings' too) can be set from values, and that the schema refuses bad values. Prints one
+line per check and ends with "N passed, M failed".
 
 Usage: scripts/check_chart.py [path/to/flowex-binary]
 (needs: pip install helm-python-sdk kubernetes-validate pyyaml; scripts/test.sh does it)
@@ -42,6 +45,59 @@ VARIANTS = {
         ]
     },
     "cluster pod scope": {"config": {"kubernetes": {"podScope": "cluster"}}},
+    # Antrea's Flow Aggregator as Antrea's agents reach it: its CA and client pair read
+    # through the API from its namespace (default object names).
+    "flow aggregator over grpc (tls.antrea)": {
+        "collectors": [
+            {"name": "flow-aggregator", "address": "flow-aggregator.flow-aggregator.svc:14739",
+             "transport": "grpc",
+             "tls": {"antrea": True, "serverName": "flow-aggregator.flow-aggregator.svc"}}
+        ]
+    },
+    "tls.antrea, names overridden": {
+        "collectors": [
+            {"name": "aggregator", "address": "flow-aggregator.flow-aggregator.svc:4739", "transport": "tls",
+             "aggregator": "antrea",
+             "tls": {"antrea": True, "caConfigMap": "certs/ca", "clientSecret": "certs/client",
+                     "minVersion": "1.3"}}
+        ]
+    },
+    "tls.antrea, two namespaces": {
+        "collectors": [
+            {"name": "flow-aggregator", "address": "flow-aggregator.flow-aggregator.svc:14739",
+             "transport": "grpc", "tls": {"antrea": True}},
+            {"name": "other", "address": "collector.certs.svc:4740", "transport": "tls",
+             "tls": {"antrea": True, "caConfigMap": "certs/ca", "clientSecret": "certs/client"}},
+        ]
+    },
+    # The CA and the pair in different namespaces, two CAs in one, a Secret named twice:
+    # one rule per namespace and resource, never a rule without resourceNames.
+    "tls.antrea, CA and client pair apart": {
+        "collectors": [
+            {"name": "a", "address": "a.example:14739", "transport": "grpc",
+             "tls": {"antrea": True, "caConfigMap": "ca-ns/ca", "clientSecret": "client-ns/client"}},
+            {"name": "b", "address": "b.example:14739", "transport": "grpc",
+             "tls": {"antrea": True, "caConfigMap": "ca-ns/other-ca", "clientSecret": "client-ns/client"}},
+        ]
+    },
+    "tls.antrea, no rbac": {
+        "rbac": {"create": False},
+        "collectors": [
+            {"name": "flow-aggregator", "address": "flow-aggregator.flow-aggregator.svc:14739",
+             "transport": "grpc", "tls": {"antrea": True}}
+        ],
+    },
+    "tls from mounted files": {
+        "collectors": [
+            {"name": "ipfix-tls", "address": "collector.example:4740", "transport": "tls",
+             "tls": {"caFile": "/etc/flowex/ca/ca.crt", "certFile": "/etc/flowex/client/tls.crt",
+                     "keyFile": "/etc/flowex/client/tls.key", "serverName": "collector.example"}}
+        ],
+        "certificateMounts": [
+            {"name": "ca", "configMap": "my-ca", "mountPath": "/etc/flowex/ca"},
+            {"name": "client", "secret": "my-client-tls", "mountPath": "/etc/flowex/client"},
+        ],
+    },
     "no state file": {"config": {"state": {"directory": ""}}},
     "monitoring, no rbac, tuned agent": {
         "metrics": {"port": 9500, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
@@ -59,7 +115,43 @@ VARIANTS = {
     },
 }
 
-# Values the schema must refuse, with the path its message must name.
+
+def role_rules(configmaps, secrets):
+    """The rules of a tls.antrea Role: get, list, watch on exactly these objects."""
+    rules = []
+    for resource, names in (("configmaps", configmaps), ("secrets", secrets)):
+        if names:
+            rules.append({"apiGroups": [""], "resources": [resource], "resourceNames": names,
+                          "verbs": ["get", "list", "watch"]})
+    return rules
+
+
+# The Roles (namespace: rules) each variant renders for tls.antrea; none for the others.
+ROLES = {
+    "flow aggregator over grpc (tls.antrea)": {
+        "flow-aggregator": [
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["flow-aggregator-ca"],
+             "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["flow-aggregator-client-tls"],
+             "verbs": ["get", "list", "watch"]},
+        ]
+    },
+    "tls.antrea, names overridden": {"certs": role_rules(["ca"], ["client"])},
+    "tls.antrea, two namespaces": {
+        "certs": role_rules(["ca"], ["client"]),
+        "flow-aggregator": role_rules(["flow-aggregator-ca"], ["flow-aggregator-client-tls"]),
+    },
+    "tls.antrea, CA and client pair apart": {
+        "ca-ns": role_rules(["ca", "other-ca"], []),
+        "client-ns": role_rules([], ["client"]),
+    },
+}
+ROLE_NAME = "flowex-collector-tls"
+SERVICE_ACCOUNT = {"kind": "ServiceAccount", "name": "flowex", "namespace": "flowex-system"}
+
+# Values the schema must refuse, with the path its message must name (and words it must
+# contain, where the path alone does not say why).
+GRPC = {"name": "flow-aggregator", "address": "flow-aggregator.flow-aggregator.svc:14739", "transport": "grpc"}
 BAD_VALUES = [
     ({"metrics": {"port": 70000}}, "/metrics/port"),
     ({"collectors": [{"name": "a", "address": "collector:70000"}]}, "/collectors/0/address"),
@@ -71,6 +163,33 @@ BAD_VALUES = [
     ({"collectors": [{"name": "a", "address": "collector:4739", "maxReconnectDelay": "2 s"}]},
      "/collectors/0/maxReconnectDelay"),
     ({"config": {"state": {"directory": "var/lib/flowex"}}}, "/config/state/directory"),
+    ({"collectors": [{"name": "a", "address": "collector:4739", "transport": "sctp"}]},
+     "/collectors/0/transport"),
+    ({"collectors": [dict(GRPC, tls={"antrea": True, "caConfigmap": "flow-aggregator/ca"})]},
+     "/collectors/0/tls", "'caConfigmap' not allowed"),
+    ({"collectors": [dict(GRPC, tls={"antrea": True, "minVersion": "1.1"})]}, "/collectors/0/tls/minVersion"),
+    # YAML's 1.3 is a number: the agent wants the string "1.3".
+    ({"collectors": [dict(GRPC, tls={"antrea": True, "minVersion": 1.3})]}, "/collectors/0/tls/minVersion"),
+    ({"collectors": [dict(GRPC, tls={"antrea": True, "clientSecret": "flow-aggregator-client-tls"})]},
+     "/collectors/0/tls/clientSecret"),
+    ({"collectors": [dict(GRPC, tls={"antrea": True, "caConfigMap": "flow-aggregator/"})]},
+     "/collectors/0/tls/caConfigMap"),
+    ({"collectors": [dict(GRPC, tls={"antrea": True, "caFile": "/etc/flowex/ca/ca.crt"})]},
+     "/collectors/0/tls/caFile"),
+    ({"collectors": [dict(GRPC, tls={"caFile": "/etc/flowex/ca/ca.crt", "certFile": "/etc/flowex/client/tls.crt"})]},
+     "/collectors/0/tls", "'keyFile' required"),
+    ({"collectors": [dict(GRPC, tls={"serverName": "flow-aggregator.flow-aggregator.svc"})]},
+     "/collectors/0/tls", "missing property 'caFile'"),
+    ({"collectors": [GRPC]}, "/collectors/0", "missing property 'tls'"),
+    ({"collectors": [dict(GRPC, transport="udp", tls={"antrea": True})]}, "/collectors/0/transport"),
+    ({"collectors": [dict(GRPC, aggregator="flink")]}, "/collectors/0/aggregator"),
+    ({"certificateMounts": [{"name": "ca", "configMap": "my-ca", "secret": "my-ca", "mountPath": "/etc/flowex/ca"}]},
+     "/certificateMounts/0", "subschemas 0, 1 matched"),
+    ({"certificateMounts": [{"name": "ca", "mountPath": "/etc/flowex/ca"}]}, "/certificateMounts/0", "none matched"),
+    ({"certificateMounts": [{"name": "ca", "configMap": "my-ca", "mountPath": "/etc/flowex"}]},
+     "/certificateMounts/0/mountPath"),
+    ({"certificateMounts": [{"name": "ca", "configMap": "my-ca", "mountPath": "/etc/flowex/ca", "readOnly": False}]},
+     "/certificateMounts/0", "'readOnly' not allowed"),
 ]
 
 # Agent keys the chart sets itself rather than from values.config.
@@ -85,6 +204,18 @@ def key_paths(tree, prefix=""):
             yield from key_paths(value, path + ".")
         else:
             yield path
+
+def agent_fields(flowex, config):
+    """The keys the agent accepts where `config` has an unknown one (from its error)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
+        file.write(config)
+    try:
+        out = subprocess.run([flowex, "check-config", file.name], capture_output=True, text=True)
+    finally:
+        os.unlink(file.name)
+    listed = out.stderr.split("expected one of", 1)[-1].split(" at line")[0]
+    return set(listed.replace("`", "").replace(",", " ").split())
+
 
 results = []
 
@@ -125,6 +256,15 @@ def main():
     check("every collector option can be set from values", not missing, str(missing))
     missing = sorted(set(defaults["export"]["collectors"][0]) - set(chart_values["collectors"][0]))
     check("the default collector in values.yaml sets every collector option", not missing, str(missing))
+    # tls and aggregator have no default to print: the agent names its keys when refusing one.
+    agent_collector = agent_fields(flowex, "export:\n  collectors:\n    - {name: a, address: 'b:1', unknown: 1}\n")
+    check("the schema's collector keys are exactly the agent's", collector_keys == agent_collector,
+          f"schema {sorted(collector_keys)}, agent {sorted(agent_collector)}")
+    tls_keys = set(schema["properties"]["collectors"]["items"]["properties"]["tls"]["properties"])
+    agent_tls = agent_fields(
+        flowex, "export:\n  collectors:\n    - {name: a, address: 'b:1', transport: tls, tls: {unknown: 1}}\n")
+    check("the schema's tls keys are exactly the agent's", tls_keys == agent_tls,
+          f"schema {sorted(tls_keys)}, agent {sorted(agent_tls)}")
     for variant, values in VARIANTS.items():
         report = helm.lint(CHART, values, strict=True, kube_version="v" + KUBE_VERSION)
         problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
@@ -203,12 +343,70 @@ def main():
             check("default: the agent keeps a state file",
                   directory == defaults["state"]["directory"], repr(directory))
 
-    for values, path in BAD_VALUES:
+        # certificateMounts: one read-only volume cert-NAME each, of its ConfigMap or Secret.
+        certificate_mounts = values.get("certificateMounts", chart_values["certificateMounts"])
+        expected_volumes = {
+            f"cert-{m['name']}": {"name": f"cert-{m['name']}", "configMap": {"name": m["configMap"]}}
+            if "configMap" in m else {"name": f"cert-{m['name']}", "secret": {"secretName": m["secret"]}}
+            for m in certificate_mounts
+        }
+        expected_mounts = {f"cert-{m['name']}": {"name": f"cert-{m['name']}", "mountPath": m["mountPath"],
+                                                  "readOnly": True} for m in certificate_mounts}
+        cert_volumes = {name: v for name, v in volumes.items() if name.startswith("cert-")}
+        cert_mounts = {name: m for name, m in mounts.items() if name.startswith("cert-")}
+        check(f"{variant}: " + (f"certificateMounts {', '.join(sorted(expected_mounts))} as read-only volumes"
+                                if expected_mounts else "no certificateMounts, no cert- volumes"),
+              cert_volumes == expected_volumes and cert_mounts == expected_mounts,
+              f"volumes {cert_volumes}, mounts {cert_mounts}")
+
+        # tls.antrea: a Role per namespace of the CA ConfigMaps and client Secrets, with
+        # exactly those objects, bound to the agent's ServiceAccount; nothing otherwise.
+        roles = sorted(((d["metadata"]["namespace"], d["metadata"]["name"], d["rules"])
+                        for d in documents if d["kind"] == "Role"), key=str)
+        bindings = sorted(((d["metadata"]["namespace"], d["metadata"]["name"], d["roleRef"], d["subjects"])
+                           for d in documents if d["kind"] == "RoleBinding"), key=str)
+        expected_roles = ROLES.get(variant, {})
+        where = ", ".join(sorted(expected_roles))
+        check(f"{variant}: " + (f"tls.antrea Roles in {where}" if where else "no Role"),
+              roles == sorted(((ns, ROLE_NAME, rules) for ns, rules in expected_roles.items()), key=str),
+              str(roles))
+        check(f"{variant}: " + (f"tls.antrea RoleBindings in {where} to ServiceAccount flowex-system/flowex"
+                                if where else "no RoleBinding"),
+              bindings == sorted(((ns, ROLE_NAME, {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                   "name": ROLE_NAME}, [SERVICE_ACCOUNT])
+                                  for ns in expected_roles), key=str),
+              str(bindings))
+        # The token is there when the agent may use it: RBAC from the chart, or tls.antrea.
+        collectors = values.get("collectors", chart_values["collectors"])
+        antrea = any(c.get("tls", {}).get("antrea") for c in collectors)
+        automount = values.get("rbac", {}).get("create", True) or antrea
+        service_account = next(d for d in documents if d["kind"] == "ServiceAccount")
+        check(f"{variant}: service account token mounted: {automount}",
+              daemonset["spec"]["template"]["spec"]["automountServiceAccountToken"] is automount
+              and service_account["automountServiceAccountToken"] is automount)
+
+        # NOTES name each collector as TRANSPORT://ADDRESS, and where tls.antrea reads from.
+        notes = manifests["flowex/templates/NOTES.txt"]
+        expected_lines = []
+        for c in collectors:
+            expected_lines.append(f"  - {c['name']}: {c.get('transport', 'udp')}://{c['address']}"
+                                  + (f" (aggregator: {c['aggregator']})" if "aggregator" in c else ""))
+            tls = c.get("tls", {})
+            if tls.get("antrea"):
+                expected_lines.append(
+                    "    certificates from the API: ca.crt of ConfigMap "
+                    f"{tls.get('caConfigMap', 'flow-aggregator/flow-aggregator-ca')}, tls.crt and tls.key of "
+                    f"Secret {tls.get('clientSecret', 'flow-aggregator/flow-aggregator-client-tls')}")
+        missing = [line for line in expected_lines if line not in notes.splitlines()]
+        check(f"{variant}: NOTES list the collectors", not missing, f"{missing} not in:\n{notes}")
+
+    for values, path, *words in BAD_VALUES:
         try:
             chart.validate_schema(values)
             check(f"schema refuses {values}", False, "accepted")
         except helm.HelmError as error:
-            check(f"schema refuses {values}", path in str(error), str(error))
+            check(f"schema refuses {values}", f"at '{path}':" in str(error)
+                  and all(w in str(error) for w in words), str(error))
 
     passed = sum(results)
     failed = len(results) - passed
