@@ -275,6 +275,28 @@ impl Transport {
     }
 }
 
+/// Which records go to a collector (`export.collectors[].filter`); every list empty or
+/// absent lets every record through.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Protocols by name (tcp, udp, sctp, icmp, icmpv6) or number.
+    pub protocols: Vec<String>,
+    /// Antrea's flow types: intraNode, interNode, toExternal, fromExternal, unspecified.
+    pub flow_types: Vec<String>,
+    #[serde(rename = "sourceCIDRs")]
+    pub source_cidrs: Vec<String>,
+    #[serde(rename = "excludeSourceCIDRs")]
+    pub exclude_source_cidrs: Vec<String>,
+    #[serde(rename = "destinationCIDRs")]
+    pub destination_cidrs: Vec<String>,
+    #[serde(rename = "excludeDestinationCIDRs")]
+    pub exclude_destination_cidrs: Vec<String>,
+    /// Ports or FIRST-LAST ranges.
+    pub source_ports: Vec<String>,
+    pub destination_ports: Vec<String>,
+}
+
 /// A receiver with limits of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -369,6 +391,9 @@ pub struct CollectorConfig {
     /// Aggregator reads UDP datagrams into 1024 bytes, so UDP messages are kept to that).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregator: Option<Aggregator>,
+    /// Which records go to this collector; none: every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterConfig>,
     /// Largest message in bytes (UDP: at most 65507; TCP and TLS: at most 65535).
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
@@ -540,6 +565,7 @@ impl Default for ExportConfig {
                 transport: default_transport(),
                 tls: None,
                 aggregator: None,
+                filter: None,
                 max_message_size: default_max_message_size(),
                 template_refresh: default_template_refresh(),
                 queue_capacity: default_queue_capacity(),
@@ -902,6 +928,13 @@ impl Config {
             check_host_port(&key("address"), &collector.address)?;
             let max = collector.transport.max_message_size();
             check_tls(&key("tls"), collector)?;
+            if let Some(filter) = &collector.filter
+                && let Err(error) = crate::export::filter::RecordFilter::parse(filter)
+            {
+                // The parser's errors start with the key under `filter`.
+                let (field, message) = error.split_once(": ").unwrap_or(("", error.as_str()));
+                return Err(invalid(&format!("{}.{field}", key("filter")), message));
+            }
             if !(flowex_ipfix::encoder::MIN_MESSAGE_SIZE..=max)
                 .contains(&collector.max_message_size)
             {

@@ -16,6 +16,7 @@ use crate::enrich::attribution::{Attribution, EndOwner, FlowOwners};
 use crate::enrich::metadata::{FlowMeta, Metadata};
 use crate::telemetry::Metrics;
 
+use crate::export::filter::RecordSummary;
 use crate::export::{BatchBuilder, ExportingProcess};
 use crate::net::{Cidr, CidrSet};
 use crate::sources::conntrack::tcp_state_name;
@@ -573,7 +574,11 @@ impl RecordBuilder {
     /// enrichment is settled (the common case: every export after the first).
     pub fn push(&mut self, store: &ConnectionStore, due: &Due, batch: &mut BatchBuilder) {
         self.with_record(store, due, |record| {
-            batch.push(record.flow.template_id(), record)
+            batch.push_summarized(
+                record.flow.template_id(),
+                record,
+                RecordSummary::of(&record.flow),
+            );
         });
     }
 

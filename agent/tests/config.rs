@@ -168,6 +168,22 @@ fn invalid_configs_are_rejected_with_one_clear_line() {
             "export.collectors[0].tls.clientSecret: \"flow-aggregator-client-tls\" is not NAMESPACE/NAME",
         ),
         (
+            "export: {collectors: [{name: a, address: \"a:1\", filter: {protocols: [tcpp]}}]}",
+            "export.collectors[0].filter.protocols[0]: \"tcpp\" is not tcp, udp, sctp, icmp, icmpv6 or a number 0-255",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", filter: {excludeSourceCIDRs: [10.0.0.0/40]}}]}",
+            "export.collectors[0].filter.excludeSourceCIDRs[0]: ",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", filter: {destinationPorts: [\"443-80\"]}}]}",
+            "export.collectors[0].filter.destinationPorts: \"443-80\" is not a port or FIRST-LAST",
+        ),
+        (
+            "export: {collectors: [{name: a, address: \"a:1\", filter: {flowType: [interNode]}}]}",
+            "export.collectors[0].filter: unknown field `flowType`",
+        ),
+        (
             "export: {collectors: [{name: a, address: \"a:1\", aggregator: nfacctd}]}",
             "unknown variant `nfacctd`, expected `antrea`",
         ),

@@ -34,6 +34,7 @@ fn target(name: &str, endpoint: Endpoint, capacity: usize) -> CollectorTarget {
         transport,
         tls: None,
         api_certificates: None,
+        filter: None,
         max_message_size: max,
         template_refresh: Duration::from_secs(600),
         queue_capacity: capacity,
@@ -285,4 +286,82 @@ async fn delivery_resumes_within_the_reconnect_cap_after_a_long_outage() {
     );
     assert!(second.wait_for_records(probes, WAIT));
     process.shutdown(WAIT).await;
+}
+
+/// Two collectors share the records, encoded once; one has a filter from the config file.
+/// It gets exactly the records its filter selects, and counts the others by reason:
+/// exported + dropped + filtered = produced for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collectors_filter_selects_records_and_counts_the_rest_by_reason() {
+    use flowex_agent::config::Config;
+    use flowex_agent::export::filter::{FilterReason, RecordSummary};
+
+    let all = collector("tcp://127.0.0.1:0");
+    let some = {
+        let mut config = CollectorConfig::new(vec!["tcp://127.0.0.1:0".parse().unwrap()]);
+        config.keep_records = true;
+        Collector::start(config).unwrap()
+    };
+    let yaml = format!(
+        "export:\n  collectors:\n    - {{name: all, address: \"{}\", transport: tcp, maxMessageSize: 65535}}\n    - name: some\n      address: \"{}\"\n      transport: tcp\n      maxMessageSize: 65535\n      filter: {{protocols: [tcp], excludeDestinationCIDRs: [\"10.96.0.0/27\"], destinationPorts: [\"1-65535\"]}}\n",
+        all.tcp_endpoint().unwrap().addr(),
+        some.tcp_endpoint().unwrap().addr(),
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    let targets: Vec<CollectorTarget> = config
+        .export
+        .collectors
+        .iter()
+        .map(CollectorTarget::from)
+        .collect();
+    let process = ExportingProcess::start(&targets, templates(), 8).unwrap();
+    // 2,000 IPv4 records with their summaries, as the agent pushes them.
+    let mut builder = BatchBuilder::default();
+    let mut expected = Vec::new();
+    let mut by_reason = [0u64; 2];
+    for index in 0..2_000u64 {
+        let mut record = synthetic::flow_record(index, false);
+        record.protocol = if index % 3 == 0 { 17 } else { 6 };
+        let summary = RecordSummary::of(&record);
+        let excluded = matches!(summary.destination, std::net::IpAddr::V4(a) if a.octets()[..3] == [10, 96, 0] && a.octets()[3] < 32);
+        if record.protocol != 6 {
+            by_reason[0] += 1;
+        } else if excluded {
+            by_reason[1] += 1;
+        } else {
+            expected.push(u64::from(record.source_port));
+        }
+        builder.push_summarized(record.template_id(), &record, summary);
+    }
+    process.export(builder.finish());
+    let wanted = expected.len() as u64;
+    assert!(wanted > 0 && by_reason[1] > 0);
+    assert!(all.wait_for_records(2_000, WAIT));
+    assert!(some.wait_for_records(wanted, WAIT));
+    process.shutdown(WAIT).await;
+    let some_summary = some.wait_until_quiet(Duration::from_millis(200), WAIT);
+    assert_eq!(some_summary.records, wanted);
+    assert_eq!(some_summary.sequence_gaps, 0);
+    let mut ports: Vec<u64> = some
+        .records()
+        .iter()
+        .map(|r| r["sourceTransportPort"].as_u64().unwrap())
+        .collect();
+    ports.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(ports, expected);
+    let stats = &process.collectors()[1].stats;
+    assert_eq!(stats.filtered(FilterReason::Protocol), by_reason[0]);
+    assert_eq!(stats.filtered(FilterReason::Destination), by_reason[1]);
+    assert_eq!(stats.filtered(FilterReason::Port), 0);
+    for collector in process.collectors() {
+        let s = &collector.stats;
+        assert_eq!(
+            s.records_exported.load(Ordering::Acquire) + s.records_dropped() + s.records_filtered(),
+            process.records_produced(),
+            "{}",
+            collector.name
+        );
+    }
+    assert_eq!(process.collectors()[0].stats.records_filtered(), 0);
 }

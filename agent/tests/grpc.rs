@@ -35,6 +35,7 @@ fn target(transport: Transport, address: String, tls: Option<TlsConfig>) -> Coll
         transport,
         tls,
         api_certificates: None,
+        filter: None,
         max_message_size: 65_535,
         template_refresh: Duration::from_secs(600),
         queue_capacity: 100_000,

@@ -37,6 +37,7 @@ fn target(address: String, tls: TlsConfig) -> CollectorTarget {
         transport: Transport::Tls,
         tls: Some(tls),
         api_certificates: None,
+        filter: None,
         max_message_size: 65_535,
         template_refresh: Duration::from_secs(600),
         queue_capacity: 100_000,

@@ -140,6 +140,7 @@ pub fn udp_export_pair(
         transport: flowex_agent::config::Transport::Udp,
         tls: None,
         api_certificates: None,
+        filter: None,
         max_message_size: 1472,
         template_refresh: std::time::Duration::from_secs(600),
         queue_capacity,

@@ -3,11 +3,16 @@
 use bytes::{Bytes, BytesMut};
 use flowex_ipfix::{FieldWriter, Record};
 
-/// Encoded data records: one buffer and, per record, its template id and byte range.
+use super::filter::RecordSummary;
+
+/// Encoded data records: one buffer and, per record, its template id and byte range, and
+/// what collector filters look at (None for a record pushed without it: no filter leaves
+/// it out).
 #[derive(Debug, Clone, Default)]
 pub struct EncodedBatch {
     bytes: Bytes,
     records: Vec<(u16, u32, u32)>,
+    summaries: Vec<Option<RecordSummary>>,
 }
 
 impl EncodedBatch {
@@ -35,6 +40,11 @@ impl EncodedBatch {
         let start = start as usize;
         Some((template_id, &self.bytes[start..start + len as usize]))
     }
+
+    /// What filters look at of the record at `index`.
+    pub fn summary(&self, index: usize) -> Option<&RecordSummary> {
+        self.summaries.get(index)?.as_ref()
+    }
 }
 
 /// Most bytes reserved for the next batch after [`BatchBuilder::finish`].
@@ -45,12 +55,27 @@ pub const RESERVE_BYTES: usize = 4 << 20;
 pub struct BatchBuilder {
     buffer: BytesMut,
     records: Vec<(u16, u32, u32)>,
+    summaries: Vec<Option<RecordSummary>>,
     rejected: u64,
 }
 
 impl BatchBuilder {
-    /// Appends one record for template `template_id`.
-    pub fn push<R: Record + ?Sized>(&mut self, template_id: u16, record: &R) {
+    /// Appends one record for template `template_id`, with what collector filters look at.
+    pub fn push_summarized<R: Record + ?Sized>(
+        &mut self,
+        template_id: u16,
+        record: &R,
+        summary: RecordSummary,
+    ) {
+        if self.push(template_id, record)
+            && let Some(last) = self.summaries.last_mut()
+        {
+            *last = Some(summary);
+        }
+    }
+
+    /// Appends one record for template `template_id`; false when it was refused.
+    pub fn push<R: Record + ?Sized>(&mut self, template_id: u16, record: &R) -> bool {
         let len = record.encoded_len();
         let start = self.buffer.len();
         self.buffer.resize(start + len, 0);
@@ -61,9 +86,11 @@ impl BatchBuilder {
             // and counted (a bug in a record type, which the metrics should show).
             self.buffer.truncate(start);
             self.rejected += 1;
-            return;
+            return false;
         }
         self.records.push((template_id, start as u32, len as u32));
+        self.summaries.push(None);
+        true
     }
 
     /// Records refused so far because they wrote another length than they announced.
@@ -92,6 +119,7 @@ impl BatchBuilder {
         let batch = EncodedBatch {
             bytes: self.buffer.split().freeze(),
             records: std::mem::replace(&mut self.records, Vec::with_capacity(records)),
+            summaries: std::mem::replace(&mut self.summaries, Vec::with_capacity(records)),
         };
         self.buffer.reserve(bytes);
         batch

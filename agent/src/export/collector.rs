@@ -29,10 +29,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::batch::EncodedBatch;
+use super::filter::FilterReason;
 use crate::config::{CollectorConfig, Transport};
 
 /// Where and how to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CollectorTarget {
     pub name: String,
     /// HOST:PORT, resolved at each (re)connect.
@@ -42,6 +43,8 @@ pub struct CollectorTarget {
     pub tls: Option<crate::config::TlsConfig>,
     /// `tls.antrea`: the CA and client pair as the API watchers last saw them.
     pub api_certificates: Option<Arc<super::certificates::ApiCertificates>>,
+    /// Which records go to this collector (None: all).
+    pub filter: Option<Arc<super::filter::RecordFilter>>,
     pub max_message_size: usize,
     pub template_refresh: Duration,
     /// Records that may wait in the queue; more are dropped and counted.
@@ -65,6 +68,12 @@ impl From<&CollectorConfig> for CollectorTarget {
                     &tls.client_secret,
                 ))
             }),
+            // Checked when the configuration was loaded.
+            filter: c
+                .filter
+                .as_ref()
+                .and_then(|f| super::filter::RecordFilter::parse(f).ok())
+                .map(Arc::new),
             max_message_size: c.max_message_size,
             template_refresh: c.template_refresh.0,
             queue_capacity: c.queue_capacity,
@@ -119,6 +128,8 @@ impl DropReason {
 pub struct CollectorStats {
     pub records_exported: AtomicU64,
     dropped: [AtomicU64; 5],
+    /// Records this collector's filter left out, by [`FilterReason`].
+    filtered: [AtomicU64; 5],
     /// Records sent again on a new connection after the old one failed unacknowledged.
     pub records_resent: AtomicU64,
     pub send_errors: AtomicU64,
@@ -143,6 +154,16 @@ impl CollectorStats {
         DropReason::ALL.iter().map(|r| self.dropped(*r)).sum()
     }
 
+    /// Records the filter left out for `reason`.
+    pub fn filtered(&self, reason: FilterReason) -> u64 {
+        self.filtered[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Records the filter left out, for any reason.
+    pub fn records_filtered(&self) -> u64 {
+        FilterReason::ALL.iter().map(|r| self.filtered(*r)).sum()
+    }
+
     /// Queued records the transport confirmed.
     pub(super) fn settle_exported(&self, records: u64) {
         self.records_exported.fetch_add(records, Ordering::Relaxed);
@@ -165,11 +186,23 @@ impl CollectorStats {
 #[derive(Debug, Clone)]
 pub(super) struct Chunk {
     pub(super) batch: Arc<EncodedBatch>,
+    /// The batch's records this collector's filter selected (None: all of them); `start`
+    /// and `end` are positions in this list then.
+    pub(super) selected: Option<Arc<[u32]>>,
     pub(super) start: usize,
     pub(super) end: usize,
 }
 
 impl Chunk {
+    /// The record at `position` (from `start` to `end`).
+    pub(super) fn record(&self, position: usize) -> Option<(u16, &[u8])> {
+        let index = match &self.selected {
+            Some(selected) => *selected.get(position)? as usize,
+            None => position,
+        };
+        self.batch.record(index)
+    }
+
     pub(super) fn len(&self) -> u64 {
         (self.end - self.start) as u64
     }
@@ -177,6 +210,7 @@ impl Chunk {
     pub(super) fn part(&self, start: usize, end: usize) -> Chunk {
         Chunk {
             batch: Arc::clone(&self.batch),
+            selected: self.selected.clone(),
             start,
             end,
         }
@@ -204,6 +238,8 @@ pub struct CollectorHandle {
     /// Progress as expiry last saw it: the exported count, and when it last moved (or
     /// the queue was empty).
     progress: Mutex<(u64, Instant)>,
+    /// Which records go to this collector (None: all).
+    filter: Option<Arc<super::filter::RecordFilter>>,
 }
 
 /// A connected collector whose queue has not moved for this long no longer paces expiry:
@@ -370,6 +406,7 @@ impl ExportingProcess {
                     drop_log: Mutex::default(),
                     task: Mutex::new(Some(task)),
                     progress: Mutex::new((0, Instant::now())),
+                    filter: target.filter.clone(),
                 }
             })
             .collect();
@@ -400,7 +437,7 @@ impl ExportingProcess {
     }
 
     /// Records handed to [`ExportingProcess::export`] so far: for every collector,
-    /// exported + dropped + queued equals this.
+    /// exported + dropped + filtered + queued equals this.
     pub fn records_produced(&self) -> u64 {
         self.produced.load(Ordering::Relaxed)
     }
@@ -433,11 +470,25 @@ impl ExportingProcess {
         let batch = Arc::new(batch);
         for collector in &self.collectors {
             let stats = &collector.stats;
-            let take = collector.room().min(records as u64) as usize;
+            let selected = collector.filter.as_ref().map(|filter| {
+                let mut selected = Vec::with_capacity(records);
+                for index in 0..records {
+                    match batch.summary(index).map(|s| filter.check(s)) {
+                        Some(Err(reason)) => {
+                            stats.filtered[reason as usize].fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => selected.push(index as u32),
+                    }
+                }
+                Arc::<[u32]>::from(selected)
+            });
+            let wanted = selected.as_ref().map_or(records, |s| s.len());
+            let take = collector.room().min(wanted as u64) as usize;
             if take > 0 {
                 stats.queued.fetch_add(take as u64, Ordering::AcqRel);
                 let chunk = Chunk {
                     batch: Arc::clone(&batch),
+                    selected,
                     start: 0,
                     end: take,
                 };
@@ -453,8 +504,8 @@ impl ExportingProcess {
                     stats.settle_dropped(DropReason::Shutdown, take as u64);
                 }
             }
-            if take < records {
-                stats.reject(DropReason::QueueFull, (records - take) as u64);
+            if take < wanted {
+                stats.reject(DropReason::QueueFull, (wanted - take) as u64);
             }
         }
     }
@@ -514,8 +565,9 @@ impl ExportingProcess {
                 .filter(|&&r| stats.dropped(r) > 0)
                 .map(|&r| format!("{}: {}", r.label(), stats.dropped(r)))
                 .collect();
+            let filtered = stats.records_filtered();
             tracing::info!(
-                "collector {}: {} of {} record(s) exported, {} dropped{}, {} resent",
+                "collector {}: {} of {} record(s) exported, {} dropped{}, {} resent{}",
                 collector.name,
                 stats.records_exported.load(Ordering::Acquire),
                 self.produced.load(Ordering::Acquire),
@@ -525,7 +577,12 @@ impl ExportingProcess {
                 } else {
                     format!(" ({})", by_reason.join(", "))
                 },
-                stats.records_resent.load(Ordering::Acquire)
+                stats.records_resent.load(Ordering::Acquire),
+                if filtered > 0 {
+                    format!(", {filtered} left out by its filter")
+                } else {
+                    String::new()
+                }
             );
         }
         dropped

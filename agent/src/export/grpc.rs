@@ -439,7 +439,7 @@ fn requests(
     let mut out: Vec<ExportRequest> = Vec::new();
     let mut flows = Vec::with_capacity(FLOWS_PER_REQUEST);
     for index in chunk.start..chunk.end {
-        let Some((template_id, bytes)) = chunk.batch.record(index) else {
+        let Some((template_id, bytes)) = chunk.record(index) else {
             break;
         };
         match layouts.iter().find(|l| l.template_id() == template_id) {

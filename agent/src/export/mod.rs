@@ -5,6 +5,7 @@
 mod batch;
 pub mod certificates;
 mod collector;
+pub mod filter;
 pub mod grpc;
 pub mod tls;
 mod transport;

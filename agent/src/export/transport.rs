@@ -544,7 +544,7 @@ impl Sender {
             }
             let mut index = message_start;
             while index < chunk.end {
-                let Some((template_id, bytes)) = chunk.batch.record(index) else {
+                let Some((template_id, bytes)) = chunk.record(index) else {
                     break;
                 };
                 match self.encoder.add_encoded_record(template_id, bytes) {

@@ -31,6 +31,7 @@ pub struct Metrics {
     records_produced: IntCounter,
     records_exported: IntCounterVec,
     records_dropped: IntCounterVec,
+    records_filtered: IntCounterVec,
     records_resent: IntCounterVec,
     /// Failed accepts of the metrics server (out of file descriptors, mostly).
     accept_errors: IntCounter,
@@ -154,7 +155,18 @@ impl Metrics {
             ),
             records_produced: counter(
                 "flowex_records_produced_total",
-                "Data records built for export; for every collector, exported + dropped + queued equals it.",
+                "Data records built for export; for every collector, exported + dropped + filtered + queued equals it.",
+            ),
+            records_filtered: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flowex_records_filtered_total",
+                        "Data records the collector's filter left out, by reason: protocol, flow_type, source, destination, port.",
+                    ),
+                    &["collector", "reason"],
+                )
+                .expect("valid metric"),
             ),
             records_dropped: register(
                 &r,
@@ -330,6 +342,12 @@ impl Metrics {
                     .records_dropped
                     .with_label_values(&[collector.name.as_str(), reason.label()]);
                 counter.inc_by(stats.dropped(reason).saturating_sub(counter.get()));
+            }
+            for reason in crate::export::filter::FilterReason::ALL {
+                let counter = self
+                    .records_filtered
+                    .with_label_values(&[collector.name.as_str(), reason.label()]);
+                counter.inc_by(stats.filtered(reason).saturating_sub(counter.get()));
             }
             set(
                 &self.records_resent,
