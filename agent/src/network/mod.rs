@@ -3,6 +3,9 @@
 //! sysctls per scrape, nothing in between), and conntrack's per-CPU counters (read by the
 //! conntrack source with each poll, on the socket it polls with).
 
+pub mod driver_stats;
+pub mod ethtool;
+pub mod rtnetlink;
 pub mod softnet;
 
 use std::path::PathBuf;
