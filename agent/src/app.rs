@@ -188,6 +188,18 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     let node_name = &settings.node_name;
     let (metadata, mut watchers) = start_metadata(config, &metrics, node_name).await?;
     watchers.extend(start_certificate_watchers(config, &targets).await?);
+    {
+        // A pod veth's peer address names its pod in the interface metrics.
+        let metadata = Arc::clone(&metadata);
+        metrics.set_pod_lookup(move |ip| {
+            let pods = metadata.pods();
+            let pod = pods.pod_at(ip, now_ms())?;
+            Some(crate::network::PodName {
+                namespace: pod.namespace().to_owned(),
+                name: pod.name().to_owned(),
+            })
+        });
+    }
     let stopping = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::new());
     // Raised at shutdown: the source threads block until their next poll or packet and

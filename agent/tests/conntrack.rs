@@ -341,7 +341,13 @@ fn per_cpu_counters_match_conntrack_dash_s() {
     assert!(invalid >= 3, "{cpus:?}");
     // The metrics carry the same values.
     let registry = Registry::new();
-    let network = NodeNetwork::new(&registry, Sources::default());
+    let network = NodeNetwork::new(
+        &registry,
+        Sources {
+            interfaces: false,
+            ..Sources::default()
+        },
+    );
     network.observe_conntrack(&cpus);
     let mut text = Vec::new();
     TextEncoder::new()

@@ -220,3 +220,89 @@ fn a_bad_watch_value_is_refused_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// tx_dropped of a veth in `ns` as `ip -s -j link` reports it.
+fn ip_tx_dropped(ns: &Netns, device: &str) -> u64 {
+    let out = ns.exec(&["ip", "-s", "-j", "link", "show", "dev", device]);
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    links[0]["stats64"]["tx"]["dropped"].as_u64().unwrap()
+}
+
+#[test]
+fn a_veth_dropping_what_it_sends_is_found_with_the_kernels_count() {
+    // A veth whose peer (in a second namespace) is down drops everything sent to it.
+    let node = Netns::new("dnode");
+    let pod = Netns::new("dpod");
+    run(
+        "ip",
+        &[
+            "-n", &node.name, "link", "add", "fxv0", "type", "veth", "peer", "name", "fxv1",
+            "netns", &pod.name,
+        ],
+    );
+    node.exec(&["ip", "addr", "add", "10.201.0.1/24", "dev", "fxv0"]);
+    node.exec(&["ip", "link", "set", "fxv0", "up"]);
+    // A permanent neighbour: the datagrams need no ARP to be sent (and dropped).
+    node.exec(&[
+        "ip",
+        "neigh",
+        "add",
+        "10.201.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "fxv0",
+        "nud",
+        "permanent",
+    ]);
+    let before = ip_tx_dropped(&node, "fxv0");
+    let watching = {
+        let name = node.name.clone();
+        std::thread::spawn(move || {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &name,
+                    env!("CARGO_BIN_EXE_flowex"),
+                    "diagnose",
+                    "--json",
+                    "--watch",
+                    "2",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    node.enter(|| {
+        let socket = std::net::UdpSocket::bind("10.201.0.1:0").unwrap();
+        for _ in 0..25 {
+            socket.send_to(b"lost", "10.201.0.2:9").unwrap();
+        }
+    });
+    let output = watching.join().unwrap();
+    let dropped = ip_tx_dropped(&node, "fxv0") - before;
+    assert_eq!(dropped, 25, "ip -s link");
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["subject"] == "fxv0")
+        .unwrap_or_else(|| panic!("no finding for fxv0: {report}"));
+    assert_eq!(finding["active"], true);
+    let summary = finding["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("fxv0 drops packets it sends: tx_dropped ") && summary.ends_with("/s"),
+        "{summary}"
+    );
+    assert_eq!(finding["evidence"][0], format!("tx_dropped +{dropped}"));
+    assert_eq!(
+        finding["advice"],
+        "the other end of this veth is down or its pod cannot take more"
+    );
+    // Only that device has a finding.
+    assert_eq!(report["findings"].as_array().unwrap().len(), 1, "{report}");
+}

@@ -1,12 +1,20 @@
 //! The node's network health metrics: softnet counters per CPU and the receive path's
 //! limits, against this machine's own /proc (read independently here) and against files
-//! written by the test (a counter that wraps, a broken file).
+//! written by the test (a counter that wraps, a broken file); interface counters, pods'
+//! veths, channels and driver statistics in namespaces of their own, against `ip -s -s -j
+//! link` and `ethtool` (read independently here).
 
+mod support;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
-use flowex_agent::network::{NodeNetwork, Sources};
+use flowex_agent::network::{NodeNetwork, PodName, Sources};
 use prometheus::{Encoder, Registry, TextEncoder};
+use support::{Netns, run};
 
 fn render(registry: &Registry) -> String {
     let mut out = Vec::new();
@@ -94,6 +102,8 @@ fn a_wrapping_counter_keeps_growing_and_a_broken_file_changes_nothing() {
         Sources {
             softnet_stat: file.clone(),
             proc_sys_net_core: dir.join("core"),
+            // The host's interfaces move on their own: the exposition must not.
+            interfaces: false,
         },
     );
     std::fs::write(&file, line(0xffff_fff0, 2)).unwrap();
@@ -115,4 +125,651 @@ fn a_wrapping_counter_keeps_growing_and_a_broken_file_changes_nothing() {
     network.refresh();
     assert_eq!(render(&registry), text);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A NodeNetwork whose interface sockets live in `ns`.
+fn open_in(ns: &Netns, registry: &Registry) -> NodeNetwork {
+    let registry = registry.clone();
+    ns.enter(move || NodeNetwork::new(&registry, Sources::default()))
+}
+
+/// `ip -s -s -j link show dev <device>` in `ns`: the device's JSON object.
+fn ip_link(ns: &Netns, device: &str) -> serde_json::Value {
+    let out = ns.exec(&["ip", "-s", "-s", "-j", "link", "show", "dev", device]);
+    let mut all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    all.remove(0)
+}
+
+/// The exported counters next to the `ip` JSON field each must equal.
+const IP_FIELDS: [(&str, &str, &str); 15] = [
+    ("receive_bytes", "rx", "bytes"),
+    ("receive_packets", "rx", "packets"),
+    ("receive_errs", "rx", "errors"),
+    ("receive_drop", "rx", "dropped"),
+    ("receive_fifo", "rx", "fifo_errors"),
+    ("receive_frame", "rx", "frame_errors"),
+    ("receive_missed", "rx", "missed_errors"),
+    ("receive_over", "rx", "over_errors"),
+    ("receive_crc", "rx", "crc_errors"),
+    ("transmit_bytes", "tx", "bytes"),
+    ("transmit_packets", "tx", "packets"),
+    ("transmit_errs", "tx", "errors"),
+    ("transmit_drop", "tx", "dropped"),
+    ("transmit_fifo", "tx", "fifo_errors"),
+    ("transmit_carrier", "tx", "carrier_errors"),
+];
+
+/// The labels of a node interface's series.
+fn node(device: &str) -> String {
+    format!("{{device=\"{device}\",namespace=\"\",pod=\"\"}}")
+}
+
+/// Asserts that every exported counter of `device` (under `labels`) equals `ip`'s.
+fn assert_counters_match_ip(text: &str, ns: &Netns, device: &str, labels: &str) {
+    let ip = ip_link(ns, device);
+    for (metric, direction, field) in IP_FIELDS {
+        let series = format!("flowex_network_{metric}_total{labels}");
+        let expected = ip["stats64"][direction][field].as_u64().unwrap();
+        assert_eq!(value(text, &series), Some(expected), "{series}");
+    }
+    let up = u64::from(ip["operstate"] == "UP");
+    assert_eq!(
+        value(text, &format!("flowex_network_up{labels}")),
+        Some(up),
+        "{device} is {}",
+        ip["operstate"]
+    );
+}
+
+/// Series lines that name `device`.
+fn series_of(text: &str, device: &str) -> Vec<String> {
+    let needle = format!("device=\"{device}\"");
+    text.lines()
+        .filter(|line| !line.starts_with('#') && line.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Disables IPv6 on the namespace's future devices: no router solicitations or MLD
+/// reports to move the counters a test counts exactly.
+fn quiet(ns: &Netns) {
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+}
+
+fn send_udp(ns: &Netns, from: &'static str, to: &'static str, count: usize) {
+    ns.enter(move || {
+        let socket = std::net::UdpSocket::bind((from, 0)).unwrap();
+        for _ in 0..count {
+            socket.send_to(b"flowex", (to, 9)).unwrap();
+        }
+    });
+}
+
+#[test]
+fn interface_counters_match_ip_and_a_downed_peer_drops_every_datagram() {
+    let sender = Netns::new("tx");
+    let receiver = Netns::new("rx");
+    quiet(&sender);
+    quiet(&receiver);
+    run(
+        "ip",
+        &[
+            "-n",
+            &sender.name,
+            "link",
+            "add",
+            "va",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vb",
+            "netns",
+            &receiver.name,
+        ],
+    );
+    sender.exec(&["ip", "addr", "add", "10.201.0.1/24", "dev", "va"]);
+    sender.exec(&["ip", "link", "set", "va", "up"]);
+    // No ARP while the peer is down: every datagram goes straight to the veth.
+    sender.exec(&[
+        "ip",
+        "neigh",
+        "add",
+        "10.201.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "va",
+        "nud",
+        "permanent",
+    ]);
+    let registry = Registry::new();
+    let network = open_in(&sender, &registry);
+    network.refresh();
+    let before = render(&registry);
+    // va's peer is in another namespace: a pod's veth, its pod not known.
+    assert_counters_match_ip(&before, &sender, "va", &node("va"));
+    assert_eq!(
+        value(&before, &format!("flowex_network_up{}", node("va"))),
+        Some(0)
+    );
+    let dropped = value(
+        &before,
+        &format!("flowex_network_transmit_drop_total{}", node("va")),
+    )
+    .unwrap();
+    let sent = value(
+        &before,
+        &format!("flowex_network_transmit_packets_total{}", node("va")),
+    )
+    .unwrap();
+
+    send_udp(&sender, "10.201.0.1", "10.201.0.2", 25);
+    network.refresh();
+    let after = render(&registry);
+    assert_eq!(
+        value(
+            &after,
+            &format!("flowex_network_transmit_drop_total{}", node("va"))
+        ),
+        Some(dropped + 25)
+    );
+    assert_eq!(
+        value(
+            &after,
+            &format!("flowex_network_transmit_packets_total{}", node("va"))
+        ),
+        Some(sent)
+    );
+    assert_counters_match_ip(&after, &sender, "va", &node("va"));
+
+    // The peer comes up: va is up, and the datagrams now arrive (and count as sent).
+    receiver.exec(&["ip", "addr", "add", "10.201.0.2/24", "dev", "vb"]);
+    receiver.exec(&["ip", "link", "set", "vb", "up"]);
+    send_udp(&sender, "10.201.0.1", "10.201.0.2", 10);
+    network.refresh();
+    let up = render(&registry);
+    assert_eq!(
+        value(&up, &format!("flowex_network_up{}", node("va"))),
+        Some(1)
+    );
+    assert_eq!(
+        value(
+            &up,
+            &format!("flowex_network_transmit_packets_total{}", node("va"))
+        ),
+        Some(sent + 10)
+    );
+    assert_counters_match_ip(&up, &sender, "va", &node("va"));
+    // Loopback is not an interface of the metrics.
+    assert!(series_of(&up, "lo").is_empty());
+    assert!(!up.contains("flowex_network_interface_read_errors_total{"));
+}
+
+/// A pod lookup backed by a map the test fills.
+fn lookup(
+    pods: &Arc<Mutex<HashMap<IpAddr, PodName>>>,
+) -> impl Fn(IpAddr) -> Option<PodName> + Send + Sync + 'static {
+    let pods = Arc::clone(pods);
+    move |ip| pods.lock().unwrap().get(&ip).cloned()
+}
+
+fn pod(namespace: &str, name: &str) -> PodName {
+    PodName {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+#[test]
+fn pod_veths_carry_their_pod_once_it_is_known_and_their_series_go_with_them() {
+    let host = Netns::new("host");
+    let pods_ns = Netns::new("pods");
+    quiet(&host);
+    // The pods keep IPv6 (one of them is found by its IPv6 address) but send nothing:
+    // their router solicitations and MLD reports would move the counters compared.
+    pods_ns.exec(&["nft", "add table inet quiet"]);
+    pods_ns.exec(&[
+        "nft",
+        "add chain inet quiet out { type filter hook output priority 0; policy drop; }",
+    ]);
+    for (veth, inside) in [("vethp1", "eth1"), ("vethp2", "eth2"), ("vethp3", "eth3")] {
+        run(
+            "ip",
+            &[
+                "-n",
+                &host.name,
+                "link",
+                "add",
+                veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                inside,
+                "netns",
+                &pods_ns.name,
+            ],
+        );
+        host.exec(&["ip", "link", "set", veth, "up"]);
+        pods_ns.exec(&["ip", "link", "set", inside, "up"]);
+    }
+    // vethp4's peer starts on the host (a node device) and moves into the pod later.
+    host.exec(&[
+        "ip", "link", "add", "vethp4", "type", "veth", "peer", "name", "eth4",
+    ]);
+    host.exec(&["ip", "link", "set", "vethp4", "up"]);
+    pods_ns.exec(&["ip", "addr", "add", "10.202.0.5/24", "dev", "eth1"]);
+    pods_ns.exec(&["ip", "addr", "add", "10.202.0.6/24", "dev", "eth2"]);
+    // eth3 has no address yet: its pod's network is still being set up.
+    let known = Arc::new(Mutex::new(HashMap::from([(
+        "10.202.0.5".parse().unwrap(),
+        pod("shop", "cart-1"),
+    )])));
+    let registry = Registry::new();
+    let network = open_in(&host, &registry);
+    network.set_pod_lookup(lookup(&known));
+    network.refresh();
+    let text = render(&registry);
+    let cart1 = "{device=\"vethp1\",namespace=\"shop\",pod=\"cart-1\"}";
+    assert_counters_match_ip(&text, &host, "vethp1", cart1);
+    // Not known (yet): empty pod labels.
+    assert_counters_match_ip(&text, &host, "vethp2", &node("vethp2"));
+    assert_counters_match_ip(&text, &host, "vethp3", &node("vethp3"));
+    // Pod veths have no NIC metrics; a veth with both ends on the node has.
+    for line in series_of(&text, "vethp1") {
+        assert!(line.starts_with("flowex_network_"), "{line}");
+        assert!(
+            !line.contains("driver_stat") && !line.contains("channels"),
+            "{line}"
+        );
+    }
+    assert_counters_match_ip(&text, &host, "vethp4", &node("vethp4"));
+    assert!(text.contains("flowex_network_driver_stat_total{device=\"vethp4\""));
+
+    // eth4 moves into the pod. The host hears only eth4's DELLINK, nothing of vethp4
+    // (eth4 stays down, so vethp4's carrier does not change either).
+    host.exec(&["ip", "link", "set", "eth4", "netns", &pods_ns.name]);
+    pods_ns.exec(&["ip", "addr", "add", "10.202.0.8/24", "dev", "eth4"]);
+
+    // The pod index learns of both pods, and eth3 gets its address.
+    pods_ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        "fd00:202::7/64",
+        "dev",
+        "eth3",
+        "nodad",
+    ]);
+    {
+        let mut known = known.lock().unwrap();
+        known.insert("10.202.0.6".parse().unwrap(), pod("shop", "cart-2"));
+        known.insert("fd00:202::7".parse().unwrap(), pod("web", "front-0"));
+        known.insert("10.202.0.8".parse().unwrap(), pod("web", "front-1"));
+    }
+    network.refresh();
+    let text = render(&registry);
+    let cart2 = "{device=\"vethp2\",namespace=\"shop\",pod=\"cart-2\"}";
+    let front = "{device=\"vethp3\",namespace=\"web\",pod=\"front-0\"}";
+    let moved = "{device=\"vethp4\",namespace=\"web\",pod=\"front-1\"}";
+    assert_counters_match_ip(&text, &host, "vethp2", cart2);
+    assert_counters_match_ip(&text, &host, "vethp3", front);
+    assert_counters_match_ip(&text, &host, "vethp4", moved);
+    assert!(series_of(&text, "eth4").is_empty());
+    assert!(!text.contains("flowex_network_driver_stat_total{device=\"vethp4\""));
+    for device in ["vethp2", "vethp3", "vethp4"] {
+        assert!(
+            series_of(&text, device)
+                .iter()
+                .all(|line| !line.contains("pod=\"\"")),
+            "{device}'s unlabelled series are gone"
+        );
+    }
+
+    host.exec(&["ip", "link", "del", "vethp1"]);
+    network.refresh();
+    let text = render(&registry);
+    assert_eq!(series_of(&text, "vethp1"), Vec::<String>::new());
+    assert_counters_match_ip(&text, &host, "vethp2", cart2);
+}
+
+#[test]
+fn new_renamed_recreated_and_deleted_interfaces_follow_the_kernel() {
+    let ns = Netns::new("chg");
+    quiet(&ns);
+    let registry = Registry::new();
+    let network = open_in(&ns, &registry);
+    network.refresh();
+    assert!(series_of(&render(&registry), "nic9").is_empty());
+
+    // Both ends in this namespace: node devices, with their driver statistics.
+    ns.exec(&[
+        "ip", "link", "add", "nic9", "type", "veth", "peer", "name", "nic9p",
+    ]);
+    network.refresh();
+    let text = render(&registry);
+    assert_counters_match_ip(&text, &ns, "nic9", &node("nic9"));
+    assert_counters_match_ip(&text, &ns, "nic9p", &node("nic9p"));
+    assert!(
+        text.contains("flowex_network_driver_stat_total{device=\"nic9\",stat=\"peer_ifindex\"}")
+    );
+
+    ns.exec(&["ip", "link", "set", "nic9", "name", "wan0"]);
+    network.refresh();
+    let text = render(&registry);
+    assert_eq!(series_of(&text, "nic9"), Vec::<String>::new());
+    assert_counters_match_ip(&text, &ns, "wan0", &node("wan0"));
+    assert!(
+        text.contains("flowex_network_driver_stat_total{device=\"wan0\",stat=\"peer_ifindex\"}")
+    );
+
+    // Traffic, then the pair is deleted and created again under the same name between
+    // two scrapes: the counters are the new device's, lower than before. The datagrams go
+    // to a neighbour that is not there, so they leave through wan0 (not loopback) and
+    // nic9p drops them.
+    ns.exec(&["ip", "addr", "add", "10.203.0.1/24", "dev", "wan0"]);
+    ns.exec(&["ip", "link", "set", "wan0", "up"]);
+    ns.exec(&["ip", "link", "set", "nic9p", "up"]);
+    ns.exec(&[
+        "ip",
+        "neigh",
+        "add",
+        "10.203.0.9",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "wan0",
+        "nud",
+        "permanent",
+    ]);
+    send_udp(&ns, "10.203.0.1", "10.203.0.9", 20);
+    network.refresh();
+    let busy = render(&registry);
+    assert_counters_match_ip(&busy, &ns, "wan0", &node("wan0"));
+    let series = format!("flowex_network_transmit_packets_total{}", node("wan0"));
+    let before = value(&busy, &series).unwrap();
+    assert!(before >= 20, "{before} packets sent");
+    ns.exec(&["ip", "link", "del", "wan0"]);
+    ns.exec(&[
+        "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p",
+    ]);
+    network.refresh();
+    let text = render(&registry);
+    assert_counters_match_ip(&text, &ns, "wan0", &node("wan0"));
+    assert!(value(&text, &series).unwrap() < before);
+    assert!(
+        series_of(&text, "nic9p").is_empty(),
+        "the old peer went with the pair"
+    );
+
+    ns.exec(&["ip", "link", "del", "wan0"]);
+    network.refresh();
+    let text = render(&registry);
+    assert_eq!(series_of(&text, "wan0"), Vec::<String>::new());
+    assert_eq!(series_of(&text, "wan0p"), Vec::<String>::new());
+}
+
+/// `ethtool -l <device>` in `ns`: (maximum, current) per channel kind ("RX", "TX",
+/// "Combined"), None where ethtool prints n/a.
+fn ethtool_channels(ns: &Netns, device: &str) -> HashMap<String, (Option<u64>, Option<u64>)> {
+    let out = ns.exec(&["ethtool", "-l", device]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (maximums, current) = text.split_once("Current hardware settings:").unwrap();
+    let read = |part: &str| -> HashMap<String, Option<u64>> {
+        part.lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().parse().ok()))
+            .collect()
+    };
+    let (maximums, current) = (read(maximums), read(current));
+    ["RX", "TX", "Combined"]
+        .into_iter()
+        .map(|kind| (kind.to_owned(), (maximums[kind], current[kind])))
+        .collect()
+}
+
+/// `ethtool -S <device>` in `ns`: every statistic's name and value.
+fn ethtool_stats(ns: &Netns, device: &str) -> Vec<(String, u64)> {
+    let out = ns.exec(&["ethtool", "-S", device]);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let (name, value) = line.rsplit_once(':').unwrap();
+            (name.trim().to_owned(), value.trim().parse().unwrap())
+        })
+        .collect()
+}
+
+fn assert_nic_matches_ethtool(text: &str, ns: &Netns, device: &str) {
+    for (kind, (max, current)) in ethtool_channels(ns, device) {
+        let kind = kind.to_lowercase();
+        for (suffix, expected) in [("max", max), ("current", current)] {
+            let series = format!("flowex_network_channels_{kind}_{suffix}{{device=\"{device}\"}}");
+            assert_eq!(value(text, &series), expected, "{series}");
+        }
+    }
+    let stats = ethtool_stats(ns, device);
+    assert!(stats.iter().any(|(name, _)| name == "rx_queue_0_drops"));
+    for (name, expected) in &stats {
+        let series =
+            format!("flowex_network_driver_stat_total{{device=\"{device}\",stat=\"{name}\"}}");
+        assert_eq!(value(text, &series), Some(*expected), "{series}");
+    }
+    let exported = series_of(text, device)
+        .iter()
+        .filter(|line| line.starts_with("flowex_network_driver_stat_total"))
+        .count();
+    assert_eq!(exported, stats.len());
+}
+
+#[test]
+fn channels_and_driver_statistics_match_ethtool_and_veth_rings_are_absent() {
+    let ns = Netns::new("nic");
+    ns.exec(&[
+        "ip", "link", "add", "nic0", "type", "veth", "peer", "name", "nic1",
+    ]);
+    ns.exec(&["ip", "link", "set", "nic0", "up"]);
+    ns.exec(&["ip", "link", "set", "nic1", "up"]);
+    let registry = Registry::new();
+    let network = open_in(&ns, &registry);
+    network.refresh();
+    network.refresh();
+    let text = render(&registry);
+    assert_nic_matches_ethtool(&text, &ns, "nic0");
+    assert_eq!(
+        value(&text, "flowex_network_channels_rx_current{device=\"nic0\"}"),
+        Some(1)
+    );
+    // veth has no ring parameters (EOPNOTSUPP): no series, and no error either.
+    let refused = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ethtool", "-g", "nic0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(!text.contains("flowex_network_ring_"));
+    assert!(!text.contains("flowex_network_interface_read_errors_total{"));
+
+    // More queues: more channels, and driver statistics for the new queues.
+    ns.exec(&["ethtool", "-L", "nic0", "rx", "2", "tx", "2"]);
+    network.refresh();
+    let text = render(&registry);
+    assert_eq!(
+        value(&text, "flowex_network_channels_rx_current{device=\"nic0\"}"),
+        Some(2)
+    );
+    assert!(text.contains("stat=\"rx_queue_1_drops\""));
+    assert_nic_matches_ethtool(&text, &ns, "nic0");
+    assert!(!text.contains("flowex_network_interface_read_errors_total{"));
+}
+
+/// Not an assertion: prints how long a refresh takes with two node devices and 200 pod
+/// veths, and what the per-index counter requests cost against the alternatives.
+/// `cargo test -p flowex-agent --test network -- --ignored --nocapture refresh_time`
+#[test]
+#[ignore]
+fn refresh_time_with_two_nics_and_200_pod_veths() {
+    use std::time::{Duration, Instant};
+
+    const VETHS: usize = 200;
+    let host = Netns::new("perf");
+    let pods_ns = Netns::new("perfpods");
+    quiet(&host);
+    host.exec(&[
+        "ip", "link", "add", "nic0", "type", "veth", "peer", "name", "nic1",
+    ]);
+    let mut host_batch = String::from("link set nic0 up\nlink set nic1 up\n");
+    let mut pods_batch = String::new();
+    let mut known = HashMap::new();
+    for i in 0..VETHS {
+        host_batch.push_str(&format!(
+            "link add veth{i} type veth peer name e{i} netns {}\nlink set veth{i} up\n",
+            pods_ns.name
+        ));
+        let address = format!("10.210.{}.{}", i / 200, i % 200 + 1);
+        pods_batch.push_str(&format!(
+            "addr add {address}/32 dev e{i}\nlink set e{i} up\n"
+        ));
+        known.insert(address.parse().unwrap(), pod("perf", &format!("pod-{i}")));
+    }
+    let dir = std::env::temp_dir().join(format!("flowex-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (host_file, pods_file) = (dir.join("host"), dir.join("pods"));
+    std::fs::write(&host_file, host_batch).unwrap();
+    std::fs::write(&pods_file, pods_batch).unwrap();
+    host.exec(&["ip", "-batch", host_file.to_str().unwrap()]);
+    pods_ns.exec(&["ip", "-batch", pods_file.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let registry = Registry::new();
+    let opened = Instant::now();
+    let network = open_in(&host, &registry);
+    let open_time = opened.elapsed();
+    network.set_pod_lookup(lookup(&Arc::new(Mutex::new(known))));
+    let first = Instant::now();
+    network.refresh();
+    let first_time = first.elapsed();
+    let mut refreshes = 1;
+    loop {
+        let text = render(&registry);
+        let veths: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("flowex_network_up{device=\"veth"))
+            .collect();
+        if veths.len() == VETHS && veths.iter().all(|line| !line.contains("pod=\"\"")) {
+            break;
+        }
+        network.refresh();
+        refreshes += 1;
+        assert!(refreshes < 100, "pods not resolved");
+    }
+    let mut times: Vec<Duration> = (0..200)
+        .map(|_| {
+            let start = Instant::now();
+            network.refresh();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    println!(
+        "{VETHS} pod veths + 2 node veths: open {open_time:?}, first refresh {first_time:?}, \
+         every pod labelled after {refreshes} refreshes; steady refresh mean {mean:?}, \
+         median {:?}, min {:?}, max {:?}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+
+    // The counter requests alone, by kind, in the same namespace.
+    host.enter(|| {
+        use flowex_agent::netlink::socket::{Reply, RequestError, RequestSocket};
+        use flowex_agent::network::rtnetlink::{
+            LinkMessage, link_dump_request, link_get_request, stats_dump_request, stats_get_request,
+        };
+        let mut socket = RequestSocket::open(netlink_sys::protocols::NETLINK_ROUTE).unwrap();
+        flowex_agent::netlink::set_receive_buffer(
+            std::os::fd::AsRawFd::as_raw_fd(socket.socket()),
+            8 << 20,
+        );
+        // /sys shows the namespace it was mounted in: the indexes come from a dump.
+        let mut indexes = Vec::new();
+        let mut buf = Vec::new();
+        let sequence = socket.reserve(1);
+        link_dump_request(&mut buf, sequence);
+        socket
+            .exchange(&buf, sequence, 1, |_, reply| {
+                if let Reply::Message(_, payload) = reply {
+                    let link = LinkMessage::parse(payload)?;
+                    if link.name != "lo" {
+                        indexes.push(link.index);
+                    }
+                }
+                Ok::<_, RequestError>(())
+            })
+            .unwrap();
+        assert_eq!(indexes.len(), VETHS + 2);
+        let rounds = 100;
+        let mut per_index = |label: &str, batch: usize, build: fn(&mut Vec<u8>, u32, u32)| {
+            let mut bytes = 0;
+            let start = Instant::now();
+            for _ in 0..rounds {
+                for chunk in indexes.chunks(batch) {
+                    let first = socket.reserve(chunk.len());
+                    buf.clear();
+                    for (i, index) in chunk.iter().enumerate() {
+                        build(&mut buf, first + i as u32, *index);
+                    }
+                    socket
+                        .exchange(&buf, first, chunk.len(), |_, reply| {
+                            if let Reply::Message(_, payload) = reply {
+                                bytes += payload.len() + 16;
+                            }
+                            Ok::<_, RequestError>(())
+                        })
+                        .unwrap();
+                }
+            }
+            println!(
+                "{label}: {:?} per round of {} interfaces, {} bytes received per round",
+                start.elapsed() / rounds,
+                indexes.len(),
+                bytes / rounds as usize
+            );
+        };
+        per_index(
+            "RTM_GETSTATS (LINK_64) per index, 64 per send",
+            64,
+            stats_get_request,
+        );
+        per_index("RTM_GETLINK per index, 16 per send", 16, link_get_request);
+        let mut dump = |label: &str, build: &dyn Fn(&mut Vec<u8>, u32)| {
+            let mut bytes = 0;
+            let start = Instant::now();
+            for _ in 0..rounds {
+                let sequence = socket.reserve(1);
+                build(&mut buf, sequence);
+                socket
+                    .exchange(&buf, sequence, 1, |_, reply| {
+                        if let Reply::Message(_, payload) = reply {
+                            bytes += payload.len() + 16;
+                        }
+                        Ok::<_, RequestError>(())
+                    })
+                    .unwrap();
+            }
+            println!(
+                "{label}: {:?} per dump, {} bytes received per dump",
+                start.elapsed() / rounds,
+                bytes / rounds as usize
+            );
+        };
+        dump("RTM_GETLINK dump", &|b, s| link_dump_request(b, s));
+        dump("RTM_GETSTATS (LINK_64) dump", &|b, s| {
+            stats_dump_request(b, s)
+        });
+    });
 }

@@ -220,13 +220,17 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
     let long_port = long_stream.local_addr().unwrap().port();
 
     // While the agent runs: its metrics and health endpoints answer.
-    // (NFLOG delivers in batches: scrape until the denied packet has been counted.)
-    let (metrics, health) = pair.server.enter(|| {
+    // (NFLOG delivers in batches: scrape until the denied packet has been counted. The
+    // agent's veth leads to the client, a pod the agent knows: scrape until its
+    // interface counters carry the pod, which the first scrape may not know yet.)
+    let client_veth = "{device=\"vs\",namespace=\"e2e\",pod=\"client\"}";
+    let (metrics, health) = pair.server.enter(move || {
         let mut metrics = http_get("/metrics");
         for _ in 0..30 {
             if metrics
                 .lines()
                 .any(|l| l.starts_with("flowex_deny_packets_total ") && !l.ends_with(" 0"))
+                && metrics.contains(&format!("flowex_network_up{client_veth}"))
             {
                 break;
             }
@@ -263,6 +267,12 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
             .unwrap_or_else(|| panic!("{name} missing from /metrics"))
     };
     assert!(value("flowex_records_exported_total{collector=\"collector-0\"}") >= 5.0);
+    // Every TCP and UDP packet of the test crossed the veth to the client pod.
+    assert!(
+        value(&format!(
+            "flowex_network_receive_packets_total{client_veth}"
+        )) >= 20.0
+    );
     for reason in [
         "queue_full",
         "collector_refused",

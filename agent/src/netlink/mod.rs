@@ -1,6 +1,9 @@
-//! Just enough netlink to speak ctnetlink without allocating: message and attribute (NLA)
-//! iterators that hand out borrowed views, and a request builder that writes into a
-//! caller's buffer.
+//! Just enough netlink to speak ctnetlink, rtnetlink and generic netlink without
+//! allocating: message and attribute (NLA) iterators that hand out borrowed views, a
+//! request builder that writes into a caller's buffer, and a request socket
+//! ([`socket::RequestSocket`]) that matches replies to requests.
+
+pub mod socket;
 
 /// Length of `struct nlmsghdr`.
 pub const HEADER_LEN: usize = 16;
@@ -146,6 +149,35 @@ impl<'a> Attribute<'a> {
         Ok(u64::from_be_bytes(self.fixed()?))
     }
 
+    /// A host-order 16-bit payload (rtnetlink and generic netlink use host order).
+    pub fn u16(&self) -> Result<u16, ParseError> {
+        Ok(u16::from_ne_bytes(self.fixed()?))
+    }
+
+    /// A host-order 32-bit payload.
+    pub fn u32(&self) -> Result<u32, ParseError> {
+        Ok(u32::from_ne_bytes(self.fixed()?))
+    }
+
+    /// A host-order signed 32-bit payload.
+    pub fn i32(&self) -> Result<i32, ParseError> {
+        Ok(i32::from_ne_bytes(self.fixed()?))
+    }
+
+    /// A NUL-terminated string payload (the NUL and anything after it is dropped); bytes
+    /// that are not UTF-8 are an error.
+    pub fn string(&self) -> Result<&'a str, ParseError> {
+        let end = self
+            .payload
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.payload.len());
+        std::str::from_utf8(&self.payload[..end]).map_err(|_| ParseError::BadPayload {
+            attribute: self.kind,
+            length: self.payload.len(),
+        })
+    }
+
     /// A 4-byte payload (IPv4 address).
     pub fn bytes4(&self) -> Result<[u8; 4], ParseError> {
         self.fixed()
@@ -205,6 +237,8 @@ impl<'a> Iterator for Attributes<'a> {
 /// attributes are opened and closed explicitly. Lengths are patched at the end.
 pub struct RequestBuilder<'b> {
     buf: &'b mut Vec<u8>,
+    /// Where this message starts in `buf`.
+    start: usize,
     open: [usize; 4],
     depth: usize,
 }
@@ -212,16 +246,43 @@ pub struct RequestBuilder<'b> {
 impl<'b> RequestBuilder<'b> {
     /// Starts a netfilter request of `kind` (subsystem << 8 | message) for `family`.
     pub fn new(buf: &'b mut Vec<u8>, kind: u16, flags: u16, sequence: u32, family: u8) -> Self {
+        // nfgenmsg: family, version 0, resource id 0
+        Self::with_header(buf, kind, flags, sequence, &[family, 0, 0, 0])
+    }
+
+    /// Starts a message of `kind` whose family header (`ifinfomsg`, `genlmsghdr`, ...)
+    /// is `fixed`, written as given after the netlink header.
+    pub fn with_header(
+        buf: &'b mut Vec<u8>,
+        kind: u16,
+        flags: u16,
+        sequence: u32,
+        fixed: &[u8],
+    ) -> Self {
         buf.clear();
+        Self::append(buf, kind, flags, sequence, fixed)
+    }
+
+    /// Like [`RequestBuilder::with_header`], but after the messages already in `buf`:
+    /// several requests (or a test's several replies) in one datagram.
+    pub fn append(
+        buf: &'b mut Vec<u8>,
+        kind: u16,
+        flags: u16,
+        sequence: u32,
+        fixed: &[u8],
+    ) -> Self {
+        let start = buf.len();
         buf.extend_from_slice(&0u32.to_ne_bytes());
         buf.extend_from_slice(&kind.to_ne_bytes());
         buf.extend_from_slice(&flags.to_ne_bytes());
         buf.extend_from_slice(&sequence.to_ne_bytes());
         buf.extend_from_slice(&0u32.to_ne_bytes());
-        // nfgenmsg: family, version 0, resource id 0
-        buf.extend_from_slice(&[family, 0, 0, 0]);
+        buf.extend_from_slice(fixed);
+        buf.resize(align4(buf.len()), 0);
         Self {
             buf,
+            start,
             open: [0; 4],
             depth: 0,
         }
@@ -256,10 +317,10 @@ impl<'b> RequestBuilder<'b> {
         self
     }
 
-    /// Patches the message length and returns the request bytes.
+    /// Patches the message length and returns the buffer's bytes (every message in it).
     pub fn finish(self) -> &'b [u8] {
-        let length = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&length.to_ne_bytes());
+        let length = (self.buf.len() - self.start) as u32;
+        self.buf[self.start..self.start + 4].copy_from_slice(&length.to_ne_bytes());
         self.buf
     }
 }

@@ -53,6 +53,8 @@ pub struct LinkCounters {
 pub struct InterfaceSample {
     pub index: u32,
     pub name: String,
+    /// The link kind (`veth`, `bridge`...; empty for a physical device).
+    pub kind: String,
     /// `namespace/name` of the pod on the other end of a veth.
     pub pod: Option<String>,
     pub counters: LinkCounters,
@@ -562,6 +564,18 @@ fn interfaces(growth: &Growth, before: Option<&Sample>, now: &Sample, report: &m
             .filter(|(_, n)| *n > 0)
             .collect();
         let list = |items: &[(&str, u64)]| growth.list(items);
+        // The counts themselves, beside the rates.
+        let grown = |items: &[(&str, u64)]| {
+            let mut line = String::new();
+            for (name, n) in items.iter().filter(|(_, n)| *n > 0) {
+                let _ = write!(
+                    line,
+                    "{}{name} +{n}",
+                    if line.is_empty() { "" } else { ", " }
+                );
+            }
+            line
+        };
         let who = match &link.pod {
             Some(pod) => format!("{} (pod {pod})", link.name),
             None => link.name.clone(),
@@ -575,6 +589,9 @@ fn interfaces(growth: &Growth, before: Option<&Sample>, now: &Sample, report: &m
                 "rx_packets {}",
                 growth.describe(field(|c| c.rx_packets))
             )];
+            if receive.iter().any(|(_, n)| *n > 0) {
+                evidence.push(grown(&receive));
+            }
             if !driver.is_empty() {
                 let mut line = "driver:".to_owned();
                 for (name, n) in &driver {
@@ -625,11 +642,11 @@ fn interfaces(growth: &Growth, before: Option<&Sample>, now: &Sample, report: &m
                 active,
                 subject: link.name.clone(),
                 summary: format!("{who} drops packets it sends: {}", list(&transmit)),
-                evidence: vec![format!(
-                    "tx_packets {}",
-                    growth.describe(field(|c| c.tx_packets))
-                )],
-                advice: Some(if link.pod.is_some() || link.name.starts_with("veth") {
+                evidence: vec![
+                    grown(&transmit),
+                    format!("tx_packets {}", growth.describe(field(|c| c.tx_packets))),
+                ],
+                advice: Some(if link.pod.is_some() || link.kind == "veth" {
                     "the other end of this veth is down or its pod cannot take more".into()
                 } else {
                     "the device's queue is full or its link is down: check `tc -s qdisc show dev` and the link".into()
@@ -641,7 +658,7 @@ fn interfaces(growth: &Growth, before: Option<&Sample>, now: &Sample, report: &m
                 active,
                 subject: link.name.clone(),
                 summary: format!("{who} has link errors: {}", list(&errors)),
-                evidence: Vec::new(),
+                evidence: vec![grown(&errors)],
                 advice: Some(
                     "CRC and frame errors point at the physical link: cable, optics, or the switch port".into(),
                 ),
@@ -844,6 +861,7 @@ mod tests {
         InterfaceSample {
             index: 7,
             name: name.into(),
+            kind: String::new(),
             pod: None,
             counters: LinkCounters {
                 rx_packets: 1_000_000,
@@ -875,6 +893,7 @@ mod tests {
             f.evidence,
             [
                 "rx_packets 0.0/s",
+                "rx_missed +400",
                 "driver: rx_queue_0_discards +400",
                 "RX ring 453 of 4078"
             ]

@@ -1,11 +1,22 @@
 //! The node's own network health, read where the kernel keeps it: per-CPU packet
 //! processing and its limits ([`softnet`], read at scrape time: one file and three
-//! sysctls per scrape, nothing in between), and conntrack's per-CPU counters (read by the
-//! conntrack source with each poll, on the socket it polls with).
+//! sysctls per scrape, nothing in between), conntrack's per-CPU counters (read by the
+//! conntrack source with each poll, on the socket it polls with), and the interfaces
+//! ([`links`]: counters of every interface, pods' veths labelled with their pod, the
+//! NICs' rings, channels and driver statistics; through rtnetlink, ethtool netlink and
+//! the ethtool ioctl, at scrape time).
 
 pub mod diagnose;
+pub mod driver_stats;
+pub mod ethtool;
+pub mod interface_metrics;
+pub mod links;
+mod node_devices;
+pub mod pod_veths;
+pub mod rtnetlink;
 pub mod softnet;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
@@ -15,16 +26,23 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use diagnose::{ConntrackSample, Report, Sample};
 use softnet::{RxLimits, SoftnetCpu, grew, parse_softnet};
 
+pub use links::Links;
+pub use node_devices::MAX_DRIVER_STATS;
+pub use pod_veths::{PodLookup, PodName};
+
 use crate::sources::conntrack::{ConntrackSocket, CpuStats};
 
 /// Unreadable softnet_stat text is logged at most this often.
 const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Where the files are (a test points them elsewhere).
+/// Where the files are (a test points them elsewhere), and whether to read interfaces.
 #[derive(Debug, Clone)]
 pub struct Sources {
     pub softnet_stat: PathBuf,
     pub proc_sys_net_core: PathBuf,
+    /// Follow the interfaces of the network namespace of the thread that calls
+    /// [`NodeNetwork::new`].
+    pub interfaces: bool,
 }
 
 impl Default for Sources {
@@ -32,6 +50,7 @@ impl Default for Sources {
         Self {
             softnet_stat: PathBuf::from("/proc/net/softnet_stat"),
             proc_sys_net_core: PathBuf::from("/proc/sys/net/core"),
+            interfaces: true,
         }
     }
 }
@@ -82,6 +101,8 @@ pub struct NodeNetwork {
     /// found, invalid, insert, insert_failed, drop, early_drop, error, search_restart,
     /// clash_resolve, chaintoolong.
     conntrack_stats: [IntCounterVec; 10],
+    /// The interfaces, when their sockets could be opened.
+    links: Option<Mutex<Links>>,
 }
 
 /// The names of conntrack's per-CPU counters, as `conntrack -S` prints them.
@@ -120,8 +141,22 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 }
 
 impl NodeNetwork {
-    /// Registers the metrics on `registry`.
+    /// Registers the metrics on `registry`; with `sources.interfaces`, opens the interface
+    /// sockets in the calling thread's network namespace.
     pub fn new(registry: &Registry, sources: Sources) -> Self {
+        let links = if sources.interfaces {
+            match Links::open(registry) {
+                Ok(links) => Some(Mutex::new(links)),
+                Err(error) => {
+                    tracing::warn!(
+                        "cannot follow the network interfaces ({error}): no interface metrics"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let per_cpu = |name: &str, help: &str| {
             register(
                 registry,
@@ -192,6 +227,21 @@ impl NodeNetwork {
                     &format!("conntrack's per-CPU {stat} counter (as conntrack -S prints it)."),
                 )
             }),
+            links,
+        }
+    }
+
+    /// Sets how a pod veth's peer address is turned into its pod (namespace and name);
+    /// until then, and for addresses it does not know, the pod labels stay empty.
+    pub fn set_pod_lookup(
+        &self,
+        lookup: impl Fn(IpAddr) -> Option<PodName> + Send + Sync + 'static,
+    ) {
+        if let Some(links) = &self.links {
+            links
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set_pod_lookup(Box::new(lookup));
         }
     }
 
@@ -273,6 +323,12 @@ impl NodeNetwork {
                 .previous
                 .clone();
         }
+        if let Some(links) = &self.links {
+            sample.interfaces = links
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .samples();
+        }
         {
             let conntrack = self
                 .conntrack
@@ -323,13 +379,19 @@ impl NodeNetwork {
         diagnose::diagnose(baseline.as_ref(), &now)
     }
 
-    /// Reads the files and updates the metrics. An unreadable file leaves the metrics as
-    /// they were and is logged (at most every five minutes).
+    /// Reads the files and the interfaces and updates the metrics. An unreadable file
+    /// leaves the metrics as they were and is logged (at most every five minutes).
     pub fn refresh(&self) {
         self.refresh_into(&mut Vec::new());
     }
 
     fn refresh_into(&self, unavailable: &mut Vec<String>) -> RxLimits {
+        if let Some(links) = &self.links {
+            links
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .refresh();
+        }
         let limits = RxLimits::read(&self.sources.proc_sys_net_core);
         for (gauge, value) in [
             (&self.budget, limits.netdev_budget),

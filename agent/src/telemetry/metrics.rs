@@ -253,6 +253,15 @@ impl Metrics {
         }
     }
 
+    /// Sets how a pod veth's peer address is turned into its pod, for the interface
+    /// metrics' namespace and pod labels.
+    pub fn set_pod_lookup(
+        &self,
+        lookup: impl Fn(std::net::IpAddr) -> Option<crate::network::PodName> + Send + Sync + 'static,
+    ) {
+        self.node.set_pod_lookup(lookup);
+    }
+
     /// Conntrack's per-CPU counters, read with a poll.
     pub fn conntrack_cpu_stats(&self, cpus: &[crate::sources::conntrack::CpuStats]) {
         self.node.observe_conntrack(cpus);
