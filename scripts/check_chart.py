@@ -127,7 +127,15 @@ def role_rules(configmaps, secrets):
 
 
 # The Roles (namespace: rules) each variant renders for tls.antrea; none for the others.
+# The example values files under charts/flowex/examples render and pass like the variants.
+for _name in sorted(os.listdir(os.path.join(CHART, "examples"))):
+    with open(os.path.join(CHART, "examples", _name)) as _file:
+        VARIANTS["example " + _name] = yaml.safe_load(_file)
+
 ROLES = {
+    "example antrea-flow-aggregator.yaml": {
+        "flow-aggregator": role_rules(["flow-aggregator-ca"], ["flow-aggregator-client-tls"]),
+    },
     "flow aggregator over grpc (tls.antrea)": {
         "flow-aggregator": [
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["flow-aggregator-ca"],

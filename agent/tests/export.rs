@@ -365,3 +365,59 @@ async fn a_collectors_filter_selects_records_and_counts_the_rest_by_reason() {
     }
     assert_eq!(process.collectors()[0].stats.records_filtered(), 0);
 }
+
+/// Antrea's Flow Aggregator reads a UDP datagram into 1024 bytes: with `aggregator:
+/// antrea` no message is longer, so collector-sim reading 1024 bytes (as the aggregator
+/// does) decodes every record; without it, 1472-byte messages are cut and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_messages_for_antreas_aggregator_fit_its_1024_byte_reads() {
+    use flowex_agent::config::{Config, Settings};
+
+    for (aggregator, expect_cut) in [(true, false), (false, true)] {
+        let collector = {
+            let mut config = CollectorConfig::new(vec!["udp://127.0.0.1:0".parse().unwrap()]);
+            config.udp_read_size = 1024;
+            Collector::start(config).unwrap()
+        };
+        let yaml = format!(
+            "export:\n  collectors:\n    - {{name: fa, address: \"{}\"{}}}\n",
+            collector.udp_endpoint().unwrap().addr(),
+            if aggregator {
+                ", aggregator: antrea"
+            } else {
+                ""
+            }
+        );
+        let settings = Settings::new(Config::from_yaml(&yaml).unwrap()).unwrap();
+        let targets: Vec<CollectorTarget> = settings
+            .config
+            .export
+            .collectors
+            .iter()
+            .map(CollectorTarget::from)
+            .collect();
+        assert_eq!(
+            targets[0].max_message_size,
+            if aggregator { 1024 } else { 1472 }
+        );
+        let process = ExportingProcess::start(&targets, templates(), 4).unwrap();
+        for chunk in 0..4 {
+            process.export(batch(chunk * 250, 250));
+        }
+        process.shutdown(WAIT).await;
+        let summary = collector.wait_until_quiet(Duration::from_millis(300), WAIT);
+        let cut = summary
+            .decode_errors
+            .get("truncated_datagram")
+            .copied()
+            .unwrap_or(0);
+        if expect_cut {
+            assert!(cut > 0, "{summary:?}");
+            assert!(summary.records < 1_000);
+        } else {
+            assert_eq!(cut, 0, "{summary:?}");
+            assert_eq!(summary.records, 1_000);
+            assert_eq!(summary.sequence_gaps, 0);
+        }
+    }
+}

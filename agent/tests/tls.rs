@@ -398,3 +398,72 @@ async fn certificates_from_the_api_are_used_and_followed_when_rotated() {
         watcher.abort();
     }
 }
+
+/// An expired collector certificate and a serverName the certificate does not carry are
+/// refused (counted, retried, nothing counted as exported); once the collector has a
+/// valid certificate, or the name is right, the queued records arrive, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_or_a_wrong_server_name_is_refused_until_fixed() {
+    let certs = Certificates::new("expired");
+    let expired = certs.collector("expired-server");
+    let address = expired.tls_endpoint().unwrap().addr().to_string();
+    let process = ExportingProcess::start(
+        &[target(address.clone(), certs.agent("ca", true))],
+        templates(),
+        12,
+    )
+    .unwrap();
+    let stats = Arc::clone(&process.collectors()[0].stats);
+    process.export(batch(0, 400));
+    eventually("refused handshakes", || {
+        stats.send_errors.load(Ordering::Acquire) >= 2
+    })
+    .await;
+    assert_eq!(expired.summary().records, 0);
+    assert_eq!(stats.records_exported.load(Ordering::Acquire), 0);
+    assert!(!stats.connected.load(Ordering::Acquire));
+    // The collector gets a valid certificate (a restart on the same port).
+    drop(expired);
+    let renewed = {
+        let mut config = CollectorConfig::new(vec![format!("tls://{address}").parse().unwrap()]);
+        config.tls = Some(collector_sim::tls::TlsFiles {
+            ca: Some(certs.dir.join("ca.crt")),
+            cert: certs.dir.join("server.crt"),
+            key: certs.dir.join("server.key"),
+        });
+        Collector::start(config).unwrap()
+    };
+    assert!(renewed.wait_for_records(400, WAIT), "{:?}", renewed.summary());
+    eventually("the records confirmed", || {
+        stats.records_exported.load(Ordering::Acquire) == 400
+    })
+    .await;
+    process.shutdown(WAIT).await;
+    assert_eq!(renewed.wait_until_quiet(Duration::from_millis(200), WAIT).records, 400);
+
+    // A name the certificate does not carry: refused; the name it does carry: accepted.
+    for (name, accepted) in [("other.test", false), ("collector.test", true)] {
+        let mut tls = certs.agent("ca", true);
+        tls.server_name = Some(name.into());
+        let before = renewed.summary().records;
+        let process =
+            ExportingProcess::start(&[target(address.clone(), tls)], templates(), 13).unwrap();
+        let stats = Arc::clone(&process.collectors()[0].stats);
+        process.export(batch(0, 50));
+        if accepted {
+            assert!(renewed.wait_for_records(before + 50, WAIT));
+            eventually("confirmed", || {
+                stats.records_exported.load(Ordering::Acquire) == 50
+            })
+            .await;
+        } else {
+            eventually("refused handshakes", || {
+                stats.send_errors.load(Ordering::Acquire) >= 2
+            })
+            .await;
+            assert_eq!(renewed.summary().records, before);
+            assert_eq!(stats.records_exported.load(Ordering::Acquire), 0);
+        }
+        process.shutdown(Duration::from_millis(300)).await;
+    }
+}

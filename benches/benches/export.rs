@@ -432,9 +432,186 @@ fn export_deny(c: &mut Criterion) {
     bench.report("export_deny");
 }
 
+/// Certificates made by openssl(1) for the TLS and gRPC rows: a CA, a server certificate
+/// for 127.0.0.1 and a client certificate.
+fn certificates() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowex-bench-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("certificate directory");
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &key,
+            &[
+                "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=ca",
+            ],
+        ]
+        .concat(),
+    );
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+        ),
+        (
+            "client",
+            "subjectAltName=DNS:agent\nextendedKeyUsage=clientAuth",
+        ),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("basicConstraints=CA:FALSE\n{ext}\n"),
+        )
+        .expect("ext");
+        openssl(
+            &[
+                &["req"][..],
+                &key,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+    dir
+}
+
+/// One batch of 20,000 Antrea records (encoded once) through the exporting process to
+/// collector-sim over UDP, TCP, TLS (mutual) and gRPC (mutual TLS), each timed from the
+/// export until collector-sim has every record and the sender has confirmed them all:
+/// the per-record cost of each transport in one run.
+fn export_transport(c: &mut Criterion) {
+    use flowex_agent::config::{TlsConfig, Transport};
+    use flowex_agent::export::{CollectorTarget, EncodedBatch};
+
+    let dir = certificates();
+    let path = |f: &str| dir.join(f).to_str().expect("utf-8").to_owned();
+    let templates = std::sync::Arc::new(vec![
+        flowex_ipfix::antrea::ipv4_template(&flowex_ipfix::Registry::default()).expect("template"),
+        flowex_ipfix::antrea::ipv6_template(&flowex_ipfix::Registry::default()).expect("template"),
+    ]);
+    let batch: EncodedBatch = {
+        let mut builder = BatchBuilder::default();
+        for index in 0..CONNECTIONS as u64 {
+            let record = collector_sim::synthetic::flow_record(index, index % 4 == 3);
+            builder.push(record.template_id(), &record);
+        }
+        builder.finish()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("export_transport");
+    group.throughput(Throughput::Elements(CONNECTIONS as u64));
+    for (name, listen, transport, max) in [
+        ("udp", "udp://127.0.0.1:0", Transport::Udp, 1472),
+        ("tcp", "tcp://127.0.0.1:0", Transport::Tcp, 65_535),
+        ("tls", "tls://127.0.0.1:0", Transport::Tls, 65_535),
+        ("grpc", "grpc://127.0.0.1:0", Transport::Grpc, 65_535),
+    ] {
+        let mut config =
+            collector_sim::CollectorConfig::new(vec![listen.parse().expect("endpoint")]);
+        config.tls = Some(collector_sim::tls::TlsFiles {
+            ca: Some(dir.join("ca.crt")),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        });
+        let collector = Collector::start(config).expect("collector");
+        let secure = matches!(transport, Transport::Tls | Transport::Grpc);
+        let target = CollectorTarget {
+            name: name.into(),
+            address: collector.local_endpoints()[0].addr().to_string(),
+            transport,
+            tls: secure.then(|| TlsConfig {
+                ca_file: Some(path("ca.crt")),
+                cert_file: Some(path("client.crt")),
+                key_file: Some(path("client.key")),
+                ..TlsConfig::default()
+            }),
+            api_certificates: None,
+            filter: None,
+            max_message_size: max,
+            template_refresh: Duration::from_secs(600),
+            queue_capacity: 4 * CONNECTIONS,
+            max_reconnect_delay: Duration::from_millis(200),
+            log_interval: flowex_agent::export::DEFAULT_LOG_INTERVAL,
+        };
+        let process = {
+            let _guard = runtime.enter();
+            ExportingProcess::start(&[target], std::sync::Arc::clone(&templates), 1)
+                .expect("exporting process")
+        };
+        let stats = std::sync::Arc::clone(&process.collectors()[0].stats);
+        let mut sent = 0u64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                sent += CONNECTIONS as u64;
+                process.export(batch.clone());
+                while stats.records_exported.load(Ordering::Acquire) < sent
+                    || collector.record_count() < sent
+                {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            })
+        });
+        let summary = collector.summary();
+        println!(
+            "export_transport/{name}: {} records sent, {} received, {} dropped, {} resent, {} decode errors",
+            sent,
+            summary.records,
+            stats.records_dropped(),
+            stats.records_resent.load(Ordering::Acquire),
+            summary.decode_error_total()
+        );
+        runtime.block_on(process.shutdown(Duration::from_secs(5)));
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = export_conntrack, export_enriched, export_deny
+    targets = export_conntrack, export_enriched, export_deny, export_transport
 }
 criterion_main!(benches);

@@ -64,6 +64,9 @@ pub struct CollectorConfig {
     pub keep_records: bool,
     /// Certificates for `tls://` endpoints.
     pub tls: Option<tls::TlsFiles>,
+    /// Bytes read per UDP datagram; a longer datagram is cut and counted as a
+    /// `truncated_datagram` error (Antrea's Flow Aggregator reads 1024).
+    pub udp_read_size: usize,
 }
 
 impl CollectorConfig {
@@ -76,6 +79,7 @@ impl CollectorConfig {
             json_output: None,
             keep_records: false,
             tls: None,
+            udp_read_size: 65_536,
         }
     }
 }
@@ -87,6 +91,7 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     pub next_session: AtomicU64,
     pub template_lifetime: Duration,
+    pub udp_read_size: usize,
 }
 
 /// A running collector. Dropping it stops it.
@@ -115,6 +120,7 @@ impl Collector {
             stop: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
             template_lifetime: config.template_lifetime,
+            udp_read_size: config.udp_read_size,
         });
         enum Bound {
             Udp(UdpSocket),

@@ -55,6 +55,9 @@ pub(crate) fn set_receive_buffer(socket: &UdpSocket, bytes: usize) -> usize {
 
 /// Buffers and headers for one `recvmmsg` call, allocated once.
 struct Batch {
+    /// Bytes read per datagram (at most [`MAX_DATAGRAM`]): a longer one is cut, as a
+    /// receiver with a smaller buffer would cut it.
+    read_size: usize,
     buffers: Vec<u8>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
@@ -62,8 +65,9 @@ struct Batch {
 }
 
 impl Batch {
-    fn new() -> Self {
+    fn new(read_size: usize) -> Self {
         Self {
+            read_size: read_size.clamp(1, MAX_DATAGRAM),
             buffers: vec![0; BATCH * MAX_DATAGRAM],
             // SAFETY: iovec, mmsghdr and sockaddr_storage are plain C structs for which
             // all-zero bytes are valid values.
@@ -78,7 +82,7 @@ impl Batch {
         for i in 0..BATCH {
             self.iovecs[i] = libc::iovec {
                 iov_base: self.buffers[i * MAX_DATAGRAM..].as_mut_ptr().cast(),
-                iov_len: MAX_DATAGRAM,
+                iov_len: self.read_size,
             };
             let header = &mut self.headers[i];
             header.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
@@ -110,8 +114,13 @@ impl Batch {
 
     fn datagram(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
         let len = self.headers[i].msg_len as usize;
-        let bytes = &self.buffers[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len.min(MAX_DATAGRAM)];
+        let bytes = &self.buffers[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len.min(self.read_size)];
         (bytes, sockaddr_to_std(&self.addrs[i]))
+    }
+
+    /// True when datagram `i` was longer than the read size (MSG_TRUNC).
+    fn truncated(&self, i: usize) -> bool {
+        self.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
     }
 }
 
@@ -174,7 +183,7 @@ pub(crate) fn run(socket: UdpSocket, shared: Arc<Shared>) {
     // Peer: (session, when last heard, in datagrams).
     let mut sessions: HashMap<SocketAddr, (u64, u64)> = HashMap::new();
     let mut heard = 0u64;
-    let mut batch = Batch::new();
+    let mut batch = Batch::new(shared.udp_read_size);
     let mut last_expiry = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         match batch.receive(&socket) {
@@ -182,6 +191,16 @@ pub(crate) fn run(socket: UdpSocket, shared: Arc<Shared>) {
                 for i in 0..count {
                     let (bytes, peer) = batch.datagram(i);
                     let peer = peer.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                    if batch.truncated(i) {
+                        shared.stats.count_error(
+                            "truncated_datagram",
+                            &format_args!(
+                                "{peer}: a datagram longer than the {}-byte read size was cut",
+                                shared.udp_read_size
+                            ),
+                        );
+                        continue;
+                    }
                     heard += 1;
                     if !sessions.contains_key(&peer) && sessions.len() >= PEER_LIMIT {
                         forget_old_peers(&mut sessions, &mut receiver, &shared);

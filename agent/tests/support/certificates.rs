@@ -46,6 +46,13 @@ impl Certificates {
             "ca",
             "subjectAltName=DNS:flowex-agent\nextendedKeyUsage=clientAuth",
         );
+        // Valid until yesterday: `-days -1` makes notAfter a day before notBefore.
+        certs.leaf_for_days(
+            "expired-server",
+            "ca",
+            "subjectAltName=IP:127.0.0.1,DNS:collector.test\nextendedKeyUsage=serverAuth",
+            "-1",
+        );
         certs.leaf(
             "rogue-server",
             "rogue-ca",
@@ -78,6 +85,10 @@ impl Certificates {
     }
 
     pub fn leaf(&self, name: &str, ca: &str, extensions: &str) {
+        self.leaf_for_days(name, ca, extensions, "2");
+    }
+
+    pub fn leaf_for_days(&self, name: &str, ca: &str, extensions: &str, days: &str) {
         std::fs::write(
             self.dir.join(format!("{name}.ext")),
             format!("basicConstraints=CA:FALSE\n{extensions}\n"),
@@ -115,7 +126,7 @@ impl Certificates {
                 "-out",
                 &format!("{name}.crt"),
                 "-days",
-                "2",
+                days,
                 "-extfile",
                 &format!("{name}.ext"),
             ],

@@ -54,6 +54,11 @@ struct Args {
     /// UDP receive buffer to ask for, in bytes (SO_RCVBUFFORCE when permitted).
     #[arg(long, value_name = "BYTES", default_value_t = collector_sim::DEFAULT_RECEIVE_BUFFER)]
     receive_buffer: usize,
+    /// Bytes read per UDP datagram, as a receiver with that buffer reads (Antrea's Flow
+    /// Aggregator: 1024): a longer datagram is cut and counted as a truncated_datagram
+    /// decode error.
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    udp_buffer: u32,
     /// PEM certificate chain of tls:// endpoints.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<std::path::PathBuf>,
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
     let mut config = CollectorConfig::new(listen);
     config.template_lifetime = Duration::from_secs(args.template_lifetime);
     config.receive_buffer = args.receive_buffer;
+    config.udp_read_size = args.udp_buffer as usize;
     match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             config.tls = Some(collector_sim::tls::TlsFiles {
