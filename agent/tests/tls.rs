@@ -433,13 +433,22 @@ async fn an_expired_certificate_or_a_wrong_server_name_is_refused_until_fixed() 
         });
         Collector::start(config).unwrap()
     };
-    assert!(renewed.wait_for_records(400, WAIT), "{:?}", renewed.summary());
+    assert!(
+        renewed.wait_for_records(400, WAIT),
+        "{:?}",
+        renewed.summary()
+    );
     eventually("the records confirmed", || {
         stats.records_exported.load(Ordering::Acquire) == 400
     })
     .await;
     process.shutdown(WAIT).await;
-    assert_eq!(renewed.wait_until_quiet(Duration::from_millis(200), WAIT).records, 400);
+    assert_eq!(
+        renewed
+            .wait_until_quiet(Duration::from_millis(200), WAIT)
+            .records,
+        400
+    );
 
     // A name the certificate does not carry: refused; the name it does carry: accepted.
     for (name, accepted) in [("other.test", false), ("collector.test", true)] {
