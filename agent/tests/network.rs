@@ -287,6 +287,21 @@ fn interface_counters_match_ip_and_a_downed_peer_drops_every_datagram() {
     // The peer comes up: va is up, and the datagrams now arrive (and count as sent).
     receiver.exec(&["ip", "addr", "add", "10.201.0.2/24", "dev", "vb"]);
     receiver.exec(&["ip", "link", "set", "vb", "up"]);
+    // The kernel's link watch turns va's operstate to UP a moment later (up to a second
+    // under load): wait for the kernel to say so before reading it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = sender.exec(&["ip", "-j", "link", "show", "dev", "va"]);
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if links[0]["operstate"] == "UP" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "va never came up: {links}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     send_udp(&sender, "10.201.0.1", "10.201.0.2", 10);
     network.refresh();
     let up = render(&registry);
