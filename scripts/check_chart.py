@@ -99,6 +99,13 @@ VARIANTS = {
         ],
     },
     "no state file": {"config": {"state": {"directory": ""}}},
+    "a collector with a filter": {
+        "collectors": [
+            {"name": "dns", "address": "10.0.0.5:4739", "transport": "udp",
+             "filter": {"protocols": ["udp", 17], "destinationPorts": [53, "5353-5354"],
+                        "excludeSourceCIDRs": ["10.244.0.0/16"], "flowTypes": ["toExternal"]}}
+        ]
+    },
     "monitoring, no rbac, tuned agent": {
         "metrics": {"port": 9500, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "rbac": {"create": False},
