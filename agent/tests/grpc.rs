@@ -128,8 +128,11 @@ async fn grpc_flows_carry_the_same_values_as_the_ipfix_records() {
     assert_eq!(summary.records, 6_000);
     assert_eq!(summary.by_observation_domain.get(&21), Some(&6_000));
     assert_eq!(summary.tls_refused, 0);
-    // 256 flows per stream message.
-    assert_eq!(summary.messages, 6 * 1_000_u64.div_ceil(256));
+    // Up to FLOWS_PER_REQUEST (1,024) flows per stream message.
+    assert_eq!(
+        summary.messages,
+        6 * 1_000_u64.div_ceil(flowex_agent::export::grpc::FLOWS_PER_REQUEST as u64)
+    );
     assert_eq!(grpc_stats.records_dropped(), 0);
     assert_eq!(grpc_stats.records_resent.load(Ordering::Acquire), 0);
 

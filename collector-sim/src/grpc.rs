@@ -252,6 +252,8 @@ pub(crate) fn serve(
                 }
             };
             shared.stats.count_tcp_connection();
+            // HTTP/2's small control frames (window updates) must not wait for Nagle.
+            let _ = tcp.set_nodelay(true);
             let shared = Arc::clone(&shared);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
@@ -273,6 +275,7 @@ pub(crate) fn serve(
                     shared: Arc::clone(&shared),
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .adaptive_window(true)
                     .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
                     .await;
             });

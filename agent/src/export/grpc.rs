@@ -33,7 +33,7 @@ use super::collector::{Chunk, CollectorStats, CollectorTarget, DropReason};
 use super::transport::{Backoff, CONNECT_TIMEOUT, Outage};
 
 /// Flows per stream message: Antrea's agent sends one; batching saves framing.
-pub const FLOWS_PER_REQUEST: usize = 256;
+pub const FLOWS_PER_REQUEST: usize = 1024;
 /// How long one stream may take from its first message to the aggregator's answer.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
