@@ -25,10 +25,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # Python packages for the offline Helm chart checks (Helm's SDK, Kubernetes schemas) and
-# for the independent gRPC server of the gRPC tests (grpcio, grpcio-tools).
-if ! python3 -c "import helm_python, kubernetes_validate, yaml, grpc, grpc_tools" 2>/dev/null; then
-  echo "== installing helm-python-sdk kubernetes-validate pyyaml grpcio grpcio-tools"
-  python3 -m pip install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml grpcio grpcio-tools
+# for the independent gRPC server of the gRPC tests (grpcio, grpcio-tools) and the
+# independent IPFIX decoder of the TLS tests (python-ipfix, package ipfix).
+if ! python3 -c "import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, ipfix.reader" 2>/dev/null; then
+  echo "== installing helm-python-sdk kubernetes-validate pyyaml grpcio grpcio-tools ipfix"
+  python3 -m pip install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml grpcio grpcio-tools ipfix
 fi
 
 echo "== cargo fmt --check"

@@ -236,13 +236,17 @@ async fn openssl_s_server_requiring_a_client_certificate_receives_every_record()
     .unwrap();
     let mut plain = server.stdout.take().unwrap();
     let mut forward = std::net::TcpStream::connect(decoder.tcp_endpoint().unwrap().addr()).unwrap();
+    // ... and is kept, for python-ipfix to decode on its own afterwards.
     let pump = std::thread::spawn(move || {
+        let mut kept = Vec::new();
         let mut buf = [0u8; 65_536];
         while let Ok(n) = plain.read(&mut buf) {
             if n == 0 || forward.write_all(&buf[..n]).is_err() {
                 break;
             }
+            kept.extend_from_slice(&buf[..n]);
         }
+        kept
     });
     // Wait for s_server to listen.
     for _ in 0..100 {
@@ -267,7 +271,7 @@ async fn openssl_s_server_requiring_a_client_certificate_receives_every_record()
     process.shutdown(WAIT).await;
     let _ = server.kill();
     let _ = server.wait();
-    let _ = pump.join();
+    let stream = pump.join().unwrap();
     assert!(arrived, "{:?}", decoder.summary());
     let summary = decoder.wait_until_quiet(Duration::from_millis(200), WAIT);
     assert_eq!(summary.records, 4_000);
@@ -275,7 +279,47 @@ async fn openssl_s_server_requiring_a_client_certificate_receives_every_record()
     assert_eq!(summary.decode_error_total(), 0);
     assert_eq!(summary.by_observation_domain.get(&11), Some(&4_000));
     assert_eq!(stats.records_exported.load(Ordering::Acquire), 4_000);
+
+    // python-ipfix, an independent decoder, reads the same plain stream.
+    let file = certs.dir.join("stream.ipfix");
+    std::fs::write(&file, &stream).unwrap();
+    let output = Command::new("python3")
+        .args(["-c", PYTHON_IPFIX_COUNT])
+        .arg(&file)
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "python-ipfix (pip install ipfix): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected_ports: std::collections::BTreeSet<u16> = (0..4_000u64)
+        .map(|i| synthetic::flow_record(i, i % 4 == 3).source_port)
+        .collect();
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().trim(),
+        format!(
+            "4000 records, domain 11, {} source ports",
+            expected_ports.len()
+        )
+    );
 }
+
+/// Counts the records of an IPFIX stream file with python-ipfix.
+const PYTHON_IPFIX_COUNT: &str = r#"
+import sys
+import ipfix.ie, ipfix.reader
+ipfix.ie.use_iana_default()
+ipfix.ie.use_5103_default()
+records, domains, ports = 0, set(), set()
+with open(sys.argv[1], "rb") as stream:
+    reader = ipfix.reader.from_stream(stream)
+    for record in reader.namedict_iterator():
+        records += 1
+        domains.add(reader.msg.odid)
+        ports.add(record["sourceTransportPort"])
+print(f"{records} records, domain {','.join(map(str, sorted(domains)))}, {len(ports)} source ports")
+"#;
 
 /// `tls.antrea`: the CA and client pair come from a ConfigMap and a Secret of the API
 /// (a stand-in server speaking the real list and watch JSON); replacing both, with a
