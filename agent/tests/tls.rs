@@ -16,58 +16,18 @@ use std::time::Duration;
 
 use collector_sim::{Collector, CollectorConfig, Endpoint, synthetic};
 use flowex_agent::config::{TlsConfig, Transport};
-use flowex_agent::export::{BatchBuilder, CollectorTarget, EncodedBatch, ExportingProcess};
-use flowex_ipfix::{Registry, Template, antrea};
+use flowex_agent::export::{CollectorTarget, ExportingProcess};
 use support::certificates::Certificates;
+use support::exporting::{self, WAIT, batch, eventually, templates};
 
-const WAIT: Duration = Duration::from_secs(15);
-
-fn templates() -> Arc<Vec<Template>> {
-    let registry = Registry::default();
-    Arc::new(vec![
-        antrea::ipv4_template(&registry).unwrap(),
-        antrea::ipv6_template(&registry).unwrap(),
-    ])
-}
-
-fn target(address: String, tls: TlsConfig) -> CollectorTarget {
-    CollectorTarget {
-        name: "tls".into(),
-        address,
-        transport: Transport::Tls,
-        tls: Some(tls),
-        api_certificates: None,
-        filter: None,
-        max_message_size: 65_535,
-        template_refresh: Duration::from_secs(600),
-        queue_capacity: 100_000,
-        max_reconnect_delay: Duration::from_millis(300),
-        log_interval: flowex_agent::export::DEFAULT_LOG_INTERVAL,
-    }
-}
-
-fn batch(from: u64, count: u64) -> EncodedBatch {
-    let mut builder = BatchBuilder::default();
-    for index in from..from + count {
-        let record = synthetic::flow_record(index, index % 4 == 3);
-        builder.push(record.template_id(), &record);
-    }
-    builder.finish()
-}
-
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
+/// The address of a collector-sim endpoint.
 fn address(endpoint: Endpoint) -> String {
     endpoint.addr().to_string()
+}
+
+/// A TLS collector target with `tls`.
+fn target(address: String, tls: TlsConfig) -> CollectorTarget {
+    exporting::target(Transport::Tls, address, Some(tls))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

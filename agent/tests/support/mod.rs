@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod certificates;
+pub mod exporting;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
