@@ -788,3 +788,32 @@ fn refresh_time_with_two_nics_and_200_pod_veths() {
         });
     });
 }
+
+/// Kinds without traffic of their own (dummy, nlmon, ifb; this kernel builds only ifb)
+/// are not followed (no series, no request per scrape), whether present at start or
+/// added later, while a veth beside them is.
+#[test]
+fn interfaces_without_traffic_of_their_own_are_not_followed() {
+    let ns = Netns::new("ifb");
+    quiet(&ns);
+    ns.exec(&["ip", "link", "add", "fxd0", "type", "ifb"]);
+    ns.exec(&[
+        "ip", "link", "add", "fxa", "type", "veth", "peer", "name", "fxb",
+    ]);
+    let registry = Registry::new();
+    let network = open_in(&ns, &registry);
+    network.refresh();
+    ns.exec(&["ip", "link", "add", "fxd1", "type", "ifb"]);
+    network.refresh();
+    let text = render(&registry);
+    let devices: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("flowex_network_up{device=\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert_eq!(devices, ["fxa", "fxb"].into_iter().collect());
+    assert!(
+        !text.contains("flowex_network_interface_read_errors_total{"),
+        "{text}"
+    );
+}
