@@ -134,7 +134,9 @@ echo "== records collector-sim decoded (5-tuple, reason, bytes, pods, flowType, 
 python3 - "$out/records.jsonl" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-records, summary = lines[:-1], lines[-1]
+summary = lines[-1]
+records = [l for l in lines[:-1] if "optionsTemplateId" not in l]
+statistics = [l for l in lines[:-1] if "optionsTemplateId" in l]
 def owner(side):
     pid = r.get(side + "ProcessId", 0)
     return f'{r[side + "ProcessName"]}[{pid}]' if pid else "-"
@@ -144,6 +146,15 @@ for r in records:
           f'proto={r["protocolIdentifier"]} reason={r["flowEndReason"]} octets={r["octetDeltaCount"]}/{r["reverseOctetDeltaCount"]} '
           f'state={r["tcpState"]} pods={r["sourcePodName"] or "-"}->{r["destinationPodName"] or "-"} flowType={r["flowType"]} '
           f'owners={owner("source")}->{owner("destination")} {("denied by " + policy) if policy else ""}')
+print("== statistics the agent sent at shutdown (options records)")
+for r in statistics:
+    if r["optionsTemplateId"] == 258:
+        print(f'exporting process {r["exportingProcessId"]}: {r["exportedFlowRecordTotalCount"]} record(s) exported '
+              f'in {r["exportedMessageTotalCount"]} message(s), {r["notSentFlowTotalCount"]} not sent')
+    elif r["optionsTemplateId"] == 259:
+        source = {1: "conntrack", 2: "NFLOG deny"}.get(r["meteringProcessId"], r["meteringProcessId"])
+        print(f'metering process {source}: {r["observedFlowTotalCount"]} flow(s) observed, '
+              f'{r["ignoredPacketTotalCount"]} loss(es)')
 print("== collector-sim's counters")
 print(json.dumps(summary))
 PY

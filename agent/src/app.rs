@@ -14,6 +14,7 @@ use flowex_ipfix::Registry;
 use crate::config::Settings;
 use crate::enrich::attribution::Attribution;
 use crate::enrich::metadata::{self, Metadata};
+use crate::export::statistics::Statistics;
 use crate::export::{BatchBuilder, CollectorTarget, ExportingProcess, check_target};
 use crate::netlink::Interrupt;
 use crate::records::RecordBuilder;
@@ -148,8 +149,22 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
             ..CollectorTarget::from(c)
         })
         .collect();
-    let process = Arc::new(ExportingProcess::start(&targets, templates, domain)?);
+    let statistics = &config.export.statistics;
+    let statistics = Arc::new(Statistics::new(
+        &registry,
+        (!statistics.interval.0.is_zero()).then_some(statistics.interval.0),
+        statistics.interfaces,
+        config.export.type_records,
+    )?);
+    let process = Arc::new(ExportingProcess::start_with_statistics(
+        &targets,
+        templates,
+        domain,
+        Some(Arc::clone(&statistics)),
+    )?);
     let metrics = Arc::new(Metrics::new());
+    statistics
+        .set_source(Arc::clone(&metrics) as Arc<dyn crate::export::statistics::StatisticsSource>);
     let store = Arc::new(ConnectionStore::new(Timeouts {
         active_ms: config.export.active_timeout.0.as_millis() as u64,
         idle_ms: config.export.idle_timeout.0.as_millis() as u64,

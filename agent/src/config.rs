@@ -240,7 +240,34 @@ pub struct ExportConfig {
     /// At shutdown, how long the collectors may take to send what is queued; what is left
     /// then is dropped, counted and logged.
     pub shutdown_timeout: HumanDuration,
+    /// RFC 7011 section 4 statistics records sent to the collectors.
+    pub statistics: StatisticsConfig,
+    /// RFC 5610 type records for flowex's own elements, sent with the templates, so a
+    /// collector learns their names and types without configuration.
+    pub type_records: bool,
     pub collectors: Vec<CollectorConfig>,
+}
+
+/// Options records about the exporter itself (`export.statistics`), sent on IPFIX
+/// transports (UDP, TCP, TLS) to collectors without `aggregator` (Antrea's Flow
+/// Aggregator keeps flow records only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StatisticsConfig {
+    /// How often the statistics go out (also once at shutdown); `0s` sends none.
+    pub interval: HumanDuration,
+    /// Also the node's interfaces' receive and transmit drops (`interfaceName`,
+    /// `droppedPacketTotalCount`), one record per followed interface and direction.
+    pub interfaces: bool,
+}
+
+impl Default for StatisticsConfig {
+    fn default() -> Self {
+        Self {
+            interval: HumanDuration::secs(60),
+            interfaces: false,
+        }
+    }
 }
 
 /// Transport to a collector.
@@ -559,6 +586,8 @@ impl Default for ExportConfig {
             pod_cidrs: Vec::new(),
             enterprise_number: flowex_ipfix::registry::FLOWEX_DEFAULT_PEN,
             shutdown_timeout: HumanDuration::secs(5),
+            statistics: StatisticsConfig::default(),
+            type_records: true,
             collectors: vec![CollectorConfig {
                 name: "default".into(),
                 address: "127.0.0.1:4739".into(),

@@ -577,7 +577,7 @@ impl RecordBuilder {
             batch.push_summarized(
                 record.flow.template_id(),
                 record,
-                RecordSummary::of(&record.flow),
+                RecordSummary::of(&record.flow).denied(due.connection.origin.is_denied()),
             );
         });
     }

@@ -35,6 +35,7 @@ fn target(name: &str, endpoint: Endpoint, capacity: usize) -> CollectorTarget {
         tls: None,
         api_certificates: None,
         filter: None,
+        options: false,
         max_message_size: max,
         template_refresh: Duration::from_secs(600),
         queue_capacity: capacity,

@@ -131,7 +131,7 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
         format!(
             "nodeName: node-a\n\
              conntrack: {{pollInterval: 500ms}}\n\
-             export: {{activeTimeout: 1s, idleTimeout: 3s}}\n\
+             export: {{activeTimeout: 1s, idleTimeout: 3s, enterpriseNumber: 4242, statistics: {{interfaces: true}}}}\n\
              deny: {{nflogGroup: 7, idleTimeout: 1s}}\n\
              kubernetes: {{kubeconfig: {}, podScope: {pod_scope}}}\n\
              state: {{directory: {}}}\n",
@@ -313,6 +313,54 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
     let records = collector.records();
     assert_eq!(summary.sequence_gaps, 0);
     assert_eq!(summary.decode_error_total(), 0);
+
+    // The statistics sent at shutdown: what this collector got and missed, the flows the
+    // sources observed (each counted when its last record was built), and the veth's
+    // drops as `ip -s link` gives them. The process elements below are under enterprise
+    // number 4242, which collector-sim's registry does not know: the type records the
+    // agent sent with its templates named them.
+    assert!(
+        summary.type_records >= 13 && summary.type_records.is_multiple_of(13),
+        "{summary:?}"
+    );
+    let options = collector.options_records();
+    let last_of = |template: u16, key: &str, value: u64| -> &Value {
+        options
+            .iter()
+            .rfind(|r| r["optionsTemplateId"] == template && r[key] == value)
+            .unwrap_or_else(|| panic!("no options record {template} with {key}={value}"))
+    };
+    let exporting = last_of(258, "exportingProcessId", 1);
+    assert_eq!(exporting["exportedFlowRecordTotalCount"], summary.records);
+    assert_eq!(exporting["notSentFlowTotalCount"], 0);
+    let ended = |denied: bool| {
+        records
+            .iter()
+            .filter(|r| r["flowEndReason"] != 2)
+            .filter(|r| (r["ingressNetworkPolicyRuleAction"] == 2) == denied)
+            .count() as u64
+    };
+    let observed =
+        |id: u64| last_of(259, "meteringProcessId", id)["observedFlowTotalCount"].clone();
+    assert_eq!(observed(1), ended(false));
+    assert_eq!(observed(2), ended(true));
+    let out = pair
+        .server
+        .exec(&["ip", "-s", "-j", "link", "show", "dev", "vs"]);
+    let link: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let veth = |direction: u64| {
+        options
+            .iter()
+            .rfind(|r| {
+                r["optionsTemplateId"] == 260
+                    && r["interfaceName"] == "vs"
+                    && r["flowDirection"] == direction
+            })
+            .unwrap_or_else(|| panic!("no drops of vs: {options:?}"))["droppedPacketTotalCount"]
+            .clone()
+    };
+    assert_eq!(veth(0), link[0]["stats64"]["rx"]["dropped"]);
+    assert_eq!(veth(1), link[0]["stats64"]["tx"]["dropped"]);
 
     for port in &short_ports {
         let found = records_for(&records, 6, *port, 7300);

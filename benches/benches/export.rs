@@ -570,6 +570,7 @@ fn export_transport(c: &mut Criterion) {
             }),
             api_certificates: None,
             filter: None,
+            options: false,
             max_message_size: max,
             template_refresh: Duration::from_secs(600),
             queue_capacity: 4 * CONNECTIONS,

@@ -141,6 +141,7 @@ pub fn udp_export_pair(
         tls: None,
         api_certificates: None,
         filter: None,
+        options: false,
         max_message_size: 1472,
         template_refresh: std::time::Duration::from_secs(600),
         queue_capacity,

@@ -204,7 +204,7 @@ impl FlowExportService for Sink {
                 }
             }
             self.shared.stats.merge(&tally, SequenceCheck::InOrder);
-            self.shared.output.deliver(&mut pending);
+            self.shared.output.deliver(&mut pending, &mut Vec::new());
         }
         Ok(Response::new(ExportResponse {}))
     }

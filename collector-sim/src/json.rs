@@ -1,15 +1,12 @@
 //! Data records as JSON objects keyed by information element name, with typed values.
 
-use flowex_ipfix::{DataRecord, Value};
+use std::collections::HashMap;
+
+use flowex_ipfix::{DataRecord, DataType, Value};
 use serde_json::{Map, Value as Json, json};
 
-/// The JSON key of a field: the element's name, or `PEN:ID` for unknown elements.
-fn key(field: &flowex_ipfix::Field) -> String {
-    match field.ie {
-        Some(ie) => ie.name.to_owned(),
-        None => format!("{}:{}", field.spec.enterprise_number, field.spec.element_id),
-    }
-}
+/// Elements learned from the exporters' type records (RFC 5610), by (enterprise, id).
+pub type Learned = HashMap<(u32, u16), (String, DataType)>;
 
 /// A value as JSON: numbers as numbers, addresses and strings as strings, octets as hex.
 pub fn value_to_json(value: Value<'_>) -> Json {
@@ -33,10 +30,27 @@ pub fn value_to_json(value: Value<'_>) -> Json {
     }
 }
 
-/// A data record as one JSON object.
-pub fn record_to_json(record: &DataRecord<'_>) -> Map<String, Json> {
+/// A data record as one JSON object. A field of an element the registry does not know is
+/// named and typed from `learned` when a type record described it, and keyed `PEN:ID`
+/// with its bytes in hex otherwise.
+pub fn record_to_json(record: &DataRecord<'_>, learned: &Learned) -> Map<String, Json> {
     record
-        .values()
-        .map(|(field, value)| (key(field), value_to_json(value)))
+        .raw_fields()
+        .filter_map(|(field, bytes)| {
+            if let Some(ie) = field.ie {
+                let value = Value::decode(ie.data_type, bytes).ok()?;
+                return Some((ie.name.to_owned(), value_to_json(value)));
+            }
+            let spec = &field.spec;
+            match learned.get(&(spec.enterprise_number, spec.element_id)) {
+                Some((name, data_type)) => Value::decode(*data_type, bytes)
+                    .ok()
+                    .map(|value| (name.clone(), value_to_json(value))),
+                None => Some((
+                    format!("{}:{}", spec.enterprise_number, spec.element_id),
+                    value_to_json(Value::Bytes(bytes)),
+                )),
+            }
+        })
         .collect()
 }

@@ -116,6 +116,7 @@ impl Collector {
             output: RecordOutput {
                 json: config.json_output.map(Mutex::new),
                 kept: config.keep_records.then(|| Mutex::new(Vec::new())),
+                kept_options: config.keep_records.then(|| Mutex::new(Vec::new())),
             },
             stop: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
@@ -251,6 +252,17 @@ impl Collector {
         self.shared
             .output
             .kept
+            .as_ref()
+            .map(|kept| lock(kept).clone())
+            .unwrap_or_default()
+    }
+
+    /// Options records kept so far (statistics and the like, not type records), each
+    /// with its `optionsTemplateId` (empty unless `keep_records` was set).
+    pub fn options_records(&self) -> Vec<serde_json::Value> {
+        self.shared
+            .output
+            .kept_options
             .as_ref()
             .map(|kept| lock(kept).clone())
             .unwrap_or_default()

@@ -8,8 +8,9 @@ use flowex_ipfix::registry::IANA_PEN;
 use flowex_ipfix::{DecodeError, Decoder, Item};
 use serde_json::Value as Json;
 
-use crate::json::record_to_json;
+use crate::json::{Learned, record_to_json};
 use crate::stats::{MessageTally, Stats, StreamState, check_sequence, lock};
+use flowex_ipfix::types::ElementType;
 
 /// Id of flowEndReason (IANA).
 const FLOW_END_REASON: u16 = 136;
@@ -21,6 +22,8 @@ pub(crate) struct RecordOutput {
     pub json: Option<Mutex<Box<dyn Write + Send>>>,
     /// Records kept in memory for tests.
     pub kept: Option<Mutex<Vec<Json>>>,
+    /// Options records (but type records) kept in memory for tests.
+    pub kept_options: Option<Mutex<Vec<Json>>>,
 }
 
 impl RecordOutput {
@@ -28,10 +31,10 @@ impl RecordOutput {
         self.json.is_some() || self.kept.is_some()
     }
 
-    pub(crate) fn deliver(&self, records: &mut Vec<Json>) {
+    pub(crate) fn deliver(&self, records: &mut Vec<Json>, options: &mut Vec<Json>) {
         if let Some(json) = &self.json {
             let mut out = lock(json);
-            for record in records.iter() {
+            for record in records.iter().chain(options.iter()) {
                 // A closed stdout (e.g. `| head`) must not stop the counting.
                 let _ = writeln!(out, "{record}");
             }
@@ -40,7 +43,11 @@ impl RecordOutput {
         if let Some(kept) = &self.kept {
             lock(kept).append(records);
         }
+        if let Some(kept) = &self.kept_options {
+            lock(kept).append(options);
+        }
         records.clear();
+        options.clear();
     }
 }
 
@@ -51,6 +58,8 @@ impl RecordOutput {
 pub(crate) const STREAM_LIMIT: usize = 65_536;
 /// Templates one receiver keeps (an Antrea template decodes into ~2 KB).
 pub(crate) const TEMPLATE_LIMIT: usize = 16_384;
+/// Elements one receiver learns from type records.
+pub(crate) const LEARNED_LIMIT: usize = 4_096;
 
 pub(crate) struct Receiver {
     pub decoder: Decoder,
@@ -60,6 +69,9 @@ pub(crate) struct Receiver {
     templates_evicted: u64,
     tally: MessageTally,
     pending: Vec<Json>,
+    pending_options: Vec<Json>,
+    /// Names and types of elements the exporters described (RFC 5610).
+    learned: Learned,
 }
 
 impl Receiver {
@@ -75,6 +87,8 @@ impl Receiver {
             templates_evicted: 0,
             tally: MessageTally::default(),
             pending: Vec::new(),
+            pending_options: Vec::new(),
+            learned: Learned::new(),
         }
     }
 
@@ -116,14 +130,32 @@ impl Receiver {
     ) -> Result<(), DecodeError> {
         self.tally.clear();
         self.pending.clear();
+        self.pending_options.clear();
         let want_records = output.wanted();
         let tally = &mut self.tally;
         let pending = &mut self.pending;
+        let pending_options = &mut self.pending_options;
+        let learned = &mut self.learned;
         let result = self.decoder.decode(session, message, |item| match item {
             Item::Record(record) => {
                 let template = record.template();
                 if template.is_options() {
                     tally.options_records += 1;
+                    if let Some(element) = ElementType::read(&record) {
+                        tally.type_records += 1;
+                        if learned.len() < LEARNED_LIMIT
+                            || learned.contains_key(&(element.pen, element.id))
+                        {
+                            learned.insert(
+                                (element.pen, element.id),
+                                (element.name, element.data_type),
+                            );
+                        }
+                    } else if want_records {
+                        let mut object = record_to_json(&record, learned);
+                        object.insert("optionsTemplateId".into(), Json::from(template.id()));
+                        pending_options.push(Json::Object(object));
+                    }
                 } else {
                     tally.records += 1;
                     if let Some(index) = template.position_of(IANA_PEN, FLOW_END_REASON)
@@ -132,7 +164,7 @@ impl Receiver {
                         tally.reasons[reason as u8 as usize] += 1;
                     }
                     if want_records {
-                        pending.push(Json::Object(record_to_json(&record)));
+                        pending.push(Json::Object(record_to_json(&record, learned)));
                     }
                 }
                 tally.count_template_record(template.id());
@@ -167,8 +199,8 @@ impl Receiver {
                     stats.count_evicted_templates(evicted - self.templates_evicted);
                     self.templates_evicted = evicted;
                 }
-                if !self.pending.is_empty() {
-                    output.deliver(&mut self.pending);
+                if !self.pending.is_empty() || !self.pending_options.is_empty() {
+                    output.deliver(&mut self.pending, &mut self.pending_options);
                 }
                 if self.tally.sets_without_template > 0 {
                     stats.log_limited(

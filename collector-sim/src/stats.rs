@@ -19,8 +19,10 @@ pub struct Summary {
     pub templates: u64,
     /// Template sets and options template sets.
     pub template_sets: u64,
-    /// Options data records.
+    /// Options data records (type records included).
     pub options_records: u64,
+    /// Of those, type records (RFC 5610) read for element names and types.
+    pub type_records: u64,
     /// Template withdrawals.
     pub withdrawals: u64,
     /// Data sets that arrived before (or without) their template.
@@ -77,6 +79,7 @@ impl Summary {
             "records": self.records,
             "templates": self.templates,
             "options_records": self.options_records,
+            "type_records": self.type_records,
             "sequence_gaps": self.sequence_gaps,
             "missing_records": self.missing_records,
             "decode_errors": self.decode_error_total(),
@@ -123,6 +126,7 @@ impl Summary {
 pub(crate) struct MessageTally {
     pub records: u64,
     pub options_records: u64,
+    pub type_records: u64,
     pub templates: u64,
     pub template_sets: u64,
     pub withdrawals: u64,
@@ -138,6 +142,7 @@ impl Default for MessageTally {
         Self {
             records: 0,
             options_records: 0,
+            type_records: 0,
             templates: 0,
             template_sets: 0,
             withdrawals: 0,
@@ -193,6 +198,7 @@ impl Stats {
         summary.messages += 1;
         summary.records += tally.records;
         summary.options_records += tally.options_records;
+        summary.type_records += tally.type_records;
         summary.templates += tally.templates;
         summary.template_sets += tally.template_sets;
         summary.withdrawals += tally.withdrawals;

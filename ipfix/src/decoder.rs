@@ -125,12 +125,13 @@ impl<'a> DataRecord<'a> {
     pub fn value_at(&self, index: usize) -> Option<Value<'a>> {
         let field = self.template.fields().get(index)?;
         let bytes = match field.offset {
-            Some(offset) => {
+            // A variable-length field's offset is where its length prefix starts.
+            Some(offset) if !field.is_variable() => {
                 let start = usize::from(offset);
                 self.bytes
                     .get(start..start + usize::from(field.spec.length))?
             }
-            None => self.raw_fields().nth(index)?.1,
+            _ => self.raw_fields().nth(index)?.1,
         };
         Value::decode(field.data_type(), bytes).ok()
     }

@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod registry;
 pub mod template;
+pub mod types;
 pub mod value;
 pub mod wire;
 

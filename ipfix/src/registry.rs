@@ -49,6 +49,33 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// The type with registry number `number` (RFC 5610 `informationElementDataType`).
+    pub const fn from_number(number: u8) -> Option<Self> {
+        Some(match number {
+            0 => Self::OctetArray,
+            1 => Self::Unsigned8,
+            2 => Self::Unsigned16,
+            3 => Self::Unsigned32,
+            4 => Self::Unsigned64,
+            5 => Self::Signed8,
+            6 => Self::Signed16,
+            7 => Self::Signed32,
+            8 => Self::Signed64,
+            9 => Self::Float32,
+            10 => Self::Float64,
+            11 => Self::Boolean,
+            12 => Self::MacAddress,
+            13 => Self::String,
+            14 => Self::DateTimeSeconds,
+            15 => Self::DateTimeMilliseconds,
+            16 => Self::DateTimeMicroseconds,
+            17 => Self::DateTimeNanoseconds,
+            18 => Self::Ipv4Address,
+            19 => Self::Ipv6Address,
+            _ => return None,
+        })
+    }
+
     /// Natural encoded length in bytes, or [`VARIABLE_LENGTH`] for strings and octet arrays.
     pub const fn natural_length(self) -> u16 {
         match self {
@@ -174,12 +201,15 @@ pub static IANA: &[InformationElement] = &[
     iana("sourceMacAddress", 56, MacAddress),
     iana("flowDirection", 61, Unsigned8),
     iana("destinationMacAddress", 80, MacAddress),
+    iana("interfaceName", 82, String),
     iana("octetTotalCount", 85, Unsigned64),
     iana("packetTotalCount", 86, Unsigned64),
     iana("exporterIPv4Address", 130, Ipv4Address),
     iana("exporterIPv6Address", 131, Ipv6Address),
+    iana("droppedPacketTotalCount", 135, Unsigned64),
     iana("flowEndReason", 136, Unsigned8),
     iana("icmpTypeCodeIPv6", 139, Unsigned16),
+    iana("meteringProcessId", 143, Unsigned32),
     iana("exportingProcessId", 144, Unsigned32),
     iana("templateId", 145, Unsigned16),
     iana("flowId", 148, Unsigned64),
@@ -190,6 +220,8 @@ pub static IANA: &[InformationElement] = &[
     iana("flowEndMilliseconds", 153, DateTimeMilliseconds),
     iana("systemInitTimeMilliseconds", 160, DateTimeMilliseconds),
     iana("flowDurationMilliseconds", 161, Unsigned32),
+    iana("observedFlowTotalCount", 163, Unsigned64),
+    iana("ignoredPacketTotalCount", 164, Unsigned64),
     iana("notSentFlowTotalCount", 166, Unsigned64),
     iana("notSentPacketTotalCount", 167, Unsigned64),
     iana("notSentOctetTotalCount", 168, Unsigned64),
@@ -205,6 +237,14 @@ pub static IANA: &[InformationElement] = &[
     iana("natEvent", 230, Unsigned8),
     iana("postNATSourceIPv6Address", 281, Ipv6Address),
     iana("postNATDestinationIPv6Address", 282, Ipv6Address),
+    iana("informationElementId", 303, Unsigned16),
+    iana("observationTimeMilliseconds", 323, DateTimeMilliseconds),
+    iana("informationElementDataType", 339, Unsigned8),
+    iana("informationElementDescription", 340, String),
+    iana("informationElementName", 341, String),
+    iana("informationElementSemantics", 344, Unsigned8),
+    iana("informationElementUnits", 345, Unsigned16),
+    iana("privateEnterpriseNumber", 346, Unsigned32),
 ];
 
 /// Reverse elements (RFC 5103), sorted by id.

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use super::batch::EncodedBatch;
 use super::filter::FilterReason;
+use super::statistics::Statistics;
 use crate::config::{CollectorConfig, Transport};
 
 /// Where and how to send.
@@ -45,6 +46,9 @@ pub struct CollectorTarget {
     pub api_certificates: Option<Arc<super::certificates::ApiCertificates>>,
     /// Which records go to this collector (None: all).
     pub filter: Option<Arc<super::filter::RecordFilter>>,
+    /// Whether the collector gets options records (statistics and type records): IPFIX
+    /// collectors do, gRPC and Antrea's Flow Aggregator do not.
+    pub options: bool,
     pub max_message_size: usize,
     pub template_refresh: Duration,
     /// Records that may wait in the queue; more are dropped and counted.
@@ -74,6 +78,7 @@ impl From<&CollectorConfig> for CollectorTarget {
                 .as_ref()
                 .and_then(|f| super::filter::RecordFilter::parse(f).ok())
                 .map(Arc::new),
+            options: c.aggregator.is_none() && c.transport != Transport::Grpc,
             max_message_size: c.max_message_size,
             template_refresh: c.template_refresh.0,
             queue_capacity: c.queue_capacity,
@@ -141,6 +146,10 @@ pub struct CollectorStats {
     /// Records accepted and not yet exported or dropped.
     pub queued: AtomicU64,
     pub connected: AtomicBool,
+    /// When the first and the last record were dropped.
+    pub drop_window: super::statistics::LossWindow,
+    /// Options records (statistics and type records) sent.
+    pub options_records: AtomicU64,
 }
 
 impl CollectorStats {
@@ -172,13 +181,20 @@ impl CollectorStats {
 
     /// Queued records that will never be sent.
     pub(super) fn settle_dropped(&self, reason: DropReason, records: u64) {
-        self.dropped[reason as usize].fetch_add(records, Ordering::Relaxed);
+        self.count_dropped(reason, records);
         self.queued.fetch_sub(records, Ordering::AcqRel);
     }
 
     /// Records refused before they were queued.
     pub(super) fn reject(&self, reason: DropReason, records: u64) {
-        self.dropped[reason as usize].fetch_add(records, Ordering::Relaxed);
+        self.count_dropped(reason, records);
+    }
+
+    fn count_dropped(&self, reason: DropReason, records: u64) {
+        if records > 0 {
+            self.dropped[reason as usize].fetch_add(records, Ordering::Relaxed);
+            self.drop_window.note(crate::store::now_ms());
+        }
     }
 }
 
@@ -352,6 +368,7 @@ pub fn check_target(target: &CollectorTarget, templates: &[Template]) -> Result<
 pub struct ExportingProcess {
     collectors: Vec<CollectorHandle>,
     produced: AtomicU64,
+    statistics: Option<Arc<Statistics>>,
 }
 
 impl ExportingProcess {
@@ -361,6 +378,17 @@ impl ExportingProcess {
         targets: &[CollectorTarget],
         templates: Arc<Vec<Template>>,
         domain: u32,
+    ) -> Result<Self, StartError> {
+        Self::start_with_statistics(targets, templates, domain, None)
+    }
+
+    /// [`ExportingProcess::start`], with options records (statistics, type records) for
+    /// the targets that take them ([`CollectorTarget::options`]).
+    pub fn start_with_statistics(
+        targets: &[CollectorTarget],
+        templates: Arc<Vec<Template>>,
+        domain: u32,
+        statistics: Option<Arc<Statistics>>,
     ) -> Result<Self, StartError> {
         let mut encoders = Vec::with_capacity(targets.len());
         for target in targets {
@@ -377,7 +405,8 @@ impl ExportingProcess {
         let collectors = targets
             .iter()
             .zip(encoders)
-            .map(|(target, encoder)| {
+            .enumerate()
+            .map(|(index, (target, encoder))| {
                 let (queue, receiver) = mpsc::unbounded_channel();
                 let stats = Arc::new(CollectorStats::default());
                 let task = if target.transport == Transport::Grpc {
@@ -389,12 +418,17 @@ impl ExportingProcess {
                         Arc::clone(&stats),
                     ))
                 } else {
+                    let options = statistics
+                        .as_ref()
+                        .filter(|_| target.options)
+                        .map(|s| (Arc::clone(s), index as u32 + 1));
                     tokio::spawn(super::transport::run(
                         target.clone(),
                         Arc::clone(&templates),
                         encoder,
                         receiver,
                         Arc::clone(&stats),
+                        options,
                     ))
                 };
                 CollectorHandle {
@@ -413,6 +447,7 @@ impl ExportingProcess {
         Ok(Self {
             collectors,
             produced: AtomicU64::new(0),
+            statistics,
         })
     }
 
@@ -467,6 +502,15 @@ impl ExportingProcess {
         }
         let records = batch.len();
         self.produced.fetch_add(records as u64, Ordering::Relaxed);
+        if let Some(statistics) = &self.statistics {
+            for index in 0..records {
+                if let Some(summary) = batch.summary(index)
+                    && summary.ended
+                {
+                    statistics.flow_ended(summary.denied);
+                }
+            }
+        }
         let batch = Arc::new(batch);
         for collector in &self.collectors {
             let stats = &collector.stats;

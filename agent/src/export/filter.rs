@@ -21,7 +21,14 @@ pub struct RecordSummary {
     pub destination: IpAddr,
     pub source_port: u16,
     pub destination_port: u16,
+    /// The connection's last record (any flowEndReason but active timeout).
+    pub ended: bool,
+    /// Built from denied packets (NFLOG) rather than conntrack.
+    pub denied: bool,
 }
+
+/// flowEndReason of a record exported while its connection goes on.
+const ACTIVE_TIMEOUT: u8 = 2;
 
 impl RecordSummary {
     /// The summary of an Antrea flow record.
@@ -33,7 +40,15 @@ impl RecordSummary {
             destination: record.destination_address,
             source_port: record.source_port,
             destination_port: record.destination_port,
+            ended: record.flow_end_reason != ACTIVE_TIMEOUT,
+            denied: false,
         }
+    }
+
+    /// The same, for a record built from denied packets when `denied`.
+    #[must_use]
+    pub fn denied(self, denied: bool) -> Self {
+        Self { denied, ..self }
     }
 }
 
@@ -252,6 +267,8 @@ mod tests {
             destination: destination.parse().unwrap(),
             source_port: ports.0,
             destination_port: ports.1,
+            ended: true,
+            denied: false,
         }
     }
 

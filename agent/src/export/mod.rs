@@ -7,6 +7,7 @@ pub mod certificates;
 mod collector;
 pub mod filter;
 pub mod grpc;
+pub mod statistics;
 pub mod tls;
 mod transport;
 

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 
 use super::collector::{Chunk, CollectorStats, CollectorTarget, DropReason};
+use super::statistics::Statistics;
 use crate::config::Transport;
 
 enum Link {
@@ -292,6 +293,12 @@ struct Sender {
     in_flight: VecDeque<InFlight>,
     /// Records to send again before the queue (unacknowledged when a TCP link failed).
     retry: VecDeque<Chunk>,
+    /// Options records for this collector, and its exportingProcessId.
+    options: Option<(Arc<Statistics>, u32)>,
+    /// Options records in the message being built (not flow records: not accounted).
+    options_in_message: u32,
+    /// When the statistics are next due.
+    statistics_due: Option<Instant>,
 }
 
 impl Sender {
@@ -455,6 +462,7 @@ impl Sender {
     /// Sends the message being built, whose data records are `chunk`. False when the link
     /// is down or failed: the message was not sent, and its records must be added again.
     async fn flush(&mut self, chunk: Option<Chunk>) -> bool {
+        let options = std::mem::take(&mut self.options_in_message);
         if self.encoder.is_empty() {
             return true;
         }
@@ -463,7 +471,7 @@ impl Sender {
             self.encoder.discard();
             return false;
         }
-        let records = u64::from(self.encoder.records_in_message());
+        let records = u64::from(self.encoder.records_in_message() - options);
         let sequence = self.encoder.sequence_number();
         let message = self.encoder.finish(now_seconds());
         let len = message.len() as u64;
@@ -496,6 +504,9 @@ impl Sender {
                     .records_sent
                     .fetch_add(records, Ordering::Relaxed);
                 self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+                self.stats
+                    .options_records
+                    .fetch_add(u64::from(options), Ordering::Relaxed);
                 self.in_flight.push_back(InFlight {
                     end,
                     records,
@@ -518,19 +529,109 @@ impl Sender {
         }
     }
 
+    /// Adds the templates, then the options templates and the type records (RFC 5610
+    /// wants them before the data they describe).
     async fn add_templates(&mut self) -> bool {
-        for index in 0..self.templates.len() {
-            let template = &self.templates[index];
+        let statistics = self.options.as_ref().map(|(s, _)| Arc::clone(s));
+        let options = statistics.as_ref().map_or(&[][..], |s| s.templates());
+        for template in self.templates.clone().iter().chain(options) {
             if self.encoder.add_template(template) == Err(EncodeError::MessageFull) {
                 if !self.flush(None).await {
                     return false;
                 }
-                let template = &self.templates[index];
                 let _ = self.encoder.add_template(template);
+            }
+        }
+        if let Some(statistics) = &statistics {
+            for (id, bytes) in statistics.type_records() {
+                if !self.add_options_record(*id, bytes).await {
+                    return false;
+                }
             }
         }
         self.templates_sent = Some(Instant::now());
         true
+    }
+
+    /// Adds one options record, sending the message first when it is full. False when
+    /// the link failed.
+    async fn add_options_record(&mut self, id: u16, bytes: &[u8]) -> bool {
+        match self.encoder.add_encoded_record(id, bytes) {
+            Ok(()) => {}
+            Err(EncodeError::MessageFull) => {
+                if !self.flush(None).await {
+                    return false;
+                }
+                if self.encoder.add_encoded_record(id, bytes).is_err() {
+                    // Larger than a message: never sendable, and never happens with
+                    // the lengths allowed for maxMessageSize.
+                    return true;
+                }
+            }
+            Err(_) => return true,
+        }
+        self.options_in_message += 1;
+        true
+    }
+
+    /// Sends the statistics records now when the link is up (they are snapshots: one
+    /// that cannot go is replaced by the next), and sets when they are next due.
+    async fn send_statistics(&mut self) {
+        let Some((statistics, process_id)) = self.options.clone() else {
+            return;
+        };
+        let Some(interval) = statistics.interval() else {
+            return;
+        };
+        self.statistics_due = Some(Instant::now() + interval);
+        if self.link.is_none() {
+            return;
+        }
+        if self.templates_due() && !self.add_templates().await {
+            return;
+        }
+        let mut records = Vec::with_capacity(1);
+        records.extend(
+            statistics
+                .exporting_record(process_id, &self.stats)
+                .map(|bytes| (super::statistics::EXPORTING_TEMPLATE_ID, bytes)),
+        );
+        let shared = statistics.shared_records();
+        for (id, bytes) in records.iter().chain(shared.iter()) {
+            if !self.add_options_record(*id, bytes).await {
+                return;
+            }
+        }
+        self.flush(None).await;
+    }
+
+    fn statistics_wait(&self) -> Option<Duration> {
+        self.statistics_due
+            .map(|due| due.saturating_duration_since(Instant::now()))
+    }
+
+    /// At the end of a TCP or TLS session: withdraws every template (RFC 7011 section
+    /// 8.1; never over UDP, section 8.4).
+    async fn withdraw_templates(&mut self) {
+        if !matches!(self.link, Some(Link::Tcp { .. } | Link::Tls(_))) {
+            return;
+        }
+        let options = self.options.as_ref().map(|(s, _)| Arc::clone(s));
+        let withdrawals: Vec<(u16, bool)> = self
+            .templates
+            .iter()
+            .chain(options.as_ref().map_or(&[][..], |s| s.templates()))
+            .map(|t| (t.id(), t.is_options()))
+            .collect();
+        for (id, is_options) in withdrawals {
+            if self.encoder.add_withdrawal(id, is_options) == Err(EncodeError::MessageFull) {
+                if !self.flush(None).await {
+                    return;
+                }
+                let _ = self.encoder.add_withdrawal(id, is_options);
+            }
+        }
+        self.flush(None).await;
     }
 
     /// Sends every record of `chunk`, packing them into messages. Records of a message
@@ -597,6 +698,7 @@ pub(super) async fn run(
     encoder: Encoder,
     mut queue: mpsc::UnboundedReceiver<Chunk>,
     stats: Arc<CollectorStats>,
+    options: Option<(Arc<Statistics>, u32)>,
 ) {
     let refresh = target.template_refresh;
     let udp = target.transport == Transport::Udp;
@@ -611,12 +713,21 @@ pub(super) async fn run(
         outage: Outage::new(),
         in_flight: VecDeque::new(),
         retry: VecDeque::new(),
+        statistics_due: options
+            .as_ref()
+            .and_then(|(s, _)| s.interval())
+            .map(|interval| Instant::now() + interval),
+        options,
+        options_in_message: 0,
     };
     sender.ensure_link().await;
     if sender.templates_due() && sender.add_templates().await {
         sender.flush(None).await;
     }
     loop {
+        if sender.statistics_wait().is_some_and(|wait| wait.is_zero()) {
+            sender.send_statistics().await;
+        }
         if let Some(chunk) = sender.retry.pop_front() {
             sender.send_chunk(&chunk).await;
             continue;
@@ -632,6 +743,10 @@ pub(super) async fn run(
             Some(refresh.saturating_sub(since).max(CONFIRM_INTERVAL))
         } else {
             None
+        };
+        let wait = match (wait, sender.statistics_wait()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let received = match wait {
             Some(wait) => tokio::time::timeout(wait, queue.recv()).await,
@@ -663,8 +778,18 @@ pub(super) async fn run(
         let _ = stream.flush().await;
     }
     sender.settle(Duration::from_secs(2)).await;
-    if let Some(Link::Tcp { mut stream, .. }) = sender.link.take() {
-        let _ = stream.shutdown().await;
+    // The last statistics, then the end of the session.
+    sender.send_statistics().await;
+    sender.withdraw_templates().await;
+    match sender.link.take() {
+        Some(Link::Tcp { mut stream, .. }) => {
+            let _ = stream.shutdown().await;
+        }
+        Some(Link::Tls(mut stream)) => {
+            // close_notify, then the TCP end.
+            let _ = stream.shutdown().await;
+        }
+        _ => {}
     }
 }
 

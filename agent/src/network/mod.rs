@@ -379,6 +379,26 @@ impl NodeNetwork {
         diagnose::diagnose(baseline.as_ref(), &now)
     }
 
+    /// Reads the followed interfaces (updating their metrics too) and returns their
+    /// receive and transmit drops, for the statistics records.
+    pub fn interface_drops(&self) -> Vec<crate::export::statistics::InterfaceDrops> {
+        let Some(links) = &self.links else {
+            return Vec::new();
+        };
+        let mut links = links.lock().unwrap_or_else(PoisonError::into_inner);
+        links.refresh();
+        links
+            .samples()
+            .into_iter()
+            .map(|sample| crate::export::statistics::InterfaceDrops {
+                index: sample.index,
+                name: sample.name,
+                receive_dropped: sample.counters.rx_dropped,
+                transmit_dropped: sample.counters.tx_dropped,
+            })
+            .collect()
+    }
+
     /// Reads the files and the interfaces and updates the metrics. An unreadable file
     /// leaves the metrics as they were and is logged (at most every five minutes).
     pub fn refresh(&self) {

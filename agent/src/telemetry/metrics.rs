@@ -7,6 +7,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::export::statistics::{InterfaceDrops, LossWindow, Losses, StatisticsSource};
 use crate::export::{DropReason, ExportingProcess};
 use crate::store::ConnectionStore;
 
@@ -38,6 +39,7 @@ pub struct Metrics {
     send_errors: IntCounterVec,
     reconnects: IntCounterVec,
     messages: IntCounterVec,
+    options_records: IntCounterVec,
     bytes: IntCounterVec,
     queue_depth: IntGaugeVec,
     connected: IntGaugeVec,
@@ -51,6 +53,9 @@ pub struct Metrics {
     owner_missing: [IntCounter; 2],
     /// The node's own network health, read at each scrape.
     node: crate::network::NodeNetwork,
+    /// When conntrack events and NFLOG packets were first and last lost.
+    events_lost_window: LossWindow,
+    deny_lost_window: LossWindow,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -196,6 +201,10 @@ impl Metrics {
                 "TCP connections to the collector that failed after they were established.",
             ),
             messages: per_collector("flowex_messages_sent_total", "IPFIX messages sent."),
+            options_records: per_collector(
+                "flowex_options_records_sent_total",
+                "Options records sent (statistics and type records); not counted as data records.",
+            ),
             bytes: per_collector("flowex_bytes_sent_total", "Bytes of IPFIX messages sent."),
             queue_depth: per_collector_gauge(
                 "flowex_queue_depth_records",
@@ -234,6 +243,8 @@ impl Metrics {
                 attributed.with_label_values(&["destination", "missing"]),
             ],
             node: crate::network::NodeNetwork::new(&r, crate::network::Sources::default()),
+            events_lost_window: LossWindow::default(),
+            deny_lost_window: LossWindow::default(),
             registry: r,
         }
     }
@@ -276,6 +287,7 @@ impl Metrics {
     pub fn events_lost_and_resynced(&self) {
         self.events_lost.inc();
         self.resyncs.inc();
+        self.events_lost_window.note(crate::store::now_ms());
     }
 
     /// One denied packet read from NFLOG.
@@ -287,6 +299,9 @@ impl Metrics {
     pub fn deny_losses(&self, overflows: u64, unreadable: u64) {
         self.deny_overflows.inc_by(overflows);
         self.deny_unreadable.inc_by(unreadable);
+        if overflows + unreadable > 0 {
+            self.deny_lost_window.note(crate::store::now_ms());
+        }
     }
 
     /// The batch builder's count of refused records so far (a running total).
@@ -365,6 +380,10 @@ impl Metrics {
             set(&self.send_errors, stats.send_errors.load(Ordering::Relaxed));
             set(&self.reconnects, stats.reconnects.load(Ordering::Relaxed));
             set(&self.messages, stats.messages.load(Ordering::Relaxed));
+            set(
+                &self.options_records,
+                stats.options_records.load(Ordering::Relaxed),
+            );
             set(&self.bytes, stats.bytes.load(Ordering::Relaxed));
             self.queue_depth
                 .with_label_values(&name)
@@ -390,6 +409,31 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// The statistics records read their losses and interface drops here.
+impl StatisticsSource for Metrics {
+    fn losses(&self) -> [Losses; 2] {
+        let losses = |count: u64, window: &LossWindow| {
+            let (first_ms, last_ms) = window.get();
+            Losses {
+                count,
+                first_ms,
+                last_ms,
+            }
+        };
+        [
+            losses(self.events_lost.get(), &self.events_lost_window),
+            losses(
+                self.deny_overflows.get() + self.deny_unreadable.get(),
+                &self.deny_lost_window,
+            ),
+        ]
+    }
+
+    fn interface_drops(&self) -> Vec<InterfaceDrops> {
+        self.node.interface_drops()
     }
 }
 

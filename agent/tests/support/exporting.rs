@@ -29,6 +29,7 @@ pub fn target(transport: Transport, address: String, tls: Option<TlsConfig>) -> 
         tls,
         api_certificates: None,
         filter: None,
+        options: false,
         max_message_size: 65_535,
         template_refresh: Duration::from_secs(600),
         queue_capacity: 100_000,
