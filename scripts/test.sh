@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the tests use, installed only when missing.
-packages=(tshark conntrack nftables iproute2 procps ethtool clang-19 libbpf-dev openssl protobuf-compiler)
+packages=(tshark conntrack nftables iproute2 procps ethtool clang-19 libbpf-dev openssl protobuf-compiler nfdump pmacct)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
