@@ -1,8 +1,11 @@
 //! Resident memory per pod in the metadata index: N pods, each with one IPv4 address, one
-//! container, two labels and a name, namespace and node like a real cluster's, and reports
-//! the growth of the process's resident set.
+//! container, four labels and a name, namespace and node like a real cluster's, and reports
+//! the growth of the process's resident set. The pods are replicas of 300 workloads: the
+//! replicas of one carry the same labels (pod-template-hash included), as a ReplicaSet's
+//! pods do, and share one copy of them.
 //!
-//! `cargo run --release -p flowex-agent --example pod_index_memory -- 10000`
+//! `cargo run --release -p flowex-agent --example pod_index_memory -- 10000`, and with
+//! `distinct` after the count every pod's labels differ (a pod-template-hash of its own).
 
 mod common;
 
@@ -14,11 +17,17 @@ use common::{count_arg, resident_bytes};
 
 fn main() {
     let count = count_arg(10_000);
+    let distinct = std::env::args().nth(2).as_deref() == Some("distinct");
     let mut index = PodIndex::default();
     let before = resident_bytes();
     for i in 0..count {
-        let app = format!("service-{}", i % 300);
-        let hash = format!("{:010x}", u64::from(i) * 7919);
+        let workload = i % 300;
+        let app = format!("service-{workload}");
+        let hash = format!(
+            "{:010x}",
+            u64::from(if distinct { i } else { workload }) * 7919
+        );
+        let team = format!("team-{}", workload % 40);
         index.apply(
             PodView {
                 meta: PodMeta::new(
@@ -28,6 +37,8 @@ fn main() {
                     &format!("worker-{:03}", i % 100),
                     [
                         ("app.kubernetes.io/name", app.as_str()),
+                        ("app.kubernetes.io/part-of", team.as_str()),
+                        ("app.kubernetes.io/version", "1.27.3"),
                         ("pod-template-hash", hash.as_str()),
                     ],
                 ),
@@ -40,8 +51,9 @@ fn main() {
     }
     let after = resident_bytes();
     println!(
-        "{{\"pods\":{},\"resident_bytes\":{},\"bytes_per_pod\":{:.1}}}",
+        "{{\"pods\":{},\"label_sets\":{},\"resident_bytes\":{},\"bytes_per_pod\":{:.1}}}",
         index.live_pods(),
+        index.label_sets(),
         after - before,
         (after - before) as f64 / f64::from(count)
     );

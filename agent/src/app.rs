@@ -94,7 +94,7 @@ pub fn run_blocking(settings: Settings, duration: Option<Duration>) -> Result<()
 pub fn check(settings: &Settings) -> Result<()> {
     let config = &settings.config;
     let registry = Registry::new(config.export.enterprise_number)?;
-    let templates = records::templates(&registry)?;
+    let templates = records::templates_with(&registry, kubernetes_elements(config))?;
     for collector in &config.export.collectors {
         check_target(&CollectorTarget::from(collector), &templates)?;
     }
@@ -138,7 +138,10 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         tracing::warn!("{warning}");
     }
     let registry = Registry::new(config.export.enterprise_number)?;
-    let templates = Arc::new(records::templates(&registry)?);
+    let templates = Arc::new(records::templates_with(
+        &registry,
+        kubernetes_elements(config),
+    )?);
     let domain = settings.observation_domain_id;
     let targets: Vec<CollectorTarget> = config
         .export
@@ -328,7 +331,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         }),
     ));
     let mut records = RecordBuilder::new(networks, attribution, Arc::clone(&metadata))
-        .with_metrics(Arc::clone(&metrics));
+        .with_metrics(Arc::clone(&metrics))
+        .with_kubernetes_elements(kubernetes_elements(config));
     let mut builder = BatchBuilder::default();
     // Due connections copied out of the store, reused round after round.
     let mut due = Vec::new();
@@ -413,6 +417,14 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     match health.failure() {
         None => Ok(()),
         Some(failure) => Err(anyhow::anyhow!("stopped after a failure: {failure}")),
+    }
+}
+
+/// The Kubernetes elements the records carry (`export.podLabels`, `export.kubernetesUIDs`).
+fn kubernetes_elements(config: &crate::config::Config) -> records::KubernetesElements {
+    records::KubernetesElements {
+        pod_labels: config.export.pod_labels,
+        uids: config.export.kubernetes_uids,
     }
 }
 

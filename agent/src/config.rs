@@ -245,6 +245,11 @@ pub struct ExportConfig {
     /// RFC 5610 type records for flowex's own elements, sent with the templates, so a
     /// collector learns their names and types without configuration.
     pub type_records: bool,
+    /// Antrea's sourcePodLabels/destinationPodLabels in every record (JSON objects).
+    pub pod_labels: bool,
+    /// Antrea's uid elements (pods, their nodes, the destination service; 16 bytes each).
+    #[serde(rename = "kubernetesUIDs")]
+    pub kubernetes_uids: bool,
     pub collectors: Vec<CollectorConfig>,
 }
 
@@ -588,6 +593,8 @@ impl Default for ExportConfig {
             shutdown_timeout: HumanDuration::secs(5),
             statistics: StatisticsConfig::default(),
             type_records: true,
+            pod_labels: false,
+            kubernetes_uids: false,
             collectors: vec![CollectorConfig {
                 name: "default".into(),
                 address: "127.0.0.1:4739".into(),

@@ -13,7 +13,7 @@ use flowex_ipfix::encoder::variable_len;
 use flowex_ipfix::{FieldWriter, Record, Registry, Template, TemplateError};
 
 use crate::enrich::attribution::{Attribution, EndOwner, FlowOwners};
-use crate::enrich::metadata::{FlowMeta, Metadata};
+use crate::enrich::metadata::{FlowMeta, Metadata, PodMeta};
 use crate::telemetry::Metrics;
 
 use crate::export::filter::RecordSummary;
@@ -40,16 +40,89 @@ const EXTRA: [&str; 10] = [
 /// Bytes of the fixed-length extra elements: two timestamps, and per end a pid and a cgroup id.
 const EXTRA_FIXED: usize = 16 + 2 * (4 + 8);
 
+/// Antrea's Kubernetes elements a record carries only when asked (`export.podLabels`,
+/// `export.kubernetesUIDs`), after flowex's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KubernetesElements {
+    /// sourcePodLabels and destinationPodLabels (JSON objects, as Antrea writes them).
+    pub pod_labels: bool,
+    /// The pods', their nodes' and the destination service's uids, 16 bytes each.
+    pub uids: bool,
+}
+
+const LABEL_ELEMENTS: [&str; 2] = ["sourcePodLabels", "destinationPodLabels"];
+const UID_ELEMENTS: [&str; 5] = [
+    "sourcePodUUID",
+    "destinationPodUUID",
+    "sourceNodeUUID",
+    "destinationNodeUUID",
+    "destinationServiceUUID",
+];
+
 /// flowex's IPv4 (id 256) and IPv6 (id 257) templates.
 pub fn templates(registry: &Registry) -> Result<Vec<Template>, TemplateError> {
-    let mut v4 = antrea::ipv4_element_names();
-    v4.extend(EXTRA);
-    let mut v6 = antrea::ipv6_element_names();
-    v6.extend(EXTRA);
+    templates_with(registry, KubernetesElements::default())
+}
+
+/// flowex's templates, with the Kubernetes elements `kubernetes` asks for.
+pub fn templates_with(
+    registry: &Registry,
+    kubernetes: KubernetesElements,
+) -> Result<Vec<Template>, TemplateError> {
+    let extend = |mut names: Vec<&'static str>| {
+        names.extend(EXTRA);
+        if kubernetes.pod_labels {
+            names.extend(LABEL_ELEMENTS);
+        }
+        if kubernetes.uids {
+            names.extend(UID_ELEMENTS);
+        }
+        names
+    };
+    let uuid_lengths = UID_ELEMENTS.map(|name| (name, 16));
     Ok(vec![
-        Template::from_names(registry, antrea::IPV4_TEMPLATE_ID, &v4)?,
-        Template::from_names(registry, antrea::IPV6_TEMPLATE_ID, &v6)?,
+        Template::from_names_with_lengths(
+            registry,
+            antrea::IPV4_TEMPLATE_ID,
+            &extend(antrea::ipv4_element_names()),
+            &uuid_lengths,
+        )?,
+        Template::from_names_with_lengths(
+            registry,
+            antrea::IPV6_TEMPLATE_ID,
+            &extend(antrea::ipv6_element_names()),
+            &uuid_lengths,
+        )?,
     ])
+}
+
+/// The values of the Kubernetes elements of one record (None: not in the template).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KubernetesValues<'a> {
+    /// Source and destination pod labels ("" when the end is no known pod).
+    pub labels: Option<[&'a str; 2]>,
+    /// Source pod, destination pod, source node, destination node, destination service.
+    pub uids: Option<[[u8; 16]; 5]>,
+}
+
+impl KubernetesValues<'_> {
+    fn encoded_len(&self) -> usize {
+        self.labels
+            .map_or(0, |l| variable_len(l[0].len()) + variable_len(l[1].len()))
+            + self.uids.map_or(0, |u| 16 * u.len())
+    }
+
+    fn emit(&self, w: &mut FieldWriter<'_>) {
+        if let Some(labels) = self.labels {
+            w.string(labels[0]);
+            w.string(labels[1]);
+        }
+        if let Some(uids) = self.uids {
+            for uid in &uids {
+                w.bytes(uid);
+            }
+        }
+    }
 }
 
 /// An Antrea flow record followed by the millisecond timestamps and the owners of both
@@ -60,6 +133,7 @@ pub struct AgentRecord<'a> {
     pub start_ms: u64,
     pub end_ms: u64,
     pub owners: FlowOwners,
+    pub kubernetes: KubernetesValues<'a>,
 }
 
 fn owner_strings_len(owner: Option<&EndOwner>) -> usize {
@@ -81,6 +155,7 @@ impl Record for AgentRecord<'_> {
             + EXTRA_FIXED
             + owner_strings_len(self.owners.source.as_ref())
             + owner_strings_len(self.owners.destination.as_ref())
+            + self.kubernetes.encoded_len()
     }
 
     fn emit(&self, w: &mut FieldWriter<'_>) {
@@ -89,6 +164,7 @@ impl Record for AgentRecord<'_> {
         w.u64(self.end_ms);
         emit_owner(w, self.owners.source.as_ref());
         emit_owner(w, self.owners.destination.as_ref());
+        self.kubernetes.emit(w);
     }
 }
 
@@ -263,6 +339,29 @@ pub fn build<'a>(
         start_ms: c.start_ms,
         end_ms: expired.end_ms,
         owners,
+        kubernetes: KubernetesValues::default(),
+    }
+}
+
+/// The Kubernetes values `kubernetes` asks for, from a record's metadata.
+pub fn kubernetes_values(kubernetes: KubernetesElements, meta: &FlowMeta) -> KubernetesValues<'_> {
+    fn labels(pod: &Option<Arc<PodMeta>>) -> &str {
+        pod.as_ref().map_or("", |p| p.labels_json())
+    }
+    let uid = |pod: &Option<Arc<PodMeta>>| pod.as_ref().map_or([0; 16], |p| p.uid_bytes());
+    KubernetesValues {
+        labels: kubernetes
+            .pod_labels
+            .then(|| [labels(&meta.source), labels(&meta.destination)]),
+        uids: kubernetes.uids.then(|| {
+            [
+                uid(&meta.source),
+                uid(&meta.destination),
+                meta.source_node_uid,
+                meta.destination_node_uid,
+                meta.service_uid,
+            ]
+        }),
     }
 }
 
@@ -363,6 +462,9 @@ impl PartialEq for Enrichment {
             && same_arc(&self.meta.source, &other.meta.source)
             && same_arc(&self.meta.destination, &other.meta.destination)
             && same_arc(&self.meta.service_port_name, &other.meta.service_port_name)
+            && self.meta.service_uid == other.meta.service_uid
+            && self.meta.source_node_uid == other.meta.source_node_uid
+            && self.meta.destination_node_uid == other.meta.destination_node_uid
     }
 }
 
@@ -379,6 +481,7 @@ impl Hash for Enrichment {
         arc_address(&self.meta.source).hash(state);
         arc_address(&self.meta.destination).hash(state);
         arc_address(&self.meta.service_port_name).hash(state);
+        self.meta.service_uid.hash(state);
     }
 }
 
@@ -432,6 +535,8 @@ pub struct RecordBuilder {
     /// Interned values beyond which unused ones are swept out.
     sweep_at: usize,
     stats: BuilderStats,
+    /// The Kubernetes elements the templates carry.
+    kubernetes: KubernetesElements,
 }
 
 impl RecordBuilder {
@@ -446,7 +551,15 @@ impl RecordBuilder {
             bare: Enrichment::default(),
             sweep_at: 1024,
             stats: BuilderStats::default(),
+            kubernetes: KubernetesElements::default(),
         }
+    }
+
+    /// Records carry the Kubernetes elements `kubernetes` asks for (the templates must be
+    /// [`templates_with`] the same).
+    pub fn with_kubernetes_elements(mut self, kubernetes: KubernetesElements) -> Self {
+        self.kubernetes = kubernetes;
+        self
     }
 
     /// Counts owners found and missing per record into `metrics`.
@@ -502,6 +615,13 @@ impl RecordBuilder {
             meta.source_is_pod |= found.source_is_pod;
             meta.destination_is_pod |= found.destination_is_pod;
             meta.service_port_name = meta.service_port_name.take().or(found.service_port_name);
+            // The uids follow the pods and service kept (a zero means not found yet).
+            let or_found =
+                |kept: [u8; 16], found: [u8; 16]| if kept == [0; 16] { found } else { kept };
+            meta.service_uid = or_found(meta.service_uid, found.service_uid);
+            meta.source_node_uid = or_found(meta.source_node_uid, found.source_node_uid);
+            meta.destination_node_uid =
+                or_found(meta.destination_node_uid, found.destination_node_uid);
             meta.known = found.known;
             // Until every index has its first list, nothing found proves nothing: neither
             // the lookup counts nor the result is final.
@@ -614,13 +734,14 @@ impl RecordBuilder {
             0 => None,
             id => Some(store.prefix(id)),
         };
-        let record = build(
+        let mut record = build(
             &due.expired(),
             prefix.as_deref().unwrap_or(""),
             &self.networks,
             enrichment.owners,
             &enrichment.meta,
         );
+        record.kubernetes = kubernetes_values(self.kubernetes, &enrichment.meta);
         f(&record)
     }
 }
@@ -636,6 +757,36 @@ mod tests {
         assert_eq!(templates[1].id(), 257);
         assert_eq!(templates[0].position("flowEndMilliseconds"), Some(44));
         assert_eq!(templates[1].position("destinationContainerId"), Some(52));
+    }
+
+    #[test]
+    fn kubernetes_elements_follow_flowexs_own_at_their_lengths() {
+        let all = templates_with(
+            &Registry::default(),
+            KubernetesElements {
+                pod_labels: true,
+                uids: true,
+            },
+        )
+        .unwrap();
+        let fields = all[0].fields();
+        assert_eq!(fields.len(), 53 + 2 + 5);
+        let at = |name: &str| &fields[all[0].position(name).unwrap()];
+        assert_eq!(all[0].position("sourcePodLabels"), Some(53));
+        assert!(at("destinationPodLabels").is_variable());
+        assert_eq!(all[1].position("destinationServiceUUID"), Some(59));
+        for name in UID_ELEMENTS {
+            assert_eq!(at(name).spec.length, 16, "{name}");
+        }
+        let labels_only = templates_with(
+            &Registry::default(),
+            KubernetesElements {
+                pod_labels: true,
+                uids: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(labels_only[0].fields().len(), 55);
     }
 
     #[test]
@@ -705,7 +856,8 @@ mod tests {
         );
         metadata.on_service_event(kube::runtime::watcher::Event::Apply(
             serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "db", "namespace": "shop"},
+                "metadata": {"name": "db", "namespace": "shop",
+                             "uid": "0a0b0c0d-0e0f-4a1b-8c2d-3e4f50617283"},
                 "spec": {"clusterIP": "10.96.0.7", "ports": [{"name": "sql", "port": 5432}]}
             }))
             .unwrap(),
@@ -725,6 +877,29 @@ mod tests {
         assert_eq!(
             flow_type(&networks, k.source_addr(), dst, &meta),
             FlowType::InterNode
+        );
+        // The service's uid as 16 bytes; the records carry it (and the labels) only when
+        // asked.
+        assert_eq!(
+            meta.service_uid,
+            [
+                0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x4a, 0x1b, 0x8c, 0x2d, 0x3e, 0x4f, 0x50, 0x61,
+                0x72, 0x83
+            ]
+        );
+        let none = kubernetes_values(KubernetesElements::default(), &meta);
+        assert!(none.labels.is_none() && none.uids.is_none());
+        let all = kubernetes_values(
+            KubernetesElements {
+                pod_labels: true,
+                uids: true,
+            },
+            &meta,
+        );
+        assert_eq!(all.uids.unwrap()[4], meta.service_uid);
+        assert_eq!(
+            all.labels.unwrap()[0],
+            meta.source.as_ref().unwrap().labels_json()
         );
 
         // A pod of the same node: intra-node.

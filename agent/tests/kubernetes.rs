@@ -121,6 +121,16 @@ async fn watchers_follow_pods_and_services_through_events_bookmarks_and_410_reli
     assert!(metadata.nodes().contains(ip("10.244.2.7")));
     assert!(metadata.nodes().contains(ip("fd00:244:1::5")));
     assert!(!metadata.nodes().contains(ip("10.96.0.10")));
+    // Each node's uid, as the records' sourceNodeUUID carries it.
+    let uid = fake_api::uid_of("node/node-b").replace('-', "");
+    let bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&uid[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(
+        metadata.nodes().uid("node-b").map(|b| b.to_vec()),
+        Some(bytes)
+    );
+    assert_eq!(metadata.nodes().uid("node-z"), None);
     assert_eq!(
         metric(&registry, "flowex_kubernetes_nodes_with_pod_cidrs", None),
         2
@@ -148,8 +158,8 @@ async fn watchers_follow_pods_and_services_through_events_bookmarks_and_410_reli
         metadata
             .pods()
             .pod_of_container("c0ffee01")
-            .map(|p| (p.label("app").map(str::to_owned), p.uid().to_owned())),
-        Some((Some("web-1".into()), "uid-shop-web-1".into()))
+            .map(|p| (p.label("app"), p.uid().to_owned())),
+        Some((Some("web-1".into()), fake_api::uid_of("pod/shop/web-1")))
     );
     {
         let services = metadata.services();

@@ -103,6 +103,7 @@ async fn nfacctd_reads(
                 source: Some(EndOwner::new(1_000 + i as u32, 7, "client", "")),
                 destination: Some(EndOwner::new(2_000 + i as u32, 9, "server", "")),
             },
+            kubernetes: Default::default(),
         };
         builder.push(record.flow.template_id(), &record);
     }

@@ -131,7 +131,7 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
         format!(
             "nodeName: node-a\n\
              conntrack: {{pollInterval: 500ms}}\n\
-             export: {{activeTimeout: 1s, idleTimeout: 3s, enterpriseNumber: 4242, statistics: {{interfaces: true}}}}\n\
+             export: {{activeTimeout: 1s, idleTimeout: 3s, enterpriseNumber: 4242, statistics: {{interfaces: true}}, podLabels: true, kubernetesUIDs: true}}\n\
              deny: {{nflogGroup: 7, idleTimeout: 1s}}\n\
              kubernetes: {{kubeconfig: {}, podScope: {pod_scope}}}\n\
              state: {{directory: {}}}\n",
@@ -437,6 +437,25 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
         assert_eq!(r["destinationPodName"], server_pod, "{r}");
         assert_eq!(r["destinationNodeName"], server_node, "{r}");
         assert_eq!(r["flowType"], 2, "{r}");
+        // Opt-in Kubernetes elements: labels as Antrea's JSON, uids as 16 bytes (hex here).
+        let uid = |text: &str| fake_api::uid_of(text).replace('-', "");
+        assert_eq!(r["sourcePodLabels"], r#"{"app":"client"}"#, "{r}");
+        assert_eq!(r["sourcePodUUID"], uid("pod/e2e/client"), "{r}");
+        assert_eq!(r["sourceNodeUUID"], uid("node/node-a"), "{r}");
+        let zero = "0".repeat(32);
+        let (labels, pod_uid, node_uid) = if pod_scope == "node" {
+            (String::new(), zero.clone(), zero.clone())
+        } else {
+            (
+                r#"{"app":"server"}"#.to_owned(),
+                uid("pod/e2e/server"),
+                uid("node/node-b"),
+            )
+        };
+        assert_eq!(r["destinationPodLabels"], labels, "{r}");
+        assert_eq!(r["destinationPodUUID"], pod_uid, "{r}");
+        assert_eq!(r["destinationNodeUUID"], node_uid, "{r}");
+        assert_eq!(r["destinationServiceUUID"], zero, "{r}");
     }
     let _ = std::fs::remove_file(config_path);
     let _ = std::fs::remove_file(kubeconfig);

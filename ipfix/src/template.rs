@@ -99,6 +99,29 @@ impl Template {
         Self::new(id, &elements)
     }
 
+    /// A template of known elements looked up by name, each at its natural length but
+    /// those given a length in `lengths` (a 16-byte octet array, say).
+    /// Panics on an unknown name: meant for constant tables.
+    pub fn from_names_with_lengths(
+        registry: &Registry,
+        id: u16,
+        names: &[&str],
+        lengths: &[(&str, u16)],
+    ) -> Result<Self, TemplateError> {
+        Self::build(
+            id,
+            0,
+            names.iter().map(|name| {
+                let ie = registry.expect(name);
+                let length = lengths
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(ie.length(), |(_, l)| *l);
+                (ie.id, ie.pen, length, Some(ie))
+            }),
+        )
+    }
+
     /// An options template: the first `scope_field_count` elements are its scope.
     pub fn options(
         id: u16,

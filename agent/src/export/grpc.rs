@@ -85,6 +85,13 @@ enum Slot {
     ClusterIp,
     ProxySnatIp,
     ServiceIp,
+    SourcePodLabels,
+    DestinationPodLabels,
+    SourcePodUid,
+    DestinationPodUid,
+    SourceNodeUid,
+    DestinationNodeUid,
+    ServiceUid,
 }
 
 fn slot(name: &str) -> Option<Slot> {
@@ -132,6 +139,13 @@ fn slot(name: &str) -> Option<Slot> {
         "egressIP" => EgressIp,
         "egressNodeName" => EgressNodeName,
         "proxySnatPort" => ProxySnatPort,
+        "sourcePodLabels" => SourcePodLabels,
+        "destinationPodLabels" => DestinationPodLabels,
+        "sourcePodUUID" => SourcePodUid,
+        "destinationPodUUID" => DestinationPodUid,
+        "sourceNodeUUID" => SourceNodeUid,
+        "destinationNodeUUID" => DestinationNodeUid,
+        "destinationServiceUUID" => ServiceUid,
         "destinationClusterIPv4" | "destinationClusterIPv6" => ClusterIp,
         "proxySnatIPv4" | "proxySnatIPv6" => ProxySnatIp,
         "destinationServiceIPv4" | "destinationServiceIPv6" => ServiceIp,
@@ -242,6 +256,30 @@ struct Target<'a> {
     times: (&'a mut u32, &'a mut u32, &'a mut u64, &'a mut u64),
 }
 
+/// Pod labels from their IPFIX form (a JSON object; empty: no pod, so no labels).
+fn labels(json: &str) -> Option<flowex_flowpb::Labels> {
+    let labels = serde_json::from_str(json).ok()?;
+    Some(flowex_flowpb::Labels { labels })
+}
+
+/// A uid from its 16 IPFIX bytes, in the text form Kubernetes writes (empty for zeros).
+fn uid_text(value: Value<'_>) -> String {
+    match value {
+        Value::Bytes(b) if b.len() == 16 && b.iter().any(|x| *x != 0) => {
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 /// An address as Antrea sends it: 4 or 16 bytes, nothing for an unspecified one.
 fn address_bytes(value: Value<'_>) -> Vec<u8> {
     match value {
@@ -326,6 +364,13 @@ fn apply(slot: Slot, value: Value<'_>, t: &mut Target<'_>) {
             }
         }
         Slot::FlowType => k8s.flow_type = unsigned as i32,
+        Slot::SourcePodLabels => k8s.source_pod_labels = labels(text),
+        Slot::DestinationPodLabels => k8s.destination_pod_labels = labels(text),
+        Slot::SourcePodUid => k8s.source_pod_uid = uid_text(value),
+        Slot::DestinationPodUid => k8s.destination_pod_uid = uid_text(value),
+        Slot::SourceNodeUid => k8s.source_node_uid = uid_text(value),
+        Slot::DestinationNodeUid => k8s.destination_node_uid = uid_text(value),
+        Slot::ServiceUid => k8s.destination_service_uid = uid_text(value),
         Slot::EgressName => k8s.egress_name = text.to_owned(),
         Slot::EgressIp => {
             k8s.egress_ip = text
@@ -536,5 +581,54 @@ pub(super) async fn run(
                 tokio::time::sleep(backoff.delay()).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{AgentRecord, KubernetesElements, KubernetesValues, templates_with};
+    use flowex_ipfix::{FieldWriter, Record, Registry};
+
+    #[test]
+    fn labels_and_uids_reach_the_flow_in_antreas_forms() {
+        let templates = templates_with(
+            &Registry::default(),
+            KubernetesElements {
+                pod_labels: true,
+                uids: true,
+            },
+        )
+        .unwrap();
+        let mut uid = [0u8; 16];
+        uid[0] = 0xab;
+        uid[15] = 0x01;
+        let record = AgentRecord {
+            flow: flowex_ipfix::antrea::FlowRecord {
+                source_address: "10.244.1.5".parse().unwrap(),
+                destination_address: "10.244.2.7".parse().unwrap(),
+                ..Default::default()
+            },
+            start_ms: 1_000,
+            end_ms: 2_000,
+            owners: Default::default(),
+            kubernetes: KubernetesValues {
+                labels: Some([r#"{"app":"web","tier":"front"}"#, ""]),
+                uids: Some([uid, [0; 16], [0; 16], [0; 16], uid]),
+            },
+        };
+        let mut bytes = vec![0; record.encoded_len()];
+        record.emit(&mut FieldWriter::new(&mut bytes));
+        let flow = FlowLayout::new(&templates[0]).flow(&bytes, 1, SystemTime::now());
+        let k8s = flow.k8s.unwrap();
+        let labels = k8s.source_pod_labels.unwrap().labels;
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels["tier"], "front");
+        // No pod at the destination: no labels at all (Antrea's nil), not an empty map.
+        assert_eq!(k8s.destination_pod_labels, None);
+        assert_eq!(k8s.source_pod_uid, "ab000000-0000-0000-0000-000000000001");
+        assert_eq!(k8s.destination_service_uid, k8s.source_pod_uid);
+        assert_eq!(k8s.destination_pod_uid, "");
+        assert_eq!(k8s.source_node_uid, "");
     }
 }

@@ -390,6 +390,29 @@ fn watch(
     }
 }
 
+/// A uid in Kubernetes' form (a UUID), the same for the same `text`: two FNV-1a hashes
+/// of it, written as 8-4-4-4-12 hex digits.
+pub fn uid_of(text: &str) -> String {
+    let hash = |seed: u64| {
+        text.bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let hex = format!(
+        "{:016x}{:016x}",
+        hash(0xcbf2_9ce4_8422_2325),
+        hash(0x8422_2325_cbf2_9ce4)
+    );
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// A pod object as the API server returns it.
 pub fn pod(namespace: &str, name: &str, node: &str, ips: &[&str], containers: &[&str]) -> Value {
     json!({
@@ -398,7 +421,7 @@ pub fn pod(namespace: &str, name: &str, node: &str, ips: &[&str], containers: &[
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "uid": format!("uid-{namespace}-{name}"),
+            "uid": uid_of(&format!("pod/{namespace}/{name}")),
             "creationTimestamp": "2026-01-01T00:00:00Z",
             "labels": {"app": name},
             "managedFields": [{"manager": "kubelet", "operation": "Update"}]
@@ -429,7 +452,7 @@ pub fn service(
     json!({
         "kind": "Service",
         "apiVersion": "v1",
-        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-svc-{name}")},
+        "metadata": {"name": name, "namespace": namespace, "uid": uid_of(&format!("service/{namespace}/{name}"))},
         "spec": {
             "type": "ClusterIP",
             "clusterIP": cluster_ips.first().copied().unwrap_or("None"),
@@ -446,7 +469,7 @@ pub fn node(name: &str, pod_cidrs: &[&str]) -> Value {
     json!({
         "kind": "Node",
         "apiVersion": "v1",
-        "metadata": {"name": name, "uid": format!("uid-node-{name}")},
+        "metadata": {"name": name, "uid": uid_of(&format!("node/{name}"))},
         "spec": {"podCIDR": pod_cidrs.first().copied().unwrap_or(""), "podCIDRs": pod_cidrs}
     })
 }

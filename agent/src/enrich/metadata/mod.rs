@@ -72,6 +72,11 @@ pub struct FlowMeta {
     pub source_is_pod: bool,
     pub destination_is_pod: bool,
     pub service_port_name: Option<Arc<str>>,
+    /// The uids of the service behind a translated destination and of each end's pod's
+    /// node, as 16 bytes (zero when unknown).
+    pub service_uid: [u8; 16],
+    pub source_node_uid: [u8; 16],
+    pub destination_node_uid: [u8; 16],
 }
 
 /// The metadata cache shared by the watchers and the record builder.
@@ -177,21 +182,27 @@ impl Metadata {
         let destination_pod = find(1, destination, owners.destination.as_ref());
         drop(pods);
         // The nodes' pod CIDRs matter only for an end whose pod was not found.
-        let (source_is_pod, destination_is_pod) = if source.is_some() && destination_pod.is_some() {
-            (true, true)
-        } else {
-            let nodes = self.nodes();
-            (
-                source.is_some() || nodes.contains(key.source_addr()),
-                destination_pod.is_some() || nodes.contains(destination),
-            )
+        let nodes = self.nodes();
+        let (source_is_pod, destination_is_pod) = (
+            source.is_some() || nodes.contains(key.source_addr()),
+            destination_pod.is_some() || nodes.contains(destination),
+        );
+        let node_uid = |pod: &Option<Arc<PodMeta>>| {
+            pod.as_ref()
+                .and_then(|p| nodes.uid(p.node()))
+                .unwrap_or_default()
         };
-        let service_port_name = if translated {
+        let (source_node_uid, destination_node_uid) =
+            (node_uid(&source), node_uid(&destination_pod));
+        drop(nodes);
+        let (service_port_name, service_uid) = if translated {
             self.services()
-                .port_name(key.destination_addr(), key.destination_port, key.protocol)
-                .cloned()
+                .port(key.destination_addr(), key.destination_port, key.protocol)
+                .map_or((None, [0; 16]), |(name, uid)| {
+                    (Some(Arc::clone(name)), *uid)
+                })
         } else {
-            None
+            (None, [0; 16])
         };
         FlowMeta {
             known: true,
@@ -200,6 +211,9 @@ impl Metadata {
             source_is_pod,
             destination_is_pod,
             service_port_name,
+            service_uid,
+            source_node_uid,
+            destination_node_uid,
         }
     }
 }

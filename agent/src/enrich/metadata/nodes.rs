@@ -17,6 +17,8 @@ use crate::net::{Cidr, CidrSet};
 #[derive(Debug, Default)]
 pub struct NodeNetworks {
     by_node: HashMap<String, Vec<Cidr>>,
+    /// Every node's uid (`sourceNodeUUID`), by name.
+    uids: HashMap<String, [u8; 16]>,
     /// Every node's CIDRs together (a network two nodes name is counted twice).
     cidrs: CidrSet,
     relist: Relist,
@@ -35,7 +37,13 @@ impl NodeNetworks {
 
     /// A node's pod CIDRs were listed or changed.
     pub fn apply(&mut self, node: &str, cidrs: Vec<Cidr>) {
+        self.apply_node(node, [0; 16], cidrs);
+    }
+
+    /// A node was listed or changed: its uid and pod CIDRs.
+    pub fn apply_node(&mut self, node: &str, uid: [u8; 16], cidrs: Vec<Cidr>) {
         self.delete(node);
+        self.uids.insert(node.to_owned(), uid);
         for cidr in &cidrs {
             self.cidrs.insert(*cidr);
         }
@@ -47,6 +55,7 @@ impl NodeNetworks {
 
     /// A node was deleted.
     pub fn delete(&mut self, node: &str) {
+        self.uids.remove(node);
         for cidr in self.by_node.remove(node).unwrap_or_default() {
             self.cidrs.remove(cidr);
         }
@@ -59,9 +68,14 @@ impl NodeNetworks {
 
     /// The relist ended: nodes it did not list are deleted.
     pub fn end_relist(&mut self) {
-        for node in self.relist.end(&self.by_node) {
+        for node in self.relist.end(&self.uids) {
             self.delete(&node);
         }
+    }
+
+    /// A node's uid as 16 bytes (zero when unknown or not a UUID).
+    pub fn uid(&self, node: &str) -> Option<[u8; 16]> {
+        self.uids.get(node).copied()
     }
 
     /// True when `ip` is in a node's pod CIDR.

@@ -21,15 +21,44 @@ pub const ENDED_RETENTION_MS: u64 = 60 * 60 * 1_000;
 /// Ended claims remembered per IP (the oldest are forgotten first).
 const ENDED_CLAIMS_PER_IP: usize = 4;
 
-/// What the index keeps of a pod: name, namespace, uid, node (`spec.nodeName`, empty while
-/// unscheduled) and labels, in one allocation (a record reads one place, and a pod costs
-/// little memory).
+/// What the index keeps of a pod: name, namespace, uid (text and 16 bytes), node
+/// (`spec.nodeName`, empty while unscheduled) and labels. The four names share one
+/// allocation; the labels are kept as the JSON object Antrea exports them as
+/// (`sourcePodLabels`), shared by every pod with the same labels (replicas of one
+/// workload carry the same set): see [`PodIndex`]'s interning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodMeta {
-    /// The name, namespace, uid and node, then the labels as `key=value` lines.
+    /// The name, namespace, uid and node.
     text: Box<str>,
     /// Where the name, namespace, uid and node end in `text`.
     ends: [u32; 4],
+    uid_bytes: [u8; 16],
+    labels: Arc<str>,
+}
+
+/// A Kubernetes uid (a UUID in its 36-character text form) as its 16 bytes; all zero for
+/// text that is not one (as Antrea writes an unparsable uid).
+pub fn uid_bytes(uid: &str) -> [u8; 16] {
+    let text = uid.as_bytes();
+    if text.len() != 36 || [8, 13, 18, 23].iter().any(|&i| text[i] != b'-') {
+        return [0; 16];
+    }
+    let mut digits = text.iter().filter(|b| **b != b'-');
+    let mut bytes = [0u8; 16];
+    for byte in &mut bytes {
+        let mut digit = || digits.next().and_then(|c| (*c as char).to_digit(16));
+        match (digit(), digit()) {
+            (Some(high), Some(low)) => *byte = (high * 16 + low) as u8,
+            _ => return [0; 16],
+        }
+    }
+    bytes
+}
+
+/// Labels as Antrea's exporters write them: a JSON object, keys sorted.
+fn labels_json<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let sorted: std::collections::BTreeMap<&str, &str> = labels.into_iter().collect();
+    serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".to_owned())
 }
 
 impl PodMeta {
@@ -47,15 +76,11 @@ impl PodMeta {
             text.push_str(part);
             *end = text.len() as u32;
         }
-        for (key, value) in labels {
-            text.push_str(key);
-            text.push('=');
-            text.push_str(value);
-            text.push('\n');
-        }
         Self {
             text: text.into_boxed_str(),
             ends,
+            uid_bytes: uid_bytes(uid),
+            labels: Arc::from(labels_json(labels)),
         }
     }
 
@@ -76,21 +101,26 @@ impl PodMeta {
         self.part(2)
     }
 
+    /// The uid's 16 bytes (`sourcePodUUID`); zero when it is not a UUID.
+    pub fn uid_bytes(&self) -> [u8; 16] {
+        self.uid_bytes
+    }
+
     /// `spec.nodeName`; empty while unscheduled.
     pub fn node(&self) -> &str {
         self.part(3)
     }
 
-    /// The labels, sorted by key.
-    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.text[self.ends[3] as usize..]
-            .lines()
-            .filter_map(|line| line.split_once('='))
+    /// The labels as a JSON object, keys sorted (`{}` for none), as Antrea exports them.
+    pub fn labels_json(&self) -> &str {
+        &self.labels
     }
 
     /// One label's value.
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels().find(|(k, _)| *k == key).map(|(_, v)| v)
+    pub fn label(&self, key: &str) -> Option<String> {
+        let labels: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&self.labels).ok()?;
+        labels.get(key).cloned()
     }
 }
 
@@ -311,9 +341,32 @@ pub struct PodIndex {
     generation: u64,
     /// Pods that currently exist.
     live: usize,
+    /// Every distinct label set, shared by the pods that carry it.
+    labels: std::collections::HashSet<Arc<str>>,
+    /// Label sets held at which the unused ones are swept.
+    labels_sweep_at: usize,
 }
 
 impl PodIndex {
+    /// The shared copy of a label set. Sets no pod holds any more are swept once the
+    /// number of sets doubles since the last sweep: O(1) per pod update.
+    fn intern_labels(&mut self, labels: Arc<str>) -> Arc<str> {
+        if let Some(found) = self.labels.get(&*labels) {
+            return Arc::clone(found);
+        }
+        if self.labels.len() >= self.labels_sweep_at {
+            self.labels.retain(|set| Arc::strong_count(set) > 1);
+            self.labels_sweep_at = (2 * self.labels.len()).max(1_024);
+        }
+        self.labels.insert(Arc::clone(&labels));
+        labels
+    }
+
+    /// Distinct label sets held (for tests and the memory figures).
+    pub fn label_sets(&self) -> usize {
+        self.labels.len()
+    }
+
     /// Pods that currently exist.
     pub fn live_pods(&self) -> usize {
         self.live
@@ -322,11 +375,12 @@ impl PodIndex {
     /// A pod was listed or changed.
     pub fn apply(&mut self, view: PodView, now_ms: u64) {
         let PodView {
-            meta: new_meta,
+            meta: mut new_meta,
             created_ms,
             ips,
             container_ids,
         } = view;
+        new_meta.labels = self.intern_labels(new_meta.labels);
         let generation = self.generation;
         let (uid, meta, old_ips, old_containers) = match self.pods.get_mut(new_meta.uid()) {
             Some(entry) => {
@@ -523,6 +577,67 @@ mod tests {
         index
             .pod_at(ip.parse().unwrap(), at)
             .map(|p| p.name().to_owned())
+    }
+
+    #[test]
+    fn labels_are_antreas_json_and_one_copy_per_distinct_set() {
+        let pod = |uid: &str, ip: &str, app: &str| PodView {
+            meta: PodMeta::new(uid, "shop", uid, "node-a", [("tier", "web"), ("app", app)]),
+            created_ms: 0,
+            ips: vec![ip.parse().unwrap()],
+            container_ids: Vec::new(),
+        };
+        let mut index = PodIndex::default();
+        index.apply(pod("a", "10.244.0.1", "cart"), 0);
+        index.apply(pod("b", "10.244.0.2", "cart"), 0);
+        index.apply(pod("c", "10.244.0.3", "db"), 0);
+        let at = |ip: &str| Arc::clone(index.pod_at(ip.parse().unwrap(), 1).unwrap());
+        let (a, b, c) = (at("10.244.0.1"), at("10.244.0.2"), at("10.244.0.3"));
+        // Keys sorted, as Go's encoding/json writes a map.
+        assert_eq!(a.labels_json(), r#"{"app":"cart","tier":"web"}"#);
+        assert_eq!(c.labels_json(), r#"{"app":"db","tier":"web"}"#);
+        assert_eq!(a.label("app").as_deref(), Some("cart"));
+        // Replicas share one copy.
+        assert_eq!(index.label_sets(), 2);
+        assert!(std::ptr::eq(a.labels_json(), b.labels_json()));
+        assert_eq!(
+            PodMeta::new("x", "ns", "u", "", std::iter::empty()).labels_json(),
+            "{}"
+        );
+        // A set no pod holds any more goes at a later sweep.
+        index.delete("c", 10);
+        index.prune(u64::MAX);
+        drop(c);
+        for n in 0..2_000 {
+            let meta = PodMeta::new("p", "ns", &format!("u{n}"), "", [("n", &*n.to_string())]);
+            index.apply(
+                PodView {
+                    meta,
+                    created_ms: 0,
+                    ips: Vec::new(),
+                    container_ids: Vec::new(),
+                },
+                20,
+            );
+        }
+        // The sweep at 1,024 sets dropped "db"; cart's set and the 2,000 new ones stay.
+        assert_eq!(index.label_sets(), 2_001);
+    }
+
+    #[test]
+    fn uids_are_their_16_bytes_and_anything_else_is_zero() {
+        assert_eq!(
+            uid_bytes("6f1e0c2a-1b3c-4d5e-8f90-a1b2c3d4e5f6"),
+            [
+                0x6f, 0x1e, 0x0c, 0x2a, 0x1b, 0x3c, 0x4d, 0x5e, 0x8f, 0x90, 0xa1, 0xb2, 0xc3, 0xd4,
+                0xe5, 0xf6
+            ]
+        );
+        assert_eq!(uid_bytes("uid-1"), [0; 16]);
+        assert_eq!(uid_bytes("zz1e0c2a-1b3c-4d5e-8f90-a1b2c3d4e5f6"), [0; 16]);
+        assert_eq!(uid_bytes("6f1e0c2a1b3c4d5e8f90a1b2c3d4e5f6----"), [0; 16]);
+        let meta = PodMeta::new("a", "b", "6f1e0c2a-1b3c-4d5e-8f90-a1b2c3d4e5f6", "n", []);
+        assert_eq!(meta.uid_bytes()[0], 0x6f);
     }
 
     #[test]

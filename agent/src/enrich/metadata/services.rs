@@ -18,6 +18,8 @@ pub struct ServiceView {
     pub cluster_ips: Vec<IpAddr>,
     /// Port, IP protocol number, port name.
     pub ports: Vec<(u16, u8, String)>,
+    /// `metadata.uid` as 16 bytes (`destinationServiceUUID`; zero when not a UUID).
+    pub uid: [u8; 16],
 }
 
 fn protocol_number(name: Option<&str>) -> Option<u8> {
@@ -65,6 +67,7 @@ impl ServiceView {
             name: format!("{namespace}/{name}"),
             cluster_ips,
             ports,
+            uid: super::pods::uid_bytes(service.metadata.uid.as_deref().unwrap_or_default()),
         })
     }
 
@@ -83,7 +86,8 @@ type ServiceKey = (IpAddr, u16, u8);
 /// Service ports by cluster IP, port and protocol.
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
-    ports: HashMap<ServiceKey, Arc<str>>,
+    /// The port's name and its service's uid.
+    ports: HashMap<ServiceKey, (Arc<str>, [u8; 16])>,
     by_service: HashMap<String, Vec<ServiceKey>>,
     relist: Relist,
 }
@@ -106,7 +110,7 @@ impl ServiceIndex {
         for ip in &view.cluster_ips {
             for (port, protocol, name) in &view.ports {
                 let key = (*ip, *port, *protocol);
-                self.ports.insert(key, view.port_name(name));
+                self.ports.insert(key, (view.port_name(name), view.uid));
                 keys.push(key);
             }
         }
@@ -137,6 +141,11 @@ impl ServiceIndex {
 
     /// `namespace/name:port` of the service port at `ip:port` over `protocol`.
     pub fn port_name(&self, ip: IpAddr, port: u16, protocol: u8) -> Option<&Arc<str>> {
+        self.ports.get(&(ip, port, protocol)).map(|(name, _)| name)
+    }
+
+    /// The port's name and its service's uid.
+    pub fn port(&self, ip: IpAddr, port: u16, protocol: u8) -> Option<&(Arc<str>, [u8; 16])> {
         self.ports.get(&(ip, port, protocol))
     }
 }
@@ -152,6 +161,7 @@ mod tests {
             name: "shop/web".into(),
             cluster_ips: vec!["10.96.0.10".parse().unwrap(), "fd00:96::a".parse().unwrap()],
             ports: vec![(80, 6, "http".into()), (53, 17, String::new())],
+            uid: [7; 16],
         };
         index.apply(&web);
         let ip = "10.96.0.10".parse().unwrap();

@@ -96,7 +96,10 @@ impl Metadata {
                 }
                 Event::InitApply(node) | Event::Apply(node) => {
                     if let Some(name) = node.metadata.name.as_deref() {
-                        nodes.apply(name, node_pod_cidrs(&node));
+                        let uid = super::pods::uid_bytes(
+                            node.metadata.uid.as_deref().unwrap_or_default(),
+                        );
+                        nodes.apply_node(name, uid, node_pod_cidrs(&node));
                     }
                 }
                 Event::Delete(node) => {
