@@ -109,6 +109,13 @@ pub fn check(settings: &Settings) -> Result<()> {
 fn warnings(settings: &Settings) -> Vec<String> {
     let mut all = settings.warnings.clone();
     for collector in &settings.config.export.collectors {
+        if settings.config.export.pod_labels && collector.transport == crate::config::Transport::Udp
+        {
+            all.push(format!(
+                "collector {:?}: export.podLabels over UDP: a record whose pods' labels do not fit in maxMessageSize ({} bytes) is dropped whole (too_large); TCP or TLS carry up to 65535",
+                collector.name, collector.max_message_size
+            ));
+        }
         if let Some(tls) = &collector.tls
             && !tls.antrea
             && let Err(error) = crate::export::tls::client_config(tls)

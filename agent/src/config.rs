@@ -930,6 +930,13 @@ impl Config {
         positive("deny.idleTimeout", self.deny.idle_timeout)?;
         positive("export.shutdownTimeout", self.export.shutdown_timeout)?;
         positive("logging.summaryInterval", self.logging.summary_interval)?;
+        let statistics = self.export.statistics.interval.0;
+        if !statistics.is_zero() && statistics < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "export.statistics.interval",
+                "must be 0s (no statistics) or at least 1s",
+            ));
+        }
         if self.attribution.max_sockets == 0 {
             return Err(invalid("attribution.maxSockets", "must be greater than 0"));
         }

@@ -742,6 +742,13 @@ impl RecordBuilder {
             &enrichment.meta,
         );
         record.kubernetes = kubernetes_values(self.kubernetes, &enrichment.meta);
+        // Where the source was translated (kube-proxy masquerading an external client of a
+        // NodePort or LoadBalancer service): the address and port it was given, so an
+        // aggregator can join the two nodes' halves of the flow.
+        if let Some(address) = store.snat_address(due.connection.snat_address) {
+            record.flow.proxy_snat_ip = crate::net::from_mapped(address, due.key.ipv6);
+            record.flow.proxy_snat_port = due.connection.snat_port;
+        }
         f(&record)
     }
 }

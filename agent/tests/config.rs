@@ -61,6 +61,14 @@ fn invalid_configs_are_rejected_with_one_clear_line() {
             "deny: {idleTimeout: 0s}",
             "deny.idleTimeout: must be greater than 0",
         ),
+        (
+            "export: {statistics: {interval: 100ms}}",
+            "export.statistics.interval: must be 0s (no statistics) or at least 1s",
+        ),
+        (
+            "export: {statistics: {intervall: 1m}}",
+            "export.statistics: unknown field `intervall`",
+        ),
         ("deny: {nflogGroup: 70000}", "deny.nflogGroup"),
         (
             "attribution: {maxSockets: 0}",

@@ -42,15 +42,21 @@ pub fn record_to_json(record: &DataRecord<'_>, learned: &Learned) -> Map<String,
                 return Some((ie.name.to_owned(), value_to_json(value)));
             }
             let spec = &field.spec;
-            match learned.get(&(spec.enterprise_number, spec.element_id)) {
-                Some((name, data_type)) => Value::decode(*data_type, bytes)
-                    .ok()
-                    .map(|value| (name.clone(), value_to_json(value))),
-                None => Some((
+            // A learned type that does not fit the bytes: shown as unknown, not dropped.
+            let learned = learned
+                .get(&(spec.enterprise_number, spec.element_id))
+                .and_then(|(name, data_type)| {
+                    Some((
+                        name.clone(),
+                        value_to_json(Value::decode(*data_type, bytes).ok()?),
+                    ))
+                });
+            Some(learned.unwrap_or_else(|| {
+                (
                     format!("{}:{}", spec.enterprise_number, spec.element_id),
                     value_to_json(Value::Bytes(bytes)),
-                )),
-            }
+                )
+            }))
         })
         .collect()
 }

@@ -77,9 +77,10 @@ const OWN: &[(u16, Semantics, &str)] = &[
     ),
     (10, Semantics::Flags, "Linux conntrack mark of the flow."),
     (11, Semantics::Identifier, "Linux conntrack id of the flow."),
+    // An octet array: flags semantics is for unsigned integers only (RFC 7012 3.2.6).
     (
         12,
-        Semantics::Flags,
+        Semantics::Default,
         "Linux conntrack labels (128 bits) of the flow.",
     ),
     (

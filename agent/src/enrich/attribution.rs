@@ -337,6 +337,8 @@ mod tests {
         let connection = Connection {
             reply_source: [0; 16],
             reply_source_port: 2,
+            snat_address: 0,
+            snat_port: 0,
             tcp_state: 3,
             origin: crate::store::Origin::Conntrack,
             phase: crate::store::Phase::Active,

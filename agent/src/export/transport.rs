@@ -613,7 +613,11 @@ impl Sender {
     /// At the end of a TCP or TLS session: withdraws every template (RFC 7011 section
     /// 8.1; never over UDP, section 8.4).
     async fn withdraw_templates(&mut self) {
-        if !matches!(self.link, Some(Link::Tcp { .. } | Link::Tls(_))) {
+        // Nothing was announced on this session (it reconnected and sent nothing since):
+        // nothing to withdraw.
+        if !matches!(self.link, Some(Link::Tcp { .. } | Link::Tls(_)))
+            || self.templates_sent.is_none()
+        {
             return;
         }
         let options = self.options.as_ref().map(|(s, _)| Arc::clone(s));

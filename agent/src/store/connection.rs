@@ -71,6 +71,10 @@ pub struct Observation {
     /// Source of the reply direction: the real server behind a DNAT.
     pub reply_source: [u8; 16],
     pub reply_source_port: u16,
+    /// Destination of the reply direction: the address and port a SNAT (kube-proxy's
+    /// masquerade) gave the client, else the original source.
+    pub reply_destination: [u8; 16],
+    pub reply_destination_port: u16,
     /// TCP state, as conntrack numbers it (records name it).
     pub tcp_state: Option<u8>,
     /// The connection has ended: these are its final counters.
@@ -119,6 +123,10 @@ pub struct Connection {
     /// Source of the reply direction: the real server behind a DNAT (service) address.
     pub reply_source: [u8; 16],
     pub reply_source_port: u16,
+    /// The SNAT address (interned: [`crate::store::ConnectionStore::snat_address`]; 0:
+    /// no SNAT) and port, where the source was translated (kube-proxy's masquerade).
+    pub snat_address: u16,
+    pub snat_port: u16,
     pub tcp_state: u8,
     pub origin: Origin,
     pub phase: Phase,

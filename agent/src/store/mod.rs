@@ -79,6 +79,8 @@ impl Slot {
             connection: Connection {
                 reply_source: [0; 16],
                 reply_source_port: 0,
+                snat_address: 0,
+                snat_port: 0,
                 tcp_state: 0,
                 origin: Origin::Conntrack,
                 phase: Phase::Active,
@@ -190,6 +192,8 @@ pub struct ConnectionStore {
     len: AtomicUsize,
     deny_count: AtomicUsize,
     prefixes: Mutex<Vec<Arc<str>>>,
+    /// SNAT addresses seen (index 0: none), few on a node: its own addresses.
+    snat_addresses: Mutex<Vec<[u8; 16]>>,
     /// The shard the next expiry starts at.
     next_shard: AtomicUsize,
 }
@@ -282,6 +286,7 @@ impl ConnectionStore {
             len: AtomicUsize::new(0),
             deny_count: AtomicUsize::new(0),
             prefixes: Mutex::new(vec![Arc::from("")]),
+            snat_addresses: Mutex::new(vec![[0; 16]]),
             next_shard: AtomicUsize::new(0),
         }
     }
@@ -313,6 +318,27 @@ impl ConnectionStore {
         shard
             .find(hash, key)
             .map(|slot| shard.slot(slot).connection)
+    }
+
+    /// The SNAT address interned as `id` (IPv4-mapped for IPv4; None for 0 or unknown).
+    pub fn snat_address(&self, id: u16) -> Option<[u8; 16]> {
+        if id == 0 {
+            return None;
+        }
+        lock(&self.snat_addresses).get(usize::from(id)).copied()
+    }
+
+    /// The id of a SNAT address; 0 (no SNAT reported) once 65,535 distinct ones are held.
+    fn intern_snat(&self, address: [u8; 16]) -> u16 {
+        let mut addresses = lock(&self.snat_addresses);
+        match addresses.iter().position(|a| *a == address) {
+            Some(id) => id as u16,
+            None if addresses.len() <= usize::from(u16::MAX) => {
+                addresses.push(address);
+                (addresses.len() - 1) as u16
+            }
+            None => 0,
+        }
     }
 
     /// The deny prefix interned as `id` (a shared string: no copy).
@@ -482,9 +508,18 @@ impl ConnectionStore {
 
     /// A connection first seen in `seen`.
     fn fresh(&self, seen: &Observation, generation: u32, now_ms: u64) -> Connection {
+        // The reply goes to another address or port than the client's: a SNAT.
+        let snat = seen.reply_destination != seen.key.source
+            || seen.reply_destination_port != seen.key.source_port;
         Connection {
             reply_source: seen.reply_source,
             reply_source_port: seen.reply_source_port,
+            snat_address: if snat {
+                self.intern_snat(seen.reply_destination)
+            } else {
+                0
+            },
+            snat_port: if snat { seen.reply_destination_port } else { 0 },
             tcp_state: seen.tcp_state.unwrap_or(0),
             origin: Origin::Conntrack,
             phase: if seen.ended {
@@ -555,6 +590,8 @@ impl ConnectionStore {
         let connection = Connection {
             reply_source: key.destination,
             reply_source_port: key.destination_port,
+            snat_address: 0,
+            snat_port: 0,
             tcp_state: 0,
             origin: denial.origin,
             phase: Phase::Active,

@@ -274,6 +274,8 @@ pub(crate) mod fixtures {
         let connection = Connection {
             reply_source: octets(destination),
             reply_source_port: destination_port,
+            snat_address: 0,
+            snat_port: 0,
             tcp_state: 3,
             origin: crate::store::Origin::Conntrack,
             phase: crate::store::Phase::Active,

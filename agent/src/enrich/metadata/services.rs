@@ -1,6 +1,8 @@
 //! The service index: a service port's `namespace/name:port` by cluster IP, port and
-//! protocol. A record asks for it only when conntrack translated the destination (DNAT),
-//! so a connection made straight to a pod or to an outside address names no service.
+//! protocol, by load-balancer ingress IP or external IP, port and protocol, and by node
+//! port and protocol (any node address). A record asks for it only when conntrack
+//! translated the destination (DNAT), so a connection made straight to a pod or to an
+//! outside address names no service.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,6 +20,11 @@ pub struct ServiceView {
     pub cluster_ips: Vec<IpAddr>,
     /// Port, IP protocol number, port name.
     pub ports: Vec<(u16, u8, String)>,
+    /// `spec.externalIPs` and `status.loadBalancer.ingress[].ip`: addresses that reach the
+    /// ports as the cluster IPs do.
+    pub external_ips: Vec<IpAddr>,
+    /// Node port, IP protocol number, port name (NodePort and LoadBalancer services).
+    pub node_ports: Vec<(u16, u8, String)>,
     /// `metadata.uid` as 16 bytes (`destinationServiceUUID`; zero when not a UUID).
     pub uid: [u8; 16],
 }
@@ -51,10 +58,8 @@ impl ServiceView {
                 cluster_ips.push(ip);
             }
         }
-        let ports = spec
-            .and_then(|s| s.ports.as_ref())
-            .into_iter()
-            .flatten()
+        let all_ports = || spec.and_then(|s| s.ports.as_ref()).into_iter().flatten();
+        let ports = all_ports()
             .filter_map(|p| {
                 Some((
                     u16::try_from(p.port).ok()?,
@@ -63,10 +68,44 @@ impl ServiceView {
                 ))
             })
             .collect();
+        let node_ports = all_ports()
+            .filter_map(|p| {
+                Some((
+                    u16::try_from(p.node_port?).ok().filter(|n| *n != 0)?,
+                    protocol_number(p.protocol.as_deref())?,
+                    p.name.clone().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        let ingress = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref());
+        let mut external_ips = Vec::new();
+        for text in spec
+            .and_then(|s| s.external_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(ingress)
+        {
+            if let Ok(ip) = text.parse::<IpAddr>()
+                && !external_ips.contains(&ip)
+                && !cluster_ips.contains(&ip)
+            {
+                external_ips.push(ip);
+            }
+        }
         Some(Self {
             name: format!("{namespace}/{name}"),
             cluster_ips,
             ports,
+            external_ips,
+            node_ports,
             uid: super::pods::uid_bytes(service.metadata.uid.as_deref().unwrap_or_default()),
         })
     }
@@ -81,7 +120,8 @@ impl ServiceView {
     }
 }
 
-type ServiceKey = (IpAddr, u16, u8);
+/// (address, port, protocol); a node port's key has no address (any node's).
+type ServiceKey = (Option<IpAddr>, u16, u8);
 
 /// Service ports by cluster IP, port and protocol.
 #[derive(Debug, Default)]
@@ -107,12 +147,17 @@ impl ServiceIndex {
     pub fn apply(&mut self, view: &ServiceView) {
         self.delete(&view.name);
         let mut keys = Vec::new();
-        for ip in &view.cluster_ips {
+        for ip in view.cluster_ips.iter().chain(&view.external_ips) {
             for (port, protocol, name) in &view.ports {
-                let key = (*ip, *port, *protocol);
+                let key = (Some(*ip), *port, *protocol);
                 self.ports.insert(key, (view.port_name(name), view.uid));
                 keys.push(key);
             }
+        }
+        for (port, protocol, name) in &view.node_ports {
+            let key = (None, *port, *protocol);
+            self.ports.insert(key, (view.port_name(name), view.uid));
+            keys.push(key);
         }
         self.by_service.insert(view.name.clone(), keys);
         self.relist.saw(&view.name);
@@ -141,12 +186,15 @@ impl ServiceIndex {
 
     /// `namespace/name:port` of the service port at `ip:port` over `protocol`.
     pub fn port_name(&self, ip: IpAddr, port: u16, protocol: u8) -> Option<&Arc<str>> {
-        self.ports.get(&(ip, port, protocol)).map(|(name, _)| name)
+        self.port(ip, port, protocol).map(|(name, _)| name)
     }
 
-    /// The port's name and its service's uid.
+    /// The port's name and its service's uid: by cluster, external or load-balancer IP,
+    /// else by node port (a translated connection to a node's address).
     pub fn port(&self, ip: IpAddr, port: u16, protocol: u8) -> Option<&(Arc<str>, [u8; 16])> {
-        self.ports.get(&(ip, port, protocol))
+        self.ports
+            .get(&(Some(ip), port, protocol))
+            .or_else(|| self.ports.get(&(None, port, protocol)))
     }
 }
 
@@ -155,12 +203,75 @@ mod tests {
     use super::*;
 
     #[test]
+    fn node_ports_and_load_balancer_addresses_name_their_service() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "namespace": "web",
+                         "uid": "0a0b0c0d-0e0f-4a1b-8c2d-3e4f50617283"},
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": "10.96.0.20",
+                "externalIPs": ["192.0.2.7"],
+                "ports": [{"name": "https", "port": 443, "nodePort": 30443, "protocol": "TCP"},
+                          {"name": "dns", "port": 53, "nodePort": 30053, "protocol": "UDP"}]
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}, {"hostname": "lb.example"}]}}
+        }))
+        .unwrap();
+        let view = ServiceView::from_service(&service).unwrap();
+        assert_eq!(
+            view.external_ips,
+            [
+                "192.0.2.7".parse::<IpAddr>().unwrap(),
+                "198.51.100.9".parse().unwrap()
+            ]
+        );
+        let mut index = ServiceIndex::default();
+        index.apply(&view);
+        let name = |ip: &str, port, protocol| {
+            index
+                .port_name(ip.parse().unwrap(), port, protocol)
+                .map(|s| s.to_string())
+        };
+        assert_eq!(
+            name("10.96.0.20", 443, 6).as_deref(),
+            Some("web/shop:https")
+        );
+        assert_eq!(
+            name("198.51.100.9", 443, 6).as_deref(),
+            Some("web/shop:https")
+        );
+        assert_eq!(name("192.0.2.7", 53, 17).as_deref(), Some("web/shop:dns"));
+        // A node port through any node address.
+        assert_eq!(
+            name("172.18.0.3", 30443, 6).as_deref(),
+            Some("web/shop:https")
+        );
+        assert_eq!(name("172.18.0.3", 30443, 17), None);
+        assert_eq!(name("198.51.100.9", 8443, 6), None);
+        assert_eq!(
+            index
+                .port("172.18.0.3".parse().unwrap(), 30053, 17)
+                .unwrap()
+                .1[0],
+            0x0a
+        );
+        index.delete("web/shop");
+        assert_eq!(
+            index.port_name("172.18.0.3".parse().unwrap(), 30443, 6),
+            None
+        );
+        assert!(index.is_empty());
+    }
+
+    #[test]
     fn service_ports_by_cluster_ip() {
         let mut index = ServiceIndex::default();
         let web = ServiceView {
             name: "shop/web".into(),
             cluster_ips: vec!["10.96.0.10".parse().unwrap(), "fd00:96::a".parse().unwrap()],
             ports: vec![(80, 6, "http".into()), (53, 17, String::new())],
+            external_ips: Vec::new(),
+            node_ports: Vec::new(),
             uid: [7; 16],
         };
         index.apply(&web);

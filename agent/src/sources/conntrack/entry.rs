@@ -368,6 +368,8 @@ impl From<&ConntrackEntry> for Observation {
             }),
             reply_source: crate::net::to_mapped(entry.reply.source),
             reply_source_port: entry.reply.source_port,
+            reply_destination: crate::net::to_mapped(entry.reply.destination),
+            reply_destination_port: entry.reply.destination_port,
             tcp_state: entry.tcp_state,
             ended: entry.is_dying() || matches!(entry.tcp_state, Some(7 | 8)),
             opening: matches!(entry.tcp_state, Some(1..=3)),
