@@ -414,6 +414,12 @@ def main():
                     f"Secret {tls.get('clientSecret', 'flow-aggregator/flow-aggregator-client-tls')}")
         missing = [line for line in expected_lines if line not in notes.splitlines()]
         check(f"{variant}: NOTES list the collectors", not missing, f"{missing} not in:\n{notes}")
+        # The node's network findings are reachable from what the chart deploys.
+        check(
+            f"{variant}: NOTES point at /diagnose and flowex diagnose",
+            "/diagnose" in notes and "flowex diagnose" in notes,
+            notes,
+        )
 
     for values, path, *words in BAD_VALUES:
         try:

@@ -745,6 +745,46 @@ mod tests {
         );
     }
 
+    /// `/proc/net/softnet_stat` of a 16-CPU build node on an older kernel (11 columns: no
+    /// backlog length or CPU number), recorded twice 5 s apart: CPUs 0-3 take the NIC's
+    /// interrupts and squeeze, the rest only process.
+    fn sixteen_cpus(squeezed: u32) -> String {
+        (0..16)
+            .map(|cpu| {
+                let busy = cpu < 4;
+                let processed = if busy { 0x0a3f_1c20 } else { 0x0012_4f80 } + cpu;
+                let squeeze = if busy { squeezed } else { 3 };
+                format!(
+                    "{processed:08x} 00000000 {squeeze:08x} 00000000 00000000 00000000 00000000 00000000 00000000 {:08x} 00000000\n",
+                    if busy { 0 } else { 0x1f4 }
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_recorded_sixteen_cpu_node_is_found_squeezing_on_its_interrupt_cpus() {
+        let mut before = Vec::new();
+        let mut now = Vec::new();
+        crate::network::softnet::parse_softnet(&sixteen_cpus(0x1000), &mut before).unwrap();
+        crate::network::softnet::parse_softnet(&sixteen_cpus(0x1000 + 45), &mut now).unwrap();
+        assert_eq!(before.len(), 16);
+        assert_eq!(now[15].cpu, 15);
+        assert_eq!(now[2].time_squeeze, 0x1000 + 45);
+        let t0 = Instant::now();
+        let report = diagnose(
+            Some(&sample(t0, before)),
+            &sample(t0 + Duration::from_secs(5), now),
+        );
+        assert_eq!(report.findings.len(), 1, "{report:?}");
+        let f = &report.findings[0];
+        assert!(f.active);
+        assert_eq!(
+            f.summary,
+            "time_squeeze grew 36/s on CPUs 0-3 while softnet dropped 0: the budget runs out before the backlog is empty"
+        );
+    }
+
     #[test]
     fn a_rare_squeeze_is_reported_but_not_active() {
         let t0 = Instant::now();
