@@ -348,19 +348,16 @@ fn exports_real_traffic(client_ip: IpAddr, server_ip: IpAddr, pod_scope: &str) {
         .server
         .exec(&["ip", "-s", "-j", "link", "show", "dev", "vs"]);
     let link: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let veth = |direction: u64| {
+    let veth = |template: u64| {
         options
             .iter()
-            .rfind(|r| {
-                r["optionsTemplateId"] == 260
-                    && r["interfaceName"] == "vs"
-                    && r["flowDirection"] == direction
-            })
+            .rfind(|r| r["optionsTemplateId"] == template && r["interfaceName"] == "vs")
             .unwrap_or_else(|| panic!("no drops of vs: {options:?}"))["droppedPacketTotalCount"]
             .clone()
     };
-    assert_eq!(veth(0), link[0]["stats64"]["rx"]["dropped"]);
-    assert_eq!(veth(1), link[0]["stats64"]["tx"]["dropped"]);
+    // Receive drops under ingressInterface (260), transmit drops under egressInterface (262).
+    assert_eq!(veth(260), link[0]["stats64"]["rx"]["dropped"]);
+    assert_eq!(veth(262), link[0]["stats64"]["tx"]["dropped"]);
 
     for port in &short_ports {
         let found = records_for(&records, 6, *port, 7300);

@@ -29,7 +29,9 @@ use super::collector::CollectorStats;
 /// Template ids of the options records (the data templates are 256 and 257).
 pub const EXPORTING_TEMPLATE_ID: u16 = 258;
 pub const METERING_TEMPLATE_ID: u16 = 259;
+/// Receive drops, scope `ingressInterface`; transmit drops, scope `egressInterface`.
 pub const INTERFACE_TEMPLATE_ID: u16 = 260;
+pub const INTERFACE_TRANSMIT_TEMPLATE_ID: u16 = 262;
 pub const TYPE_TEMPLATE_ID: u16 = 261;
 
 /// meteringProcessId of each source.
@@ -150,17 +152,21 @@ impl Statistics {
                 ],
             )?);
             if interfaces {
-                templates.push(Template::options(
-                    INTERFACE_TEMPLATE_ID,
-                    2,
-                    &[
-                        ie("ingressInterface"),
-                        ie("flowDirection"),
-                        ie("interfaceName"),
-                        ie("droppedPacketTotalCount"),
-                        ie("observationTimeMilliseconds"),
-                    ],
-                )?);
+                for (id, scope) in [
+                    (INTERFACE_TEMPLATE_ID, "ingressInterface"),
+                    (INTERFACE_TRANSMIT_TEMPLATE_ID, "egressInterface"),
+                ] {
+                    templates.push(Template::options(
+                        id,
+                        1,
+                        &[
+                            ie(scope),
+                            ie("interfaceName"),
+                            ie("droppedPacketTotalCount"),
+                            ie("observationTimeMilliseconds"),
+                        ],
+                    )?);
+                }
             }
         }
         let mut encoded_types = Vec::new();
@@ -271,23 +277,26 @@ impl Statistics {
             }
         }
         if self.interfaces
-            && let (Some(template), Some(source)) = (self.template(INTERFACE_TEMPLATE_ID), source)
+            && let (Some(receive), Some(transmit), Some(source)) = (
+                self.template(INTERFACE_TEMPLATE_ID),
+                self.template(INTERFACE_TRANSMIT_TEMPLATE_ID),
+                source,
+            )
         {
             let now = crate::store::now_ms();
             for interface in source.interface_drops() {
-                for (direction, dropped) in [
-                    (0, interface.receive_dropped),
-                    (1, interface.transmit_dropped),
+                for (template, dropped) in [
+                    (receive, interface.receive_dropped),
+                    (transmit, interface.transmit_dropped),
                 ] {
                     let values = [
                         Value::Unsigned(u64::from(interface.index)),
-                        Value::Unsigned(direction),
                         Value::String(&interface.name),
                         Value::Unsigned(dropped),
                         Value::DateTimeMilliseconds(now),
                     ];
                     if let Ok(record) = ValueRecord::new(template, &values) {
-                        records.push((INTERFACE_TEMPLATE_ID, encode(&record)));
+                        records.push((template.id(), encode(&record)));
                     }
                 }
             }
@@ -379,14 +388,14 @@ mod tests {
                     )
                 ),
                 (INTERFACE_TEMPLATE_ID, decoded[2].1.clone()),
-                (INTERFACE_TEMPLATE_ID, decoded[3].1.clone()),
+                (INTERFACE_TRANSMIT_TEMPLATE_ID, decoded[3].1.clone()),
             ]
         );
         assert!(decoded[2].1.starts_with(
-            "ingressInterface=Unsigned(7) flowDirection=Unsigned(0) interfaceName=String(\"veth1\") droppedPacketTotalCount=Unsigned(11)"
+            "ingressInterface=Unsigned(7) interfaceName=String(\"veth1\") droppedPacketTotalCount=Unsigned(11)"
         ));
         assert!(decoded[3].1.starts_with(
-            "ingressInterface=Unsigned(7) flowDirection=Unsigned(1) interfaceName=String(\"veth1\") droppedPacketTotalCount=Unsigned(25)"
+            "egressInterface=Unsigned(7) interfaceName=String(\"veth1\") droppedPacketTotalCount=Unsigned(25)"
         ));
         // Built once per half interval: a second ask shares the first build.
         assert!(Arc::ptr_eq(
