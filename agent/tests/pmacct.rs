@@ -19,6 +19,7 @@ use std::time::Duration;
 use collector_sim::synthetic;
 use flowex_agent::config::Transport;
 use flowex_agent::enrich::attribution::{EndOwner, FlowOwners};
+use flowex_agent::export::statistics::Statistics;
 use flowex_agent::export::{BatchBuilder, ExportingProcess};
 use flowex_agent::records::{AgentRecord, templates};
 use flowex_ipfix::Registry;
@@ -91,7 +92,13 @@ async fn nfacctd_reads(
     let templates = Arc::new(templates(&registry).unwrap());
     let mut to_nfacctd = target(Transport::Udp, format!("127.0.0.1:{port}"), None);
     to_nfacctd.max_message_size = 1_472;
-    let process = ExportingProcess::start(&[to_nfacctd], templates, 41).unwrap();
+    // With the statistics and type records the agent sends by default among the records.
+    to_nfacctd.options = true;
+    let statistics =
+        Arc::new(Statistics::new(&registry, Some(Duration::from_secs(1)), false, true).unwrap());
+    let process =
+        ExportingProcess::start_with_statistics(&[to_nfacctd], templates, 41, Some(statistics))
+            .unwrap();
     let stats = Arc::clone(&process.collectors()[0].stats);
     let mut builder = BatchBuilder::default();
     for i in 0..RECORDS {
