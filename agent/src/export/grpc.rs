@@ -29,8 +29,9 @@ use tokio::sync::mpsc;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::backoff::{Backoff, Outage};
 use super::collector::{Chunk, CollectorStats, CollectorTarget, DropReason};
-use super::transport::{Backoff, CONNECT_TIMEOUT, Outage};
+use super::transport::CONNECT_TIMEOUT;
 
 /// Flows per stream message: Antrea's agent sends one; batching saves framing.
 pub const FLOWS_PER_REQUEST: usize = 1024;
