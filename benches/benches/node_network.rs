@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use flowex_agent::netlink::socket::{Reply, RequestError, RequestSocket};
+use flowex_agent::network::rtnetlink::stats_get_request;
 use flowex_agent::network::{NodeNetwork, PodName, Sources};
 use prometheus::Registry;
 
@@ -49,20 +51,63 @@ impl Drop for Namespaces {
     }
 }
 
-/// Opens the node network metrics inside `ns` (their sockets belong to the namespace of
-/// the thread that opens them).
+/// Opens the node network metrics inside `ns`.
 fn open_in(ns: &str, registry: &Registry) -> NodeNetwork {
-    let path = format!("/var/run/netns/{ns}");
     let registry = registry.clone();
+    in_namespace(ns, move || NodeNetwork::new(&registry, Sources::default()))
+}
+
+/// Runs `f` on a thread inside namespace `ns` (a netlink socket belongs to the namespace
+/// of the thread that opens it).
+fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = File::open(&path).expect("namespace");
         // SAFETY: setns on a valid namespace fd changes only this thread's namespace.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns");
-        NodeNetwork::new(&registry, Sources::default())
+        f()
     })
     .join()
-    .expect("open thread")
+    .expect("namespace thread")
+}
+
+/// The indexes of the veths of namespace `ns` (the interfaces the refresh follows there).
+fn veth_indexes(ns: &str) -> Vec<u32> {
+    let output = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "type", "veth"])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            line.split(':')
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .expect("ifindex")
+        })
+        .collect()
+}
+
+/// The kernel's share alone: one `RTM_GETSTATS` per index, all in one send, the replies
+/// read and nothing else done with them (what `Links::read_counters` asks, without the
+/// table, the notifications, softnet or the ethtool requests).
+fn stats_exchange(socket: &mut RequestSocket, request: &mut Vec<u8>, indexes: &[u32]) -> usize {
+    let first = socket.reserve(indexes.len());
+    request.clear();
+    for (i, index) in indexes.iter().enumerate() {
+        stats_get_request(request, first.wrapping_add(i as u32), *index);
+    }
+    let mut replies = 0;
+    socket
+        .exchange(request, first, indexes.len(), |_, reply| {
+            if let Reply::Message(..) = reply {
+                replies += 1;
+            }
+            Ok::<(), RequestError>(())
+        })
+        .expect("stats exchange");
+    replies
 }
 
 fn node_network(c: &mut Criterion) {
@@ -107,9 +152,22 @@ fn node_network(c: &mut Criterion) {
         network.refresh();
     }
 
+    let indexes = veth_indexes(&namespaces.node);
+    let mut socket = in_namespace(&namespaces.node, || {
+        RequestSocket::open(libc::NETLINK_ROUTE as isize).expect("route socket")
+    });
+    let mut request = Vec::new();
+    assert_eq!(
+        stats_exchange(&mut socket, &mut request, &indexes),
+        indexes.len()
+    );
+
     let mut group = c.benchmark_group("node_network");
     group.bench_function("refresh/nic_and_100_pod_veths", |b| {
         b.iter(|| network.refresh())
+    });
+    group.bench_function("kernel_getstats/nic_and_100_pod_veths", |b| {
+        b.iter(|| stats_exchange(&mut socket, &mut request, &indexes))
     });
 
     // The same, beside 1,000 interfaces the agent does not follow (dummy where the kernel
@@ -127,6 +185,10 @@ fn node_network(c: &mut Criterion) {
     group.bench_function("refresh/nic_and_100_pod_veths_beside_1000_dummies", |b| {
         b.iter(|| network.refresh())
     });
+    group.bench_function(
+        "kernel_getstats/nic_and_100_pod_veths_beside_1000_dummies",
+        |b| b.iter(|| stats_exchange(&mut socket, &mut request, &indexes)),
+    );
     let mut idle: Vec<Child> = (0..PROCESSES)
         .map(|_| {
             Command::new("sleep")
