@@ -83,6 +83,158 @@ pub struct Observation {
     pub opening: bool,
 }
 
+/// What the store reads of an observation, field by field, once it has found the
+/// connection: a source hands its own parsed entry and the store takes what it needs, with
+/// no copy made on the update path (building an [`Observation`] before the shard's lock
+/// made an update of a known connection half again as slow: the lock waited for the
+/// copy's stores). The sources say what their numbers mean.
+pub trait Observed {
+    fn key(&self) -> ConnKey;
+    fn conntrack_id(&self) -> u32;
+    /// The kernel's start time (nf_conntrack_timestamp), milliseconds since the epoch.
+    fn start_ms(&self) -> Option<u64>;
+    /// Counters, when the entry carries them (accounting on; not an UPDATE event).
+    fn counters(&self) -> Option<Counters>;
+    /// TCP state, as conntrack numbers it (records name it).
+    fn tcp_state(&self) -> Option<u8>;
+    /// The connection has ended: these are its final counters.
+    fn ended(&self) -> bool;
+    /// In a state only a new connection is in (a TCP handshake or its first exchange).
+    fn opening(&self) -> bool;
+    /// The reply direction, read for a connection seen for the first time: its source
+    /// (the real server behind a DNAT) and destination (the address a SNAT gave the
+    /// client, else the original source), with their ports.
+    fn reply(&self) -> Reply;
+}
+
+/// The reply direction of an observed connection (IPv4 mapped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub source: [u8; 16],
+    pub source_port: u16,
+    pub destination: [u8; 16],
+    pub destination_port: u16,
+}
+
+impl Observed for Observation {
+    #[inline]
+    fn key(&self) -> ConnKey {
+        self.key
+    }
+    #[inline]
+    fn conntrack_id(&self) -> u32 {
+        self.conntrack_id
+    }
+    #[inline]
+    fn start_ms(&self) -> Option<u64> {
+        self.start_ms
+    }
+    #[inline]
+    fn counters(&self) -> Option<Counters> {
+        self.counters
+    }
+    #[inline]
+    fn tcp_state(&self) -> Option<u8> {
+        self.tcp_state
+    }
+    #[inline]
+    fn ended(&self) -> bool {
+        self.ended
+    }
+    #[inline]
+    fn opening(&self) -> bool {
+        self.opening
+    }
+    #[inline]
+    fn reply(&self) -> Reply {
+        Reply {
+            source: self.reply_source,
+            source_port: self.reply_source_port,
+            destination: self.reply_destination,
+            destination_port: self.reply_destination_port,
+        }
+    }
+}
+
+/// An observation through a reference, shared or not.
+macro_rules! observed_through {
+    ($($reference:ty),*) => {$(
+        impl<T: Observed + ?Sized> Observed for $reference {
+            #[inline]
+            fn key(&self) -> ConnKey {
+                (**self).key()
+            }
+            #[inline]
+            fn conntrack_id(&self) -> u32 {
+                (**self).conntrack_id()
+            }
+            #[inline]
+            fn start_ms(&self) -> Option<u64> {
+                (**self).start_ms()
+            }
+            #[inline]
+            fn counters(&self) -> Option<Counters> {
+                (**self).counters()
+            }
+            #[inline]
+            fn tcp_state(&self) -> Option<u8> {
+                (**self).tcp_state()
+            }
+            #[inline]
+            fn ended(&self) -> bool {
+                (**self).ended()
+            }
+            #[inline]
+            fn opening(&self) -> bool {
+                (**self).opening()
+            }
+            #[inline]
+            fn reply(&self) -> Reply {
+                (**self).reply()
+            }
+        }
+    )*};
+}
+observed_through!(&T, &mut T);
+
+/// An observation of a connection's end: what `O` saw, with its counters final.
+pub(super) struct Ending<O>(pub O);
+
+impl<O: Observed> Observed for Ending<O> {
+    #[inline]
+    fn key(&self) -> ConnKey {
+        self.0.key()
+    }
+    #[inline]
+    fn conntrack_id(&self) -> u32 {
+        self.0.conntrack_id()
+    }
+    #[inline]
+    fn start_ms(&self) -> Option<u64> {
+        self.0.start_ms()
+    }
+    #[inline]
+    fn counters(&self) -> Option<Counters> {
+        self.0.counters()
+    }
+    #[inline]
+    fn tcp_state(&self) -> Option<u8> {
+        self.0.tcp_state()
+    }
+    #[inline]
+    fn ended(&self) -> bool {
+        true
+    }
+    #[inline]
+    fn opening(&self) -> bool {
+        self.0.opening()
+    }
+    #[inline]
+    fn reply(&self) -> Reply {
+        self.0.reply()
+    }
+}
+
 /// One denied packet, in the store's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denial<'a> {

@@ -7,7 +7,7 @@ use crate::net::{from_mapped, to_mapped};
 
 /// Zone and original-direction 5-tuple. Addresses are stored as 16 bytes (IPv4 mapped)
 /// so the key has one fixed size for both families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ConnKey {
     pub zone: u16,
     pub protocol: u8,
@@ -29,6 +29,26 @@ pub fn flow_ports(
         (icmp_id, u16::from_be_bytes([icmp_type, icmp_code]))
     } else {
         (source_port, destination_port)
+    }
+}
+
+impl std::hash::Hash for ConnKey {
+    /// Five words: the small fields packed into one, then the two addresses (a derived
+    /// hash takes eleven rounds, with the arrays' length prefixes; the hash is on the
+    /// path of every update).
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let small = u64::from(self.zone)
+            | u64::from(self.protocol) << 16
+            | u64::from(self.ipv6) << 24
+            | u64::from(self.source_port) << 32
+            | u64::from(self.destination_port) << 48;
+        state.write_u64(small);
+        for address in [&self.source, &self.destination] {
+            let (high, low) = address.split_at(8);
+            state.write_u64(u64::from_ne_bytes(high.try_into().expect("8 bytes")));
+            state.write_u64(u64::from_ne_bytes(low.try_into().expect("8 bytes")));
+        }
     }
 }
 

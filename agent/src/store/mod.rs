@@ -32,9 +32,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hashbrown::HashTable;
 
+use connection::Ending;
 pub use connection::{
-    Annotation, Connection, Counters, Denial, Due, EndReason, Expired, Observation, Origin, Phase,
-    Timeouts,
+    Annotation, Connection, Counters, Denial, Due, EndReason, Expired, Observation, Observed,
+    Origin, Phase, Reply, Timeouts,
 };
 pub use key::{ConnKey, FxBuild, FxHasher, flow_ports};
 
@@ -217,17 +218,18 @@ fn identity(
     shard: &Shard,
     key: &ConnKey,
     stored: &Connection,
-    seen: &Observation,
+    seen: &impl Observed,
     created: bool,
 ) -> Identity {
     if stored.origin.is_denied() {
         // Denied packets never made a conntrack entry: conntrack's is another connection.
         return Identity::Newer;
     }
-    let kernel_starts = stored.kernel_start && seen.start_ms.is_some();
-    let id = seen.conntrack_id;
+    let start_ms = seen.start_ms();
+    let kernel_starts = stored.kernel_start && start_ms.is_some();
+    let id = seen.conntrack_id();
     let id_differs = id != 0 && stored.conntrack_id != 0 && id != stored.conntrack_id;
-    let start_differs = kernel_starts && seen.start_ms != Some(stored.start_ms);
+    let start_differs = kernel_starts && start_ms != Some(stored.start_ms);
     if !id_differs && !start_differs {
         // The id is a hash of the entry's address and tuple: a new entry of the same tuple
         // that reuses the old one's memory gets the old id, and NEW and UPDATE events carry
@@ -235,9 +237,9 @@ fn identity(
         // (a NEW event, a TCP state of a new connection, counters that went back) is
         // another connection.
         let reopened = created
-            || seen.opening
+            || seen.opening()
             || seen
-                .counters
+                .counters()
                 .is_some_and(|c| c.packets < stored.counters.packets);
         return if stored.phase.has_ended() && reopened {
             Identity::Newer
@@ -249,7 +251,7 @@ fn identity(
         .retired
         .iter()
         .any(|(k, c, _)| k == key && c.conntrack_id == id);
-    if retired || (kernel_starts && seen.start_ms < Some(stored.start_ms)) {
+    if retired || (kernel_starts && start_ms < Some(stored.start_ms)) {
         Identity::Older
     } else {
         Identity::Newer
@@ -396,14 +398,14 @@ impl ConnectionStore {
     /// was exported already, is retired and exported with flowEndReason 3 at the next
     /// expiry), and a late event of an older one (its DESTROY after the new one's NEW)
     /// updates the retired connection, never the new one.
-    pub fn update(&self, seen: impl Into<Observation>, generation: u32, now_ms: u64) {
-        self.apply(&seen.into(), generation, now_ms, false);
+    pub fn update(&self, seen: impl Observed, generation: u32, now_ms: u64) {
+        self.apply(&seen, generation, now_ms, false);
     }
 
     /// Adds a connection from a NEW event: conntrack has just created it, so a connection
     /// stored for its tuple that has ended is an earlier one even when the ids agree.
-    pub fn create(&self, seen: impl Into<Observation>, now_ms: u64) {
-        self.apply(&seen.into(), 0, now_ms, true);
+    pub fn create(&self, seen: impl Observed, now_ms: u64) {
+        self.apply(&seen, 0, now_ms, true);
     }
 
     /// Like [`ConnectionStore::create`], unless the NEW event may be older than what the
@@ -413,18 +415,15 @@ impl ConnectionStore {
     /// a second connection of the same entry and export it twice. Returns false, without
     /// changing anything, for the caller to fetch the entry and apply it with its start
     /// time (a new connection of the tuple has another start).
-    pub fn create_unless_stale(&self, seen: impl Into<Observation>, now_ms: u64) -> bool {
-        let seen = seen.into();
-        let hash = hash_key(&seen.key);
+    pub fn create_unless_stale(&self, seen: impl Observed, now_ms: u64) -> bool {
+        let key = seen.key();
+        let hash = hash_key(&key);
         {
             let shard = self.shard(hash);
-            if let Some(slot) = shard.find(hash, &seen.key) {
+            if let Some(slot) = shard.find(hash, &key) {
                 let c = &shard.slot(slot).connection;
-                if c.phase.has_ended()
-                    && c.kernel_start
-                    && seen.conntrack_id != 0
-                    && seen.conntrack_id == c.conntrack_id
-                {
+                let id = seen.conntrack_id();
+                if c.phase.has_ended() && c.kernel_start && id != 0 && id == c.conntrack_id {
                     return false;
                 }
             }
@@ -433,11 +432,11 @@ impl ConnectionStore {
         true
     }
 
-    fn apply(&self, seen: &Observation, generation: u32, now_ms: u64, created: bool) {
-        let key = seen.key;
-        let dying = seen.ended;
+    fn apply(&self, seen: &impl Observed, generation: u32, now_ms: u64, created: bool) {
+        let key = seen.key();
         let hash = hash_key(&key);
         let mut shard = self.shard(hash);
+        let dying = seen.ended();
         if let Some(slot) = shard.find(hash, &key) {
             match identity(&shard, &key, &shard.slot(slot).connection, seen, created) {
                 Identity::Same => {
@@ -448,7 +447,7 @@ impl ConnectionStore {
                     if c.phase == Phase::Ended {
                         return;
                     }
-                    if let Some(counters) = seen.counters
+                    if let Some(counters) = seen.counters()
                         && counters != c.counters
                     {
                         c.counters = counters;
@@ -457,7 +456,7 @@ impl ConnectionStore {
                             c.phase = Phase::Active;
                         }
                     }
-                    if let Some(state) = seen.tcp_state {
+                    if let Some(state) = seen.tcp_state() {
                         c.tcp_state = state;
                     }
                     if dying && !c.phase.has_ended() {
@@ -470,8 +469,8 @@ impl ConnectionStore {
                     if let Some((_, old, _)) = shard
                         .retired
                         .iter_mut()
-                        .find(|(k, c, _)| *k == key && c.conntrack_id == seen.conntrack_id)
-                        && let Some(counters) = seen.counters
+                        .find(|(k, c, _)| *k == key && c.conntrack_id == seen.conntrack_id())
+                        && let Some(counters) = seen.counters()
                     {
                         old.counters = counters;
                     }
@@ -488,7 +487,7 @@ impl ConnectionStore {
                     }
                     let annotation = std::mem::take(&mut shard.slot_mut(slot).annotation);
                     shard.retired.push((key, old, annotation));
-                    let mut connection = self.fresh(seen, generation, now_ms);
+                    let mut connection = self.fresh(&key, seen, generation, now_ms);
                     resumed(&mut shard, &key, &mut connection);
                     let entry = shard.slot_mut(slot);
                     entry.connection = connection;
@@ -499,7 +498,7 @@ impl ConnectionStore {
             }
             return;
         }
-        let mut connection = self.fresh(seen, generation, now_ms);
+        let mut connection = self.fresh(&key, seen, generation, now_ms);
         resumed(&mut shard, &key, &mut connection);
         let slot = shard.insert(hash, key, connection);
         shard.schedule(self.first_deadline(dying, now_ms), slot);
@@ -507,38 +506,45 @@ impl ConnectionStore {
     }
 
     /// A connection first seen in `seen`.
-    fn fresh(&self, seen: &Observation, generation: u32, now_ms: u64) -> Connection {
+    fn fresh(
+        &self,
+        key: &ConnKey,
+        seen: &impl Observed,
+        generation: u32,
+        now_ms: u64,
+    ) -> Connection {
+        let reply = seen.reply();
+        let start_ms = seen.start_ms();
         // The reply goes to another address or port than the client's: a SNAT.
-        let snat = seen.reply_destination != seen.key.source
-            || seen.reply_destination_port != seen.key.source_port;
+        let snat = reply.destination != key.source || reply.destination_port != key.source_port;
         Connection {
-            reply_source: seen.reply_source,
-            reply_source_port: seen.reply_source_port,
+            reply_source: reply.source,
+            reply_source_port: reply.source_port,
             snat_address: if snat {
-                self.intern_snat(seen.reply_destination)
+                self.intern_snat(reply.destination)
             } else {
                 0
             },
-            snat_port: if snat { seen.reply_destination_port } else { 0 },
-            tcp_state: seen.tcp_state.unwrap_or(0),
+            snat_port: if snat { reply.destination_port } else { 0 },
+            tcp_state: seen.tcp_state().unwrap_or(0),
             origin: Origin::Conntrack,
-            phase: if seen.ended {
+            phase: if seen.ended() {
                 Phase::Ending
             } else {
                 Phase::Active
             },
             flushed: false,
-            kernel_start: seen.start_ms.is_some(),
-            conntrack_id: seen.conntrack_id,
+            kernel_start: start_ms.is_some(),
+            conntrack_id: seen.conntrack_id(),
             seen_generation: if generation != 0 {
                 generation
             } else {
                 self.generation.load(Ordering::Acquire)
             },
             deny_prefix: 0,
-            counters: seen.counters.unwrap_or_default(),
+            counters: seen.counters().unwrap_or_default(),
             exported: Counters::default(),
-            start_ms: seen.start_ms.unwrap_or(now_ms),
+            start_ms: start_ms.unwrap_or(now_ms),
             last_change_ms: now_ms,
             last_export_ms: now_ms,
         }
@@ -554,12 +560,8 @@ impl ConnectionStore {
 
     /// Records a connection's end with its final counters (DESTROY event, or the targeted
     /// get after TIME_WAIT/CLOSE); it is exported at the next expiry run.
-    pub fn end(&self, seen: impl Into<Observation>, now_ms: u64) {
-        let seen = Observation {
-            ended: true,
-            ..seen.into()
-        };
-        self.apply(&seen, 0, now_ms, false);
+    pub fn end(&self, seen: impl Observed, now_ms: u64) {
+        self.apply(&Ending(seen), 0, now_ms, false);
     }
 
     /// Adds one denied packet: packets and bytes of the same 5-tuple aggregate.

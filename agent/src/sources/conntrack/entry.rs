@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::attributes::*;
 use crate::netlink::{Attribute, Attributes, NFGEN_LEN, ParseError};
-use crate::store::{ConnKey, Counters as StoreCounters, Observation, flow_ports};
+use crate::store::{ConnKey, Counters as StoreCounters, Observation, Observed, Reply, flow_ports};
 
 /// Conntrack status bit: the entry is being destroyed.
 pub const IPS_DYING: u32 = 1 << 9;
@@ -347,44 +347,74 @@ mod properties {
     }
 }
 
-impl From<&ConntrackEntry> for Observation {
-    /// What the store needs of an entry; conntrack's TCP state numbers are read here:
-    /// TIME_WAIT (7) and CLOSE (8) end a connection, SYN_SENT to ESTABLISHED (1 to 3)
-    /// only begin one.
+/// What the store reads of an entry; conntrack's TCP state numbers are read here:
+/// TIME_WAIT (7) and CLOSE (8) end a connection, SYN_SENT to ESTABLISHED (1 to 3) only
+/// begin one.
+impl Observed for ConntrackEntry {
     #[inline]
-    fn from(entry: &ConntrackEntry) -> Self {
-        Observation {
-            key: entry.original.key(entry.zone),
-            conntrack_id: entry.id,
-            start_ms: entry.start_ns.map(|ns| ns / 1_000_000),
-            counters: entry.original_counters.map(|original| {
-                let reply = entry.reply_counters.unwrap_or_default();
-                StoreCounters {
-                    packets: original.packets,
-                    bytes: original.bytes,
-                    reply_packets: reply.packets,
-                    reply_bytes: reply.bytes,
-                }
-            }),
-            reply_source: crate::net::to_mapped(entry.reply.source),
-            reply_source_port: entry.reply.source_port,
-            reply_destination: crate::net::to_mapped(entry.reply.destination),
-            reply_destination_port: entry.reply.destination_port,
-            tcp_state: entry.tcp_state,
-            ended: entry.is_dying() || matches!(entry.tcp_state, Some(7 | 8)),
-            opening: matches!(entry.tcp_state, Some(1..=3)),
+    fn key(&self) -> ConnKey {
+        self.original.key(self.zone)
+    }
+    #[inline]
+    fn conntrack_id(&self) -> u32 {
+        self.id
+    }
+    #[inline]
+    fn start_ms(&self) -> Option<u64> {
+        self.start_ns.map(|ns| ns / 1_000_000)
+    }
+    #[inline]
+    fn counters(&self) -> Option<StoreCounters> {
+        self.original_counters.map(|original| {
+            let reply = self.reply_counters.unwrap_or_default();
+            StoreCounters {
+                packets: original.packets,
+                bytes: original.bytes,
+                reply_packets: reply.packets,
+                reply_bytes: reply.bytes,
+            }
+        })
+    }
+    #[inline]
+    fn tcp_state(&self) -> Option<u8> {
+        self.tcp_state
+    }
+    #[inline]
+    fn ended(&self) -> bool {
+        self.is_dying() || matches!(self.tcp_state, Some(7 | 8))
+    }
+    #[inline]
+    fn opening(&self) -> bool {
+        matches!(self.tcp_state, Some(1..=3))
+    }
+    #[inline]
+    fn reply(&self) -> Reply {
+        Reply {
+            source: crate::net::to_mapped(self.reply.source),
+            source_port: self.reply.source_port,
+            destination: crate::net::to_mapped(self.reply.destination),
+            destination_port: self.reply.destination_port,
         }
     }
 }
 
-impl From<ConntrackEntry> for Observation {
-    fn from(entry: ConntrackEntry) -> Self {
-        Observation::from(&entry)
-    }
-}
-
-impl From<&mut ConntrackEntry> for Observation {
-    fn from(entry: &mut ConntrackEntry) -> Self {
-        Observation::from(&*entry)
+impl From<&ConntrackEntry> for Observation {
+    /// The entry as a value of its own, for what keeps observations apart from their
+    /// entries (tests, tools).
+    fn from(entry: &ConntrackEntry) -> Self {
+        let reply = entry.reply();
+        Observation {
+            key: entry.key(),
+            conntrack_id: entry.id,
+            start_ms: entry.start_ms(),
+            counters: Observed::counters(entry),
+            reply_source: reply.source,
+            reply_source_port: reply.source_port,
+            reply_destination: reply.destination,
+            reply_destination_port: reply.destination_port,
+            tcp_state: entry.tcp_state,
+            ended: entry.ended(),
+            opening: entry.opening(),
+        }
     }
 }
