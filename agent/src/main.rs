@@ -1,16 +1,11 @@
 //! `flowex`: the node agent's command line.
 
-use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use flowex_agent::config::{Config, Overrides, Settings};
-use flowex_agent::sources::conntrack::{
-    ConntrackEntry, ConntrackSocket, DumpFilter, check_settings, default_root, tcp_state_name,
-};
-use serde_json::json;
+use flowex_agent::sources::conntrack::{ConntrackSocket, DumpFilter, Listing, list};
 
 /// flowex: an IPFIX flow exporter for Kubernetes nodes.
 ///
@@ -97,25 +92,6 @@ struct ConntrackArgs {
     owners: std::path::PathBuf,
 }
 
-/// The owners of both ends of an entry, from the pinned map.
-fn owners_json(owners: &flowex_ebpf::OwnerMap, entry: &ConntrackEntry) -> [serde_json::Value; 2] {
-    use flowex_ebpf::SocketKey;
-    let end = |t: &flowex_agent::sources::conntrack::Tuple| {
-        let key = SocketKey::new(
-            t.protocol,
-            t.source,
-            t.source_port,
-            t.destination,
-            t.destination_port,
-        );
-        owners.find(&key).map_or(
-            serde_json::Value::Null,
-            |o| json!({"pid": o.pid, "name": o.name(), "cgroup_id": o.cgroup_id, "netns": o.netns}),
-        )
-    };
-    [end(&entry.original), end(&entry.reply)]
-}
-
 fn parse_number(text: &str) -> Result<u32, String> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16),
@@ -131,138 +107,26 @@ fn parse_mark(text: &str) -> Result<(u32, u32), String> {
     }
 }
 
-fn entry_json(entry: &ConntrackEntry) -> serde_json::Value {
-    let tuple = |t: &flowex_agent::sources::conntrack::Tuple| {
-        json!({
-            "src": t.source.to_string(),
-            "dst": t.destination.to_string(),
-            "sport": t.source_port,
-            "dport": t.destination_port,
-            "icmp_id": t.icmp_id,
-            "icmp_type": t.icmp_type,
-            "icmp_code": t.icmp_code,
-        })
-    };
-    json!({
-        "id": entry.id,
-        "family": if entry.family == libc::AF_INET6 as u8 { "ipv6" } else { "ipv4" },
-        "protocol": entry.original.protocol,
-        "original": tuple(&entry.original),
-        "reply": tuple(&entry.reply),
-        "packets_original": entry.original_counters.map(|c| c.packets),
-        "bytes_original": entry.original_counters.map(|c| c.bytes),
-        "packets_reply": entry.reply_counters.map(|c| c.packets),
-        "bytes_reply": entry.reply_counters.map(|c| c.bytes),
-        "zone": entry.zone,
-        "mark": entry.mark,
-        "status": entry.status,
-        "tcp_state": entry.tcp_state.map(tcp_state_name),
-        "timeout": entry.timeout,
-        "start_ns": entry.start_ns,
-        "stop_ns": entry.stop_ns,
-        "labels": entry.labels.map(|l| l.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-        "use": entry.use_count,
-    })
-}
-
-fn entry_line(entry: &ConntrackEntry) -> String {
-    let t = &entry.original;
-    let r = &entry.reply;
-    let counters = |c: Option<flowex_agent::sources::conntrack::Counters>| {
-        c.map_or(String::new(), |c| {
-            format!(" packets={} bytes={}", c.packets, c.bytes)
-        })
-    };
-    format!(
-        "proto={} {} src={} dst={} sport={} dport={}{} src={} dst={} sport={} dport={}{} zone={} mark={} id={}",
-        t.protocol,
-        entry.tcp_state.map_or("", tcp_state_name),
-        t.source,
-        t.destination,
-        t.source_port,
-        t.destination_port,
-        counters(entry.original_counters),
-        r.source,
-        r.destination,
-        r.source_port,
-        r.destination_port,
-        counters(entry.reply_counters),
-        entry.zone,
-        entry.mark,
-        entry.id,
-    )
-}
-
 fn conntrack(args: &ConntrackArgs) -> anyhow::Result<()> {
-    let filter = DumpFilter {
-        family: match args.family.as_deref() {
-            Some("ipv4") => libc::AF_INET as u8,
-            Some("ipv6") => libc::AF_INET6 as u8,
-            _ => 0,
+    let listing = Listing {
+        filter: DumpFilter {
+            family: match args.family.as_deref() {
+                Some("ipv4") => libc::AF_INET as u8,
+                Some("ipv6") => libc::AF_INET6 as u8,
+                _ => 0,
+            },
+            zone: args.zone,
+            mark: args.mark,
         },
-        zone: args.zone,
-        mark: args.mark,
+        json: args.json,
+        count: args.count,
+        owners: Some(&args.owners),
     };
-    // Say on stderr what this namespace's settings hide from the listing.
-    for check in check_settings(&default_root(), false) {
-        if !check.ok() {
-            eprintln!("flowex: warning: {}", check.describe());
-        }
-    }
-    let mut socket =
-        ConntrackSocket::open().context("opening a ctnetlink socket (needs CAP_NET_ADMIN)")?;
-    let owners = if args.json && !args.count {
-        match flowex_ebpf::OwnerMap::open_pinned(&args.owners) {
-            Ok(map) => Some(map),
-            Err(error) => {
-                eprintln!(
-                    "flowex: note: no socket owners ({}: {error}); is an agent running with attribution enabled?",
-                    args.owners.display()
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let started = Instant::now();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut write_error = None;
-    let stats = socket
-        .dump(&filter, |entry| {
-            if args.count || write_error.is_some() {
-                return;
-            }
-            let line = if args.json {
-                let mut value = entry_json(entry);
-                if let Some(owners) = &owners {
-                    let [source, destination] = owners_json(owners, entry);
-                    value["source_owner"] = source;
-                    value["destination_owner"] = destination;
-                }
-                value.to_string()
-            } else {
-                entry_line(entry)
-            };
-            if let Err(e) = writeln!(out, "{line}") {
-                write_error = Some(e);
-            }
-        })
-        .context("dumping the conntrack table")?;
-    if args.count {
-        writeln!(
-            out,
-            "{}",
-            json!({"entries": stats.entries, "elapsed_ms": started.elapsed().as_millis() as u64})
-        )?;
-    }
-    if let Some(e) = write_error
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        bail!("writing the entries: {e}");
-    }
-    out.flush().ok();
+    list(&listing, &mut out, &mut |message| {
+        eprintln!("flowex: {message}")
+    })?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 mod attributes;
 mod entry;
 mod events;
+mod listing;
 mod settings;
 mod socket;
 mod source;
@@ -14,6 +15,7 @@ pub use entry::{
 pub use events::{
     ConntrackEvents, DEFAULT_EVENT_BUFFER, DRAIN_LIMIT, EventGroups, EventKind, Received,
 };
+pub use listing::{Listing, ListingError, entry_json, entry_line, list};
 pub use settings::{Check, SETTINGS, Setting, check_settings, default_root};
 pub use socket::{
     ConntrackError, ConntrackSocket, CpuStats, DumpFilter, DumpStats, GET_BATCH, TableStats,
