@@ -236,7 +236,7 @@ fn a_flush_of_100k_entries_loses_no_destroy_event_with_the_default_buffer() {
                 Received::Lost => lost += 1,
                 // quiet after the flush began: nothing more is coming
                 Received::Idle if destroyed > 0 => break,
-                Received::Events(_) | Received::Idle => {}
+                Received::Messages(_) | Received::Idle => {}
             }
         }
         (destroyed, lost)
@@ -282,7 +282,7 @@ fn lost_events_are_recovered_by_a_resync_dump() {
                 })
                 .unwrap()
             {
-                Received::Events(_) => mirror.extend(seen),
+                Received::Messages(_) => mirror.extend(seen),
                 Received::Lost => {
                     resyncs += 1;
                     mirror.clear();

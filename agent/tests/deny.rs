@@ -177,3 +177,63 @@ fn a_second_listener_on_the_group_gets_a_clear_error() {
             .unwrap()
     });
 }
+
+#[test]
+fn an_overflowing_nflog_socket_counts_its_losses_and_reads_on() {
+    const SENT: usize = 3_000;
+    let ns = Netns::new("o");
+    ns.exec(&["nft", "add table inet fx"]);
+    ns.exec(&[
+        "nft",
+        "add chain inet fx out { type filter hook output priority 0; policy accept; }",
+    ]);
+    ns.exec(&[
+        "nft",
+        "add rule inet fx out udp dport 7300 log group 5 prefix \"flowex:/flood/egress-0\" drop",
+    ]);
+    let (events, stats, last_seen) = ns.enter(|| {
+        let mut listener = DenyListener::bind(GROUP, DEFAULT_COPY_RANGE).expect("bind group 5");
+        // The smallest buffer the kernel grants: a few logged batches fill it.
+        let granted = listener.set_receive_buffer(1);
+        assert!(granted < 16 * 1024, "granted {granted}");
+        let udp = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+        for _ in 0..SENT {
+            // Dropped on output by the rule: the send itself fails.
+            let _ = udp.send_to(b"flood", ("127.0.0.1", 7300));
+        }
+        let mut events = 0;
+        // Reads until two waits in a row bring nothing.
+        let read_all = |listener: &mut DenyListener, events: &mut usize, last: &mut u16| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut idle = 0;
+            while idle < 2 && Instant::now() < deadline {
+                let delivered = listener
+                    .receive(Some(Duration::from_millis(300)), |event| {
+                        *events += 1;
+                        *last = event.tuple.source_port;
+                    })
+                    .expect("receive");
+                idle = if delivered == 0 { idle + 1 } else { 0 };
+            }
+        };
+        let mut last = 0;
+        read_all(&mut listener, &mut events, &mut last);
+        // After the losses the group still delivers: one packet from another port.
+        let after = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+        let _ = after.send_to(b"after", ("127.0.0.1", 7300));
+        let mut last_seen = 0;
+        let mut more = 0;
+        read_all(&mut listener, &mut more, &mut last_seen);
+        assert_eq!(more, 1, "the packet sent after the losses");
+        assert_eq!(last_seen, after.local_addr().unwrap().port());
+        (events, listener.stats(), last_seen)
+    });
+    assert!(stats.lost >= 1, "{stats:?}");
+    assert!(
+        events >= 1 && events < SENT,
+        "{events} of {SENT} read: {stats:?}"
+    );
+    assert_eq!(stats.events as usize, events + 1, "{stats:?}");
+    assert_eq!(stats.unreadable, 0);
+    assert_ne!(last_seen, 0);
+}

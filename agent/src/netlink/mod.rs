@@ -4,6 +4,7 @@
 //! ([`socket::RequestSocket`]) that matches replies to requests.
 
 pub mod socket;
+pub mod subscription;
 
 /// Length of `struct nlmsghdr`.
 pub const HEADER_LEN: usize = 16;

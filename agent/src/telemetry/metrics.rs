@@ -148,7 +148,7 @@ impl Metrics {
             ),
             deny_overflows: counter(
                 "flowex_deny_overflows_total",
-                "Times the NFLOG socket buffer overflowed (ENOBUFS): denied packets were lost.",
+                "Times denied packets were lost before they were read: the NFLOG socket buffer overflowed (ENOBUFS), or a datagram did not fit its slot or did not parse.",
             ),
             records_unencodable: counter(
                 "flowex_records_unencodable_total",

@@ -1,7 +1,6 @@
 //! Conntrack events: NEW, UPDATE and DESTROY from the ctnetlink multicast groups.
 //! DESTROY carries the final counters (with accounting on); NEW and UPDATE carry none.
 
-use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -9,9 +8,10 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::entry::{ConntrackEntry, parse_entry};
 use super::socket::ConntrackError;
+pub use crate::netlink::subscription::Received;
+use crate::netlink::subscription::{Subscription, Verdict};
 use crate::netlink::{
-    DatagramBatch, HEADER_LEN, Messages, NFGEN_LEN, NLM_F_CREATE, NLM_F_EXCL, NLMSG_ERROR,
-    NLMSG_NOOP, NLMSG_OVERRUN, attach_filter, set_receive_buffer, wait_readable,
+    HEADER_LEN, NFGEN_LEN, NLM_F_CREATE, NLM_F_EXCL, attach_filter, set_receive_buffer,
 };
 
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
@@ -112,27 +112,11 @@ impl EventGroups {
     };
 }
 
-/// How one receive went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Received {
-    /// This many events were delivered to the callback.
-    Events(usize),
-    /// Nothing to read: the wait timed out, the interrupt was raised, or a signal came.
-    Idle,
-    /// Events were lost: the kernel dropped them (ENOBUFS), or one did not fit its slot or
-    /// did not parse. The caller must resync with a full dump.
-    Lost,
-}
-
 /// A subscription to conntrack events in the calling thread's network namespace.
 pub struct ConntrackEvents {
-    socket: Socket,
-    batch: DatagramBatch,
+    subscription: Subscription,
     receive_buffer: usize,
     forced: bool,
-    lost: u64,
-    interrupt: Option<std::os::fd::RawFd>,
-    more_queued: bool,
 }
 
 impl ConntrackEvents {
@@ -151,13 +135,9 @@ impl ConntrackEvents {
             }
         }
         Ok(Self {
-            socket,
-            batch: DatagramBatch::new(EVENTS_PER_READ, EVENT_SLOT),
+            subscription: Subscription::new(socket, EVENTS_PER_READ, EVENT_SLOT),
             receive_buffer: granted,
             forced,
-            lost: 0,
-            interrupt: None,
-            more_queued: false,
         })
     }
 
@@ -167,14 +147,17 @@ impl ConntrackEvents {
     /// no counters and nothing the poll does not bring; dropped by the kernel, they cost
     /// the agent neither a wake-up nor a system call nor room in the receive buffer.
     pub fn keep_only_ended_tcp_updates(&mut self) -> Result<(), ConntrackError> {
-        attach_filter(self.socket.as_raw_fd(), &ended_tcp_update_filter())?;
+        attach_filter(
+            self.subscription.socket().as_raw_fd(),
+            &ended_tcp_update_filter(),
+        )?;
         Ok(())
     }
 
     /// Ends every later wait of [`ConntrackEvents::receive`] early once `interrupt` (an
     /// [`crate::netlink::Interrupt`]'s descriptor, which must outlive this) is raised.
     pub fn set_interrupt(&mut self, interrupt: std::os::fd::RawFd) {
-        self.interrupt = Some(interrupt);
+        self.subscription.set_interrupt(interrupt);
     }
 
     /// The receive buffer the kernel granted (it reports twice the size asked for).
@@ -187,123 +170,50 @@ impl ConntrackEvents {
         self.forced
     }
 
-    /// Times the kernel reported lost events.
+    /// Times events were lost: the kernel dropped them (ENOBUFS), or one did not fit its
+    /// slot or did not parse.
     pub fn lost(&self) -> u64 {
-        self.lost
+        self.subscription.lost()
     }
 
     /// True when the last [`ConntrackEvents::receive`] stopped at [`DRAIN_LIMIT`] with more
     /// datagrams still queued.
     pub fn more_queued(&self) -> bool {
-        self.more_queued
+        self.subscription.more_queued()
     }
 
-    /// Reads and discards everything queued, without waiting; returns the datagrams
-    /// discarded. After a loss, the kernel drops every new event without another error
-    /// until the queue has been read empty, so a resync dump must come after this, not
-    /// before: events of the dump's time then reach the reader.
+    /// Reads and discards everything queued, without waiting (see
+    /// [`Subscription::discard_queued`]: the resync dump after a loss comes after this).
     pub fn discard_queued(&mut self) -> Result<usize, ConntrackError> {
-        let fd = self.socket.as_raw_fd();
-        let mut discarded = 0;
-        // Bounded: under a flood the queue may never be empty for long; what is left is
-        // read normally and a later loss resyncs again.
-        for _ in 0..4096 {
-            match self.batch.receive(fd) {
-                Ok(0) => return Ok(discarded),
-                Ok(count) => discarded += count,
-                // The loss is what the caller is handling already.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(discarded),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(discarded)
+        Ok(self.subscription.discard_queued()?)
     }
 
     /// Waits up to `timeout` (None: forever) for events, then drains every datagram already
     /// queued (up to [`DRAIN_LIMIT`]) without waiting again, handing each event to
-    /// `on_event`. Parsing reuses one entry: nothing is allocated per event.
+    /// `on_event`. [`Received::Lost`]: the caller must resync with a full dump. Parsing
+    /// reuses one entry: nothing is allocated per event.
     pub fn receive(
         &mut self,
         timeout: Option<Duration>,
         mut on_event: impl FnMut(EventKind, &ConntrackEntry),
     ) -> Result<Received, ConntrackError> {
-        if !self.wait(timeout)? {
-            return Ok(Received::Idle);
-        }
         let mut entry = ConntrackEntry::default();
-        let mut delivered = 0;
-        let fd = self.socket.as_raw_fd();
-        // Cleared when a read finds the queue empty before the limit.
-        self.more_queued = true;
-        for _ in 0..DRAIN_LIMIT / EVENTS_PER_READ {
-            let count = match self.batch.receive(fd) {
-                Ok(count) => count,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    self.lost += 1;
-                    return Ok(Received::Lost);
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    self.more_queued = false;
-                    break;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            for index in 0..count {
-                // An event larger than its slot lost its end: as good as lost.
-                let Some(datagram) = self.batch.datagram(index) else {
-                    self.lost += 1;
-                    return Ok(Received::Lost);
+        let received = self
+            .subscription
+            .receive(timeout, DRAIN_LIMIT, |header, payload| {
+                let kind = match header.kind {
+                    CT_NEW if header.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 => EventKind::New,
+                    CT_NEW => EventKind::Update,
+                    CT_DELETE => EventKind::Destroy,
+                    _ => return Verdict::Skipped,
                 };
-                for message in Messages::new(datagram) {
-                    // The kernel's bytes did not parse: what else the batch held is
-                    // dropped with it, so the caller resyncs as for a loss.
-                    let Ok((header, payload)) = message else {
-                        self.lost += 1;
-                        return Ok(Received::Lost);
-                    };
-                    let kind = match header.kind {
-                        CT_NEW if header.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 => EventKind::New,
-                        CT_NEW => EventKind::Update,
-                        CT_DELETE => EventKind::Destroy,
-                        NLMSG_OVERRUN => {
-                            self.lost += 1;
-                            return Ok(Received::Lost);
-                        }
-                        NLMSG_NOOP | NLMSG_ERROR => continue,
-                        _ => continue,
-                    };
-                    if parse_entry(payload, &mut entry).is_err() {
-                        self.lost += 1;
-                        return Ok(Received::Lost);
-                    }
-                    on_event(kind, &entry);
-                    delivered += 1;
+                // The kernel's bytes did not parse: the caller resyncs as for a loss.
+                if parse_entry(payload, &mut entry).is_err() {
+                    return Verdict::Unreadable;
                 }
-            }
-            if count < EVENTS_PER_READ {
-                self.more_queued = false;
-                break;
-            }
-        }
-        Ok(if delivered == 0 {
-            Received::Idle
-        } else {
-            Received::Events(delivered)
-        })
-    }
-
-    fn wait(&self, timeout: Option<Duration>) -> Result<bool, ConntrackError> {
-        Ok(wait_readable(
-            self.socket.as_raw_fd(),
-            self.interrupt,
-            timeout,
-        )?)
+                on_event(kind, &entry);
+                Verdict::Delivered
+            })?;
+        Ok(received)
     }
 }

@@ -177,7 +177,7 @@ impl ConntrackSource<'_> {
                 }
                 // More queued: read on at once. Without a forced (large) buffer, a pause
                 // could overflow it.
-                Ok(Received::Events(_)) => {
+                Ok(Received::Messages(_)) => {
                     coalesce = !events.more_queued() && events.buffer_forced()
                 }
                 Ok(Received::Idle) => {}

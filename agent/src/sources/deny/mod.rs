@@ -2,9 +2,10 @@
 //! [`DenyEvent`] with its tuple, IP length, hook, interfaces, and the log prefix, which
 //! names the policy by the convention `flowex:<namespace>/<policy>/<rule>`.
 //!
-//! Binding uses netlink-packet-netfilter's config messages; packets are read with flowex's
-//! own attribute iterator, which borrows instead of allocating per packet (and exposes the
-//! hook and timestamp, which that crate keeps private).
+//! Binding uses netlink-packet-netfilter's config messages; packets are read through the
+//! receive loop the conntrack events use too ([`crate::netlink::subscription`]), with
+//! flowex's own attribute iterator, which borrows instead of allocating per packet (and
+//! exposes the hook and timestamp, which that crate keeps private).
 
 mod packet;
 mod source;
@@ -20,9 +21,8 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 pub use packet::{PacketError, PacketTuple, parse_packet};
 pub use source::DenySource;
 
-use crate::netlink::{
-    Attributes, Messages, NFGEN_LEN, NLMSG_ERROR, ParseError, error_code, wait_readable,
-};
+use crate::netlink::subscription::{Subscription, Verdict};
+use crate::netlink::{Attributes, Messages, NFGEN_LEN, NLMSG_ERROR, ParseError, error_code};
 use crate::store::{Denial, Origin};
 
 const NFULNL_MSG_PACKET: u16 = 4 << 8;
@@ -125,17 +125,27 @@ pub struct DenyStats {
     pub events: u64,
     /// Packets whose copied bytes were not a readable IP packet.
     pub unreadable: u64,
-    /// Times the socket buffer overflowed (ENOBUFS): packets were lost.
+    /// Times packets were lost: the socket buffer overflowed (ENOBUFS), or a datagram did
+    /// not fit its slot or its messages did not parse.
     pub lost: u64,
+}
+
+/// Datagrams read per system call, and per [`DenyListener::receive`] before it returns.
+const DATAGRAMS_PER_READ: usize = 16;
+const DRAIN_LIMIT: usize = 256;
+
+/// Room for one datagram: the kernel fills one with logged packets up to its buffer size
+/// (a page by default), and a packet larger than that comes alone; each carries at most
+/// `copy_range` bytes of the packet plus its attributes (a few hundred bytes).
+fn datagram_slot(copy_range: u32) -> usize {
+    (copy_range.min(0xffff) as usize + 1024).max(8192)
 }
 
 /// A listener bound to one NFLOG group in the calling thread's network namespace.
 pub struct DenyListener {
-    socket: Socket,
+    subscription: Subscription,
     group: u16,
-    buffer: Vec<u8>,
     stats: DenyStats,
-    interrupt: Option<std::os::fd::RawFd>,
 }
 
 impl DenyListener {
@@ -144,11 +154,9 @@ impl DenyListener {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
         let mut listener = Self {
-            socket,
+            subscription: Subscription::new(socket, DATAGRAMS_PER_READ, datagram_slot(copy_range)),
             group,
-            buffer: Vec::with_capacity(64 * 1024),
             stats: DenyStats::default(),
-            interrupt: None,
         };
         // The kernel batches logged packets for up to 1 s by default; 100 ms keeps deny
         // records prompt without a message per packet under a flood.
@@ -161,6 +169,12 @@ impl DenyListener {
         Ok(listener)
     }
 
+    /// Asks for a `bytes`-byte socket receive buffer (the kernel's default is
+    /// `net.core.rmem_default`); returns what the kernel granted.
+    pub fn set_receive_buffer(&mut self, bytes: usize) -> usize {
+        crate::netlink::set_receive_buffer(self.subscription.socket().as_raw_fd(), bytes).0
+    }
+
     /// The group this listener is bound to.
     pub fn group(&self) -> u16 {
         self.group
@@ -169,12 +183,15 @@ impl DenyListener {
     /// Ends every later wait of [`DenyListener::receive`] early once `interrupt` (an
     /// [`crate::netlink::Interrupt`]'s descriptor, which must outlive this) is raised.
     pub fn set_interrupt(&mut self, interrupt: std::os::fd::RawFd) {
-        self.interrupt = Some(interrupt);
+        self.subscription.set_interrupt(interrupt);
     }
 
     /// Counters so far.
     pub fn stats(&self) -> DenyStats {
-        self.stats
+        DenyStats {
+            lost: self.subscription.lost(),
+            ..self.stats
+        }
     }
 
     fn configure(
@@ -185,10 +202,11 @@ impl DenyListener {
         request.finalize();
         let mut bytes = vec![0u8; request.header.length as usize];
         request.serialize(&mut bytes);
-        self.socket.send(&bytes, 0)?;
-        self.buffer.clear();
-        self.socket.recv(&mut self.buffer, 0)?;
-        for message in Messages::new(&self.buffer) {
+        let socket = self.subscription.socket();
+        socket.send(&bytes, 0)?;
+        let mut reply = Vec::with_capacity(8192);
+        socket.recv(&mut reply, 0)?;
+        for message in Messages::new(&reply) {
             let (header, payload) = message?;
             if header.kind == NLMSG_ERROR {
                 return match -error_code(payload)? {
@@ -204,88 +222,91 @@ impl DenyListener {
         Ok(())
     }
 
-    /// Waits up to `timeout` for logged packets and hands each to `on_event`; returns how
-    /// many events were delivered. Nothing is allocated per packet.
+    /// Waits up to `timeout` for logged packets, then reads what is queued (a bounded
+    /// number of datagrams) and hands each packet to `on_event`; returns how many events
+    /// were delivered. Losses and unreadable packets are counted in
+    /// [`DenyListener::stats`]; after a loss, what is still queued is read by the next
+    /// call. Nothing is allocated per packet.
     pub fn receive(
         &mut self,
         timeout: Option<Duration>,
         mut on_event: impl FnMut(&DenyEvent<'_>),
     ) -> Result<usize, DenyError> {
-        if !wait_readable(self.socket.as_raw_fd(), self.interrupt, timeout)? {
-            return Ok(0);
-        }
-        self.buffer.clear();
-        match self.socket.recv(&mut self.buffer, libc::MSG_DONTWAIT) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                self.stats.lost += 1;
-                return Ok(0);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                return Ok(0);
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let stats = &mut self.stats;
         let mut delivered = 0;
-        for message in Messages::new(&self.buffer) {
-            let (header, payload) = message?;
-            if header.kind != NFULNL_MSG_PACKET || payload.len() < NFGEN_LEN {
-                continue;
-            }
-            let mut hook = 0;
-            let mut in_ifindex = None;
-            let mut out_ifindex = None;
-            let mut mark = 0;
-            let mut timestamp = None;
-            let mut prefix = "";
-            let mut packet: &[u8] = &[];
-            for attr in Attributes::new(&payload[NFGEN_LEN..]) {
-                let attr = attr?;
-                match attr.kind {
-                    NFULA_PACKET_HDR if attr.payload.len() >= 3 => hook = attr.payload[2],
-                    NFULA_MARK => mark = attr.be32()?,
-                    NFULA_TIMESTAMP if attr.payload.len() >= 16 => {
-                        let word = |at: usize| {
-                            let mut b = [0u8; 8];
-                            b.copy_from_slice(&attr.payload[at..at + 8]);
-                            u64::from_be_bytes(b)
-                        };
-                        timestamp = Some((word(0), word(8)));
-                    }
-                    NFULA_IFINDEX_INDEV => in_ifindex = Some(attr.be32()?),
-                    NFULA_IFINDEX_OUTDEV => out_ifindex = Some(attr.be32()?),
-                    NFULA_PAYLOAD => packet = attr.payload,
-                    NFULA_PREFIX => {
-                        let text = attr.payload.split(|b| *b == 0).next().unwrap_or(&[]);
-                        prefix = std::str::from_utf8(text).unwrap_or("");
-                    }
-                    _ => {}
+        self.subscription
+            .receive(timeout, DRAIN_LIMIT, |header, payload| {
+                if header.kind != NFULNL_MSG_PACKET || payload.len() < NFGEN_LEN {
+                    return Verdict::Skipped;
                 }
-            }
-            match parse_packet(packet) {
-                Ok(tuple) => {
-                    on_event(&DenyEvent {
-                        tuple,
-                        hook,
-                        in_ifindex,
-                        out_ifindex,
-                        mark,
-                        timestamp,
-                        prefix,
-                        policy: parse_prefix(prefix),
-                    });
-                    delivered += 1;
-                    self.stats.events += 1;
+                let Ok(logged) = Logged::parse(&payload[NFGEN_LEN..]) else {
+                    return Verdict::Unreadable;
+                };
+                match parse_packet(logged.packet) {
+                    Ok(tuple) => {
+                        on_event(&DenyEvent {
+                            tuple,
+                            hook: logged.hook,
+                            in_ifindex: logged.in_ifindex,
+                            out_ifindex: logged.out_ifindex,
+                            mark: logged.mark,
+                            timestamp: logged.timestamp,
+                            prefix: logged.prefix,
+                            policy: parse_prefix(logged.prefix),
+                        });
+                        stats.events += 1;
+                        delivered += 1;
+                        Verdict::Delivered
+                    }
+                    Err(_) => {
+                        stats.unreadable += 1;
+                        Verdict::Skipped
+                    }
                 }
-                Err(_) => self.stats.unreadable += 1,
+            })?;
+        Ok(delivered)
+    }
+}
+
+/// The attributes of one logged packet (`NFULNL_MSG_PACKET` after its nfgenmsg).
+#[derive(Default)]
+struct Logged<'a> {
+    hook: u8,
+    in_ifindex: Option<u32>,
+    out_ifindex: Option<u32>,
+    mark: u32,
+    timestamp: Option<(u64, u64)>,
+    prefix: &'a str,
+    packet: &'a [u8],
+}
+
+impl<'a> Logged<'a> {
+    fn parse(attributes: &'a [u8]) -> Result<Self, ParseError> {
+        let mut logged = Logged::default();
+        for attr in Attributes::new(attributes) {
+            let attr = attr?;
+            match attr.kind {
+                NFULA_PACKET_HDR if attr.payload.len() >= 3 => logged.hook = attr.payload[2],
+                NFULA_MARK => logged.mark = attr.be32()?,
+                NFULA_TIMESTAMP if attr.payload.len() >= 16 => {
+                    let word = |at: usize| {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&attr.payload[at..at + 8]);
+                        u64::from_be_bytes(b)
+                    };
+                    logged.timestamp = Some((word(0), word(8)));
+                }
+                NFULA_IFINDEX_INDEV => logged.in_ifindex = Some(attr.be32()?),
+                NFULA_IFINDEX_OUTDEV => logged.out_ifindex = Some(attr.be32()?),
+                NFULA_PAYLOAD => logged.packet = attr.payload,
+                NFULA_PREFIX => {
+                    let text = attr.payload.split(|b| *b == 0).next().unwrap_or(&[]);
+                    logged.prefix = std::str::from_utf8(text).unwrap_or("");
+                }
+                _ => {}
             }
         }
-        Ok(delivered)
+        Ok(logged)
     }
 }
 

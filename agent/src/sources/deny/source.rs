@@ -44,7 +44,7 @@ impl DenySource<'_> {
             let now = listener.stats();
             if now.lost > seen.lost {
                 tracing::warn!(
-                    "the NFLOG socket overflowed (ENOBUFS): {} denied packet burst(s) lost",
+                    "NFLOG: denied packets lost {} time(s) (socket overflow, or a datagram too large or unreadable)",
                     now.lost - seen.lost
                 );
             }
