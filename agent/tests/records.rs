@@ -12,7 +12,8 @@ use flowex_agent::enrich::metadata::Metadata;
 use flowex_agent::records::{BuilderStats, PodNetworks, RecordBuilder};
 use flowex_agent::sources::conntrack::{ConntrackEntry, Counters, Tuple};
 use flowex_agent::store::{ConnectionStore, Due, Timeouts};
-use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
+use flowex_ipfix::antrea::FlowType;
+use k8s_openapi::api::core::v1::{Node, Pod, PodIP, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 
@@ -214,6 +215,242 @@ fn an_end_whose_owner_was_not_known_yet_is_found_at_a_later_export() {
     // Looked up at the first two exports; kept from the third on.
     assert_eq!(builder.stats().resolved, 2);
     assert_eq!(builder.stats().cached, 2);
+}
+
+/// Expires what is due at `now` and returns (source port, source pod, destination pod,
+/// flow type) of each record.
+fn export_pods(
+    store: &ConnectionStore,
+    builder: &mut RecordBuilder,
+    now: u64,
+) -> Vec<(u16, String, String, FlowType)> {
+    let mut due: Vec<Due> = Vec::new();
+    store.expire_into(now, false, usize::MAX, &mut due);
+    due.iter()
+        .map(|due| {
+            builder.with_record(store, due, |record| {
+                (
+                    record.flow.source_port,
+                    record.flow.source_pod_name.to_owned(),
+                    record.flow.destination_pod_name.to_owned(),
+                    record.flow.flow_type,
+                )
+            })
+        })
+        .collect()
+}
+
+/// A pod created at the epoch (before every connection of these tests).
+fn pod_on(name: &str, node: &str, ip: &str, container: Option<&str>, host_network: bool) -> Pod {
+    let statuses: Vec<_> = container
+        .iter()
+        .map(|id| serde_json::json!({"name": "main", "ready": true, "restartCount": 0, "image": "app", "imageID": "", "containerID": format!("containerd://{id}")}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name,
+            "namespace": "shop",
+            "uid": format!("uid-{name}"),
+            "creationTimestamp": "1970-01-01T00:00:00Z",
+        },
+        "spec": {"nodeName": node, "hostNetwork": host_network, "containers": []},
+        "status": {
+            "phase": "Running",
+            "podIPs": [{"ip": ip}],
+            "containerStatuses": statuses,
+        },
+    }))
+    .unwrap()
+}
+
+/// Feeds the first lists of the three indexes as the watchers do (Init, InitApply...,
+/// InitDone): `pods`, no Service, and node-b with pod CIDR 10.244.2.0/24.
+fn first_lists(metadata: &Metadata, pods: Vec<Pod>, now: u64) {
+    metadata.on_pod_event(Event::Init, now);
+    for pod in pods {
+        metadata.on_pod_event(Event::InitApply(pod), now);
+    }
+    metadata.on_pod_event(Event::InitDone, now);
+    metadata.on_service_event(Event::Init);
+    metadata.on_service_event(Event::InitDone);
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "node-b", "uid": "0a0b0c0d-0e0f-4a1b-8c2d-3e4f50617283"},
+        "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}
+    }))
+    .unwrap();
+    metadata.on_node_event(Event::Init);
+    metadata.on_node_event(Event::InitApply(node));
+    metadata.on_node_event(Event::InitDone);
+}
+
+#[test]
+fn what_a_lookup_misses_before_the_first_lists_are_in_is_looked_up_again() {
+    let metadata = Metadata::disabled(None);
+    // The watchers run; no index has its first list yet.
+    metadata.activate();
+    // No export.podCIDRs: only the pod index and the nodes' pod CIDRs say what a pod is.
+    let mut builder = RecordBuilder::new(
+        PodNetworks::default(),
+        Attribution::disabled(),
+        Arc::clone(&metadata),
+    );
+    let store = store();
+    let client: IpAddr = "10.244.1.5".parse().unwrap();
+    let server: IpAddr = "10.244.2.7".parse().unwrap();
+    store.update(tcp(client, 40_000, server, 5432, 1), 0, 100);
+    // Nothing listed: neither address is known as a pod's. Settled on that, the
+    // connection would be exported like this for good.
+    assert_eq!(
+        export_pods(&store, &mut builder, 100 + ACTIVE),
+        [(40_000, String::new(), String::new(), FlowType::Unspecified)]
+    );
+    let mut now = 100 + ACTIVE;
+    first_lists(
+        &metadata,
+        vec![
+            pod_on("web", "node-a", "10.244.1.5", None, false),
+            pod_on("db", "node-b", "10.244.2.7", None, false),
+        ],
+        now,
+    );
+    assert!(metadata.is_synced());
+    for packets in 2..=3 {
+        now += ACTIVE;
+        store.update(tcp(client, 40_000, server, 5432, packets), 0, now);
+        assert_eq!(
+            export_pods(&store, &mut builder, now),
+            [(
+                40_000,
+                "web".to_owned(),
+                "db".to_owned(),
+                FlowType::InterNode
+            )],
+            "export {packets}"
+        );
+    }
+    // Looked up at the first two exports (the first one did not count), kept from then on.
+    assert_eq!(builder.stats().resolved, 2);
+    assert_eq!(builder.stats().cached, 1);
+}
+
+/// A cgroup named as containerd names a container's (`cri-containerd-<id>.scope`), in the
+/// cgroup v2 hierarchy (mounted for the test where the machine has none); removed when
+/// dropped.
+struct ContainerCgroup {
+    path: std::path::PathBuf,
+    mounted: Option<std::path::PathBuf>,
+}
+
+impl ContainerCgroup {
+    fn new(id: &str) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        // Fields: ... mount point (5th) ... " - " fstype ...
+        let existing = mountinfo.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next() == Some("cgroup2"))
+                .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+        });
+        let (root, mounted) = match existing {
+            Some(root) => (root, None),
+            None => {
+                let root = std::env::temp_dir().join(format!("flowex-cg2-{}", std::process::id()));
+                std::fs::create_dir_all(&root).unwrap();
+                let status = std::process::Command::new("mount")
+                    .args(["-t", "cgroup2", "none"])
+                    .arg(&root)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "mounting cgroup2 at {}", root.display());
+                (root.clone(), Some(root))
+            }
+        };
+        let path = root.join(format!("cri-containerd-{id}.scope"));
+        std::fs::create_dir(&path).unwrap();
+        Self { path, mounted }
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+        if let Some(root) = &self.mounted {
+            let _ = std::process::Command::new("umount").arg(root).status();
+            let _ = std::fs::remove_dir(root);
+        }
+    }
+}
+
+#[test]
+fn an_owner_found_late_finds_a_host_network_pod_by_its_container() {
+    let container = "c0ffee".repeat(11)[..64].to_owned();
+    let cgroup = ContainerCgroup::new(&container);
+    let metadata = Metadata::disabled(None);
+    metadata.mark_active();
+    // A host-network pod: its address is the node's, so only its container names it.
+    metadata.on_pod_event(
+        Event::Apply(pod_on(
+            "agent",
+            "node-a",
+            "192.0.2.10",
+            Some(&container),
+            true,
+        )),
+        0,
+    );
+    let config = AttributionConfig {
+        pin_path: String::new(),
+        ..AttributionConfig::default()
+    };
+    let attribution = Attribution::start(&config).expect("loading the eBPF socket probe");
+    let mut builder =
+        RecordBuilder::new(PodNetworks::default(), attribution, Arc::clone(&metadata));
+    let store = store();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_port = listener.local_addr().unwrap().port();
+    let client = socket2_free_port();
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    store.update(tcp(localhost, client, localhost, server_port, 1), 0, 100);
+    // No owner yet, and 127.0.0.1 is no pod's address: the pods look settled.
+    assert_eq!(
+        export(&store, &mut builder, 100 + ACTIVE),
+        [(client, String::new(), String::new())]
+    );
+    // The client, in the container's cgroup, talks from that port.
+    let script = r#"
+import os, socket, sys
+with open(sys.argv[1] + "/cgroup.procs", "w") as procs:
+    procs.write(str(os.getpid()))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[2])))
+s.connect(("127.0.0.1", int(sys.argv[3])))
+s.sendall(b"hello")
+sys.stdin.read()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&cgroup.path)
+        .arg(client.to_string())
+        .arg(server_port.to_string())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let (mut accepted, _) = listener.accept().unwrap();
+    let mut buffer = [0u8; 5];
+    accepted.read_exact(&mut buffer).unwrap();
+    let now = 100 + 2 * ACTIVE;
+    store.update(tcp(localhost, client, localhost, server_port, 2), 0, now);
+    let records = export(&store, &mut builder, now);
+    drop(child.stdin.take());
+    let _ = child.wait();
+    // The owner found now names the pod by its container, although the pods had looked
+    // settled.
+    assert_eq!(
+        records,
+        [(client, "agent".to_owned(), "python3".to_owned())]
+    );
+    assert_eq!(builder.stats().resolved, 2);
 }
 
 /// A loopback port free now (bound and released).

@@ -108,9 +108,18 @@ impl Metadata {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Marks the cache as fed and complete: records get looked up from now on. For
-    /// benchmarks and tests that feed events by hand; [`start_watchers`] marks it active
-    /// and each index synced once its first list is in.
+    /// Marks the cache as fed, with no index listed yet: records get looked up from now
+    /// on, and nothing they do not find is final until each index's first list is in
+    /// (an `InitDone` event). [`start_watchers`] starts here.
+    pub fn activate(&self) {
+        self.synced
+            .iter()
+            .for_each(|s| s.store(false, Ordering::Release));
+        self.active.store(true, Ordering::Release);
+    }
+
+    /// Marks the cache as fed and complete. For benchmarks and tests that feed events by
+    /// hand.
     pub fn mark_active(&self) {
         self.synced
             .iter()

@@ -181,7 +181,7 @@ pub fn start_watchers(
     for resource in ["pods", "services", "nodes"] {
         metadata.set_synced(resource, false);
     }
-    metadata.active.store(true, Ordering::Release);
+    metadata.activate();
     if let Some(m) = &metadata.metrics {
         m.available.set(1);
     }
