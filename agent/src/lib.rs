@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod enrich;
 pub mod export;
+pub mod filter;
 pub mod net;
 pub mod netlink;
 pub mod network;

@@ -138,9 +138,19 @@ fn diagnose(args: &DiagnoseArgs) -> ExitCode {
     let mut socket = ConntrackSocket::open()
         .map_err(|e| network.conntrack_unreadable(format!("conntrack: {e} (needs CAP_NET_ADMIN)")))
         .ok();
+    let mut cpus = Vec::new();
     let mut sample = || {
         if let Some(socket) = socket.as_mut() {
-            network.read_conntrack(socket);
+            match socket
+                .table_stats()
+                .and_then(|table| socket.cpu_stats(&mut cpus).map(|()| table))
+            {
+                Ok(table) => {
+                    network.observe_conntrack(&cpus);
+                    network.observe_table(table.entries, table.max_entries);
+                }
+                Err(error) => network.conntrack_unreadable(format!("conntrack: {error}")),
+            }
         }
         network.sample()
     };

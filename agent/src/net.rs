@@ -237,6 +237,24 @@ impl FromIterator<Cidr> for CidrSet {
     }
 }
 
+/// One CPU's conntrack counters (`IPCTNL_MSG_CT_GET_STATS_CPU`), as `conntrack -S`
+/// prints them: read by the conntrack source, shown by the node's health metrics and
+/// `flowex diagnose`. The kernel keeps them in 32 bits: they wrap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    pub cpu: u16,
+    pub found: u32,
+    pub invalid: u32,
+    pub insert: u32,
+    pub insert_failed: u32,
+    pub drop: u32,
+    pub early_drop: u32,
+    pub error: u32,
+    pub search_restart: u32,
+    pub clash_resolve: u32,
+    pub chain_too_long: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -295,7 +295,7 @@ async fn delivery_resumes_within_the_reconnect_cap_after_a_long_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collectors_filter_selects_records_and_counts_the_rest_by_reason() {
     use flowex_agent::config::Config;
-    use flowex_agent::export::filter::{FilterReason, RecordSummary};
+    use flowex_agent::filter::{FilterReason, RecordSummary};
 
     let all = collector("tcp://127.0.0.1:0");
     let some = {

@@ -340,7 +340,7 @@ impl Config {
             let max = collector.transport.max_message_size();
             check_tls(&key("tls"), collector)?;
             if let Some(filter) = &collector.filter
-                && let Err(error) = crate::export::filter::RecordFilter::parse(filter)
+                && let Err(error) = crate::filter::RecordFilter::parse(filter)
             {
                 // The parser's errors start with the key under `filter`.
                 let (field, message) = error.split_once(": ").unwrap_or(("", error.as_str()));

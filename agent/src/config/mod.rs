@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::filter::FilterConfig;
 use crate::net::Cidr;
 
 /// A duration written as `500ms`, `5s`, `10m` or `1h`.
@@ -305,28 +306,6 @@ impl Transport {
             Self::Tcp | Self::Tls | Self::Grpc => flowex_ipfix::MAX_MESSAGE_SIZE,
         }
     }
-}
-
-/// Which records go to a collector (`export.collectors[].filter`); every list empty or
-/// absent lets every record through.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct FilterConfig {
-    /// Protocols by name (tcp, udp, sctp, icmp, icmpv6) or number.
-    pub protocols: Vec<String>,
-    /// Antrea's flow types: intraNode, interNode, toExternal, fromExternal, unspecified.
-    pub flow_types: Vec<String>,
-    #[serde(rename = "sourceCIDRs")]
-    pub source_cidrs: Vec<String>,
-    #[serde(rename = "excludeSourceCIDRs")]
-    pub exclude_source_cidrs: Vec<String>,
-    #[serde(rename = "destinationCIDRs")]
-    pub destination_cidrs: Vec<String>,
-    #[serde(rename = "excludeDestinationCIDRs")]
-    pub exclude_destination_cidrs: Vec<String>,
-    /// Ports or FIRST-LAST ranges.
-    pub source_ports: Vec<String>,
-    pub destination_ports: Vec<String>,
 }
 
 /// A receiver with limits of its own.

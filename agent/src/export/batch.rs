@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use flowex_ipfix::{FieldWriter, Record};
 
-use super::filter::RecordSummary;
+use crate::filter::RecordSummary;
 
 /// Encoded data records: one buffer and, per record, its template id and byte range, and
 /// what collector filters look at (None for a record pushed without it: no filter leaves

@@ -29,9 +29,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::batch::EncodedBatch;
-use super::filter::FilterReason;
 use super::statistics::Statistics;
 use crate::config::{CollectorConfig, Transport};
+use crate::filter::FilterReason;
 
 /// Where and how to send.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub struct CollectorTarget {
     /// `tls.antrea`: the CA and client pair as the API watchers last saw them.
     pub api_certificates: Option<Arc<super::certificates::ApiCertificates>>,
     /// Which records go to this collector (None: all).
-    pub filter: Option<Arc<super::filter::RecordFilter>>,
+    pub filter: Option<Arc<crate::filter::RecordFilter>>,
     /// Whether the collector gets options records (statistics and type records): IPFIX
     /// collectors do, gRPC and Antrea's Flow Aggregator do not.
     pub options: bool,
@@ -76,7 +76,7 @@ impl From<&CollectorConfig> for CollectorTarget {
             filter: c
                 .filter
                 .as_ref()
-                .and_then(|f| super::filter::RecordFilter::parse(f).ok())
+                .and_then(|f| crate::filter::RecordFilter::parse(f).ok())
                 .map(Arc::new),
             options: c.aggregator.is_none() && c.transport != Transport::Grpc,
             max_message_size: c.max_message_size,
@@ -255,7 +255,7 @@ pub struct CollectorHandle {
     /// the queue was empty).
     progress: Mutex<(u64, Instant)>,
     /// Which records go to this collector (None: all).
-    filter: Option<Arc<super::filter::RecordFilter>>,
+    filter: Option<Arc<crate::filter::RecordFilter>>,
 }
 
 /// A connected collector whose queue has not moved for this long no longer paces expiry:

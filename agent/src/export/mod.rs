@@ -6,7 +6,6 @@ mod backoff;
 mod batch;
 pub mod certificates;
 mod collector;
-pub mod filter;
 pub mod grpc;
 pub mod statistics;
 pub mod tls;

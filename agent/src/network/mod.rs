@@ -30,7 +30,7 @@ pub use links::Links;
 pub use node_devices::MAX_DRIVER_STATS;
 pub use pod_veths::{PodLookup, PodName};
 
-use crate::sources::conntrack::{ConntrackSocket, CpuStats};
+use crate::net::CpuStats;
 
 /// Unreadable softnet_stat text is logged at most this often.
 const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
@@ -282,22 +282,6 @@ impl NodeNetwork {
             .unwrap_or_else(PoisonError::into_inner);
         conntrack.table = Some((entries, max_entries));
         conntrack.error = None;
-    }
-
-    /// Reads conntrack's table size and per-CPU counters on `socket` (for `flowex
-    /// diagnose`; the agent's poll feeds [`Self::observe_conntrack`] itself).
-    pub fn read_conntrack(&self, socket: &mut ConntrackSocket) {
-        let mut cpus = Vec::new();
-        match socket
-            .table_stats()
-            .and_then(|table| socket.cpu_stats(&mut cpus).map(|()| table))
-        {
-            Ok(table) => {
-                self.observe_conntrack(&cpus);
-                self.observe_table(table.entries, table.max_entries);
-            }
-            Err(error) => self.conntrack_unreadable(format!("conntrack: {error}")),
-        }
     }
 
     /// Records why conntrack could not be read.

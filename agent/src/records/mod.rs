@@ -13,8 +13,8 @@ use crate::enrich::attribution::{Attribution, EndOwner, FlowOwners};
 use crate::enrich::metadata::{FlowMeta, Metadata};
 use crate::telemetry::Metrics;
 
-use crate::export::filter::RecordSummary;
 use crate::export::{BatchBuilder, ExportingProcess};
+use crate::filter::RecordSummary;
 use crate::store::{Annotation, ConnectionStore, Due};
 
 /// Due connections copied out of the store and built into records at a time.

@@ -274,7 +274,7 @@ impl Metrics {
     }
 
     /// Conntrack's per-CPU counters, read with a poll.
-    pub fn conntrack_cpu_stats(&self, cpus: &[crate::sources::conntrack::CpuStats]) {
+    pub fn conntrack_cpu_stats(&self, cpus: &[crate::net::CpuStats]) {
         self.node.observe_conntrack(cpus);
     }
 
@@ -367,7 +367,7 @@ impl Metrics {
                     .with_label_values(&[collector.name.as_str(), reason.label()]);
                 counter.inc_by(stats.dropped(reason).saturating_sub(counter.get()));
             }
-            for reason in crate::export::filter::FilterReason::ALL {
+            for reason in crate::filter::FilterReason::ALL {
                 let counter = self
                     .records_filtered
                     .with_label_values(&[collector.name.as_str(), reason.label()]);

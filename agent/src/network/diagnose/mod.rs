@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::softnet::{RxLimits, SoftnetCpu, grew};
-use crate::sources::conntrack::CpuStats;
+use crate::net::CpuStats;
 
 /// Conntrack table fill (percent of nf_conntrack_max) from which a finding is active.
 pub const TABLE_FULL_PERCENT: u64 = 90;

@@ -76,22 +76,7 @@ pub struct DumpStats {
     pub bytes: u64,
 }
 
-/// One CPU's conntrack counters (`IPCTNL_MSG_CT_GET_STATS_CPU`), as `conntrack -S`
-/// prints them. The kernel keeps them in 32 bits: they wrap.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CpuStats {
-    pub cpu: u16,
-    pub found: u32,
-    pub invalid: u32,
-    pub insert: u32,
-    pub insert_failed: u32,
-    pub drop: u32,
-    pub early_drop: u32,
-    pub error: u32,
-    pub search_restart: u32,
-    pub clash_resolve: u32,
-    pub chain_too_long: u32,
-}
+pub use crate::net::CpuStats;
 
 /// Table size and per-CPU counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

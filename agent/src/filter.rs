@@ -7,8 +7,31 @@
 
 use std::net::IpAddr;
 
-use crate::config::FilterConfig;
+use serde::{Deserialize, Serialize};
+
 use crate::net::{Cidr, CidrSet};
+
+/// Which records go to a collector (`export.collectors[].filter`); every list empty or
+/// absent lets every record through.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// Protocols by name (tcp, udp, sctp, icmp, icmpv6) or number.
+    pub protocols: Vec<String>,
+    /// Antrea's flow types: intraNode, interNode, toExternal, fromExternal, unspecified.
+    pub flow_types: Vec<String>,
+    #[serde(rename = "sourceCIDRs")]
+    pub source_cidrs: Vec<String>,
+    #[serde(rename = "excludeSourceCIDRs")]
+    pub exclude_source_cidrs: Vec<String>,
+    #[serde(rename = "destinationCIDRs")]
+    pub destination_cidrs: Vec<String>,
+    #[serde(rename = "excludeDestinationCIDRs")]
+    pub exclude_destination_cidrs: Vec<String>,
+    /// Ports or FIRST-LAST ranges.
+    pub source_ports: Vec<String>,
+    pub destination_ports: Vec<String>,
+}
 
 /// What a filter looks at, taken from a record when it is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
