@@ -18,18 +18,63 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// A file's code: its lines up to its test module, comments left out. Files that hold
-/// only tests (`tests.rs`) have none.
+/// A file's code: its lines up to its test module (a `#[cfg(test)]` at column 0
+/// followed by `mod`), comments left out. Files that hold only tests (`tests.rs`) have
+/// none.
 fn code_lines(path: &Path) -> Vec<String> {
     if path.file_name().is_some_and(|n| n == "tests.rs") {
         return Vec::new();
     }
     let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .take_while(|line| line.trim() != "#[cfg(test)]")
+    let lines: Vec<&str> = text.lines().collect();
+    let end = lines
+        .windows(2)
+        .position(|pair| pair[0] == "#[cfg(test)]" && pair[1].starts_with("mod "))
+        .unwrap_or(lines.len());
+    lines[..end]
+        .iter()
         .filter(|line| !line.trim_start().starts_with("//"))
-        .map(str::to_owned)
+        .map(|line| (*line).to_owned())
         .collect()
+}
+
+/// The first path segment of each name a `crate::` path starts in `code` names:
+/// `crate::store::Key` → `store`, `crate::{net::Cidr, store}` → `net`, `store`.
+fn crate_names(code: &str) -> Vec<String> {
+    let ident = |text: &str| -> String {
+        text.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut names = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Items at depth 0 of the group, up to its closing brace.
+            let mut depth = 0;
+            let mut item_start = 0;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        names.push(ident(group[item_start..i].trim_start()));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        names.push(ident(group[item_start..i].trim_start()));
+                        item_start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            names.push(ident(rest));
+        }
+    }
+    names.retain(|name| !name.is_empty());
+    names
 }
 
 /// Top-level module of a file under `src` (`store/key.rs` → `store`, `net.rs` → `net`).
@@ -49,17 +94,9 @@ fn dependencies(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         if from == "main" || from == "lib" {
             continue;
         }
-        for line in code_lines(&path) {
-            let mut rest = line.as_str();
-            while let Some(at) = rest.find("crate::") {
-                rest = &rest[at + "crate::".len()..];
-                let to: String = rest
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !to.is_empty() && to != from {
-                    edges.entry(from.clone()).or_default().insert(to);
-                }
+        for to in crate_names(&code_lines(&path).join("\n")) {
+            if to != from {
+                edges.entry(from.clone()).or_default().insert(to);
             }
         }
     }
@@ -120,6 +157,18 @@ fn no_module_has_more_than_800_lines_of_code() {
     assert!(
         long.is_empty(),
         "over {MAX_CODE_LINES} lines of code: {long:?}"
+    );
+}
+
+#[test]
+fn crate_paths_are_read_plain_and_grouped() {
+    assert_eq!(
+        crate_names("use crate::store::Key;\nlet x = crate::net::to_mapped(a);"),
+        ["store", "net"]
+    );
+    assert_eq!(
+        crate_names("use crate::{\n    net::{Cidr, CidrSet},\n    store,\n};"),
+        ["net", "store"]
     );
 }
 

@@ -365,6 +365,8 @@ impl ContainerCgroup {
             }
         };
         let path = root.join(format!("cri-containerd-{id}.scope"));
+        // Left by a run that was killed (empty by now: its processes are gone).
+        let _ = std::fs::remove_dir(&path);
         std::fs::create_dir(&path).unwrap();
         Self { path, mounted }
     }
@@ -380,9 +382,20 @@ impl Drop for ContainerCgroup {
     }
 }
 
+/// A child process, killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn an_owner_found_late_finds_a_host_network_pod_by_its_container() {
-    let container = "c0ffee".repeat(11)[..64].to_owned();
+    // 64 hex digits, this process's own.
+    let container = format!("c0ffee{:058x}", std::process::id());
     let cgroup = ContainerCgroup::new(&container);
     let metadata = Metadata::disabled(None);
     metadata.mark_active();
@@ -427,23 +440,45 @@ s.connect(("127.0.0.1", int(sys.argv[3])))
 s.sendall(b"hello")
 sys.stdin.read()
 "#;
-    let mut child = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&cgroup.path)
-        .arg(client.to_string())
-        .arg(server_port.to_string())
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let (mut accepted, _) = listener.accept().unwrap();
+    // Killed and reaped before the cgroup is removed (declared after it, dropped first).
+    let mut child = KillOnDrop(
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&cgroup.path)
+            .arg(client.to_string())
+            .arg(server_port.to_string())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut accepted = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let exited = child.0.try_wait().unwrap();
+                assert!(exited.is_none(), "the client exited: {exited:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no connection in 10 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    accepted.set_nonblocking(false).unwrap();
+    accepted
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let mut buffer = [0u8; 5];
     accepted.read_exact(&mut buffer).unwrap();
     let now = 100 + 2 * ACTIVE;
     store.update(tcp(localhost, client, localhost, server_port, 2), 0, now);
     let records = export(&store, &mut builder, now);
-    drop(child.stdin.take());
-    let _ = child.wait();
+    drop(child);
     // The owner found now names the pod by its container, although the pods had looked
     // settled.
     assert_eq!(

@@ -240,6 +240,30 @@ fn expire_with_starts(store: &ConnectionStore, now: u64) -> Vec<(u64, EndReason,
 }
 
 #[test]
+fn an_end_event_ends_a_connection_whatever_its_state() {
+    // A DESTROY of an ESTABLISHED entry (a flush, a timeout) or a UDP exchange: the
+    // entry's own state says nothing of an end, the event does.
+    let store = store();
+    store.update(connection(1000, 7, Some(100), 3, 10), 0, 100);
+    store.end(connection(1000, 7, Some(100), 3, 12), 200);
+    assert_eq!(
+        expire_with_starts(&store, 200),
+        [(100, EndReason::EndOfFlow, counters(12, 1200))]
+    );
+    // No TCP state at all (UDP).
+    let udp = |packets| ConntrackEntry {
+        tcp_state: None,
+        ..connection(2000, 9, Some(150), 0, packets)
+    };
+    store.update(udp(4), 0, 150);
+    store.end(udp(6), 250);
+    assert_eq!(
+        expire_with_starts(&store, 250),
+        [(150, EndReason::EndOfFlow, counters(6, 600))]
+    );
+}
+
+#[test]
 fn a_reused_tuple_with_a_new_id_ends_the_old_connection_and_starts_from_zero() {
     let store = store();
     store.update(connection(1000, 7, Some(100), 3, 10), 0, 100);

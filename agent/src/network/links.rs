@@ -11,12 +11,14 @@
 //! Counters come from `RTM_GETSTATS` requests filtered to `IFLA_STATS_LINK_64` (240
 //! bytes per interface, the bare `struct rtnl_link_stats64`), one per followed interface,
 //! all sent in one datagram. Kinds that carry no traffic of their own (dummy, nlmon, ifb)
-//! are not followed, so a node with a thousand of them pays nothing for them. Measured here with 202
-//! interfaces (the ignored test `refresh_time_with_two_nics_and_200_pod_veths` prints
-//! it): a GETSTATS dump takes 19 µs and 47 KB and GETSTATS per index 101 µs when each
-//! request is its own send; an `RTM_GETLINK` per index 309 µs and a GETLINK dump 212 µs,
-//! both 305 KB (the whole link description: addresses, IPv6 settings, queues). The dump
-//! is cheaper per interface but walks every link of the namespace, ignored kinds too.
+//! are not followed: they get no request and no series. The kernel still finds each
+//! followed device by index in a per-namespace hash whose chains grow with every device,
+//! so a thousand unfollowed devices add about 10 µs to a refresh (BENCHMARKS.md, "Node
+//! network metrics per scrape"). Measured once here with 202 interfaces: a GETSTATS dump
+//! takes 19 µs and 47 KB and GETSTATS per index 101 µs when each request is its own send;
+//! an `RTM_GETLINK` per index 309 µs and a GETLINK dump 212 µs, both 305 KB (the whole
+//! link description: addresses, IPv6 settings, queues). A dump walks every link of the
+//! namespace, ignored kinds too.
 
 //! A reading is applied only if the table still names the same interface after the
 //! notifications that arrived while it was taken: a device deleted, renamed or moved in

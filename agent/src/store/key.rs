@@ -116,9 +116,18 @@ impl Hasher for FxHasher {
         self.hash = (self.hash.rotate_left(5) ^ i).wrapping_mul(SEED);
     }
 
+    /// The state mixed once more (MurmurHash3's 64-bit finaliser): a multiply carries low
+    /// bits upward only, so without this the low bits (a hash table's bucket) would ignore
+    /// the high half of the last word (an IPv4 destination) and the upper bits of the
+    /// first (the ports).
     #[inline]
     fn finish(&self) -> u64 {
-        self.hash
+        let mut h = self.hash;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
@@ -130,5 +139,57 @@ impl BuildHasher for FxBuild {
     type Hasher = FxHasher;
     fn build_hasher(&self) -> FxHasher {
         FxHasher::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    /// The buckets (low 8 bits of the hash) 256 keys fall in.
+    fn buckets(keys: impl Iterator<Item = ConnKey>) -> usize {
+        keys.map(|key| FxBuild.hash_one(key) & 0xff)
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    fn key(destination: [u8; 4], source_port: u16, destination_port: u16) -> ConnKey {
+        ConnKey::new(
+            0,
+            17,
+            (IpAddr::from([10, 0, 0, 1]), IpAddr::from(destination)),
+            (source_port, destination_port),
+        )
+    }
+
+    #[test]
+    fn keys_that_differ_in_one_field_spread_over_the_buckets() {
+        // Random placement of 256 keys in 256 buckets fills about 162.
+        let by_destination = buckets((0..=255).map(|d| key([10, 96, 0, d], 5353, 53)));
+        let by_source_port = buckets((0..256).map(|p| key([10, 96, 0, 10], 40_000 + p, 53)));
+        let by_destination_port = buckets((0..256).map(|p| key([10, 96, 0, 10], 5353, 1000 + p)));
+        for (what, count) in [
+            ("destination", by_destination),
+            ("source port", by_source_port),
+            ("destination port", by_destination_port),
+        ] {
+            assert!(count > 120, "{what}: 256 keys in {count} buckets");
+        }
+    }
+
+    #[test]
+    fn equal_keys_hash_equal() {
+        let a = key([10, 96, 0, 10], 5353, 53);
+        assert_eq!(
+            FxBuild.hash_one(a),
+            FxBuild.hash_one(key([10, 96, 0, 10], 5353, 53))
+        );
+        assert_ne!(
+            FxBuild.hash_one(a),
+            FxBuild.hash_one(key([10, 96, 0, 11], 5353, 53))
+        );
     }
 }

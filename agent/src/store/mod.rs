@@ -10,9 +10,9 @@
 //! generation): 16 bytes, and a freed slot's stale entries are recognised by the
 //! generation.
 //!
-//! The store knows nothing of its sources: they hand it [`Observation`]s and [`Denial`]s
-//! with their kernel numbers already read (a TCP state that ends a connection, a hook on
-//! the egress path). A connection's [`Origin`] and [`Phase`] say what it is and how far
+//! The store knows nothing of its sources: they hand it what they observed, read through
+//! [`Observed`] in place, and [`Denial`]s, with their kernel numbers already read (a TCP
+//! state that ends a connection, a hook on the egress path). A connection's [`Origin`] and [`Phase`] say what it is and how far
 //! its exports have gone. Expiry copies what is due out of a shard and releases the lock
 //! before records are built ([`ConnectionStore::expire_into`]).
 //!

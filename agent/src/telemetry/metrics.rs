@@ -25,7 +25,8 @@ pub struct Metrics {
     deny_packets: IntCounter,
     /// NFLOG messages whose copied bytes were not a readable IP packet.
     deny_unreadable: IntCounter,
-    /// Times the NFLOG socket overflowed (ENOBUFS): denied packets were lost.
+    /// Times denied packets were lost before they were read (an NFLOG socket overflow, a
+    /// datagram too large or unreadable).
     deny_overflows: IntCounter,
     /// Records refused by the batch builder (a record type that misreports its length).
     records_unencodable: IntCounter,

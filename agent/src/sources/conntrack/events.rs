@@ -9,7 +9,7 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use super::entry::{ConntrackEntry, parse_entry};
 use super::socket::ConntrackError;
 pub use crate::netlink::subscription::Received;
-use crate::netlink::subscription::{Subscription, Verdict};
+use crate::netlink::subscription::{OnLoss, Subscription, Verdict};
 use crate::netlink::{
     HEADER_LEN, NFGEN_LEN, NLM_F_CREATE, NLM_F_EXCL, attach_filter, set_receive_buffer,
 };
@@ -135,7 +135,7 @@ impl ConntrackEvents {
             }
         }
         Ok(Self {
-            subscription: Subscription::new(socket, EVENTS_PER_READ, EVENT_SLOT),
+            subscription: Subscription::new(socket, EVENTS_PER_READ, EVENT_SLOT, OnLoss::Stop),
             receive_buffer: granted,
             forced,
         })

@@ -37,8 +37,8 @@ pub enum ListingError {
 }
 
 /// Dumps the table into `out` as `listing` says. Warnings (settings that hide entries) and
-/// notes (no owner map) go to `warn`, each with its kind first (`warning: ...`). A reader that goes away (a closed pipe) ends the listing
-/// without an error.
+/// notes (no owner map) go to `warn`, each with its kind first (`warning: ...`). A reader
+/// that goes away (a closed pipe) ends the listing without an error.
 pub fn list(
     listing: &Listing<'_>,
     out: &mut impl Write,

@@ -21,7 +21,7 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 pub use packet::{PacketError, PacketTuple, parse_packet};
 pub use source::DenySource;
 
-use crate::netlink::subscription::{Subscription, Verdict};
+use crate::netlink::subscription::{OnLoss, Subscription, Verdict};
 use crate::netlink::{Attributes, Messages, NFGEN_LEN, NLMSG_ERROR, ParseError, error_code};
 use crate::store::{Denial, Origin};
 
@@ -134,11 +134,18 @@ pub struct DenyStats {
 const DATAGRAMS_PER_READ: usize = 16;
 const DRAIN_LIMIT: usize = 256;
 
-/// Room for one datagram: the kernel fills one with logged packets up to its buffer size
-/// (a page by default), and a packet larger than that comes alone; each carries at most
-/// `copy_range` bytes of the packet plus its attributes (a few hundred bytes).
+/// Room for one datagram. The kernel fills one with logged packets up to its buffer size
+/// (a page by default) and starts another; a packet whose message is larger than that
+/// gets a datagram sized for it, which later packets may share. A message carries at most
+/// `copy_range` bytes of the packet (0 asks for all of it, up to 0xffff) plus its
+/// attributes, a few hundred bytes.
 fn datagram_slot(copy_range: u32) -> usize {
-    (copy_range.min(0xffff) as usize + 1024).max(8192)
+    let copied = if copy_range == 0 {
+        0xffff
+    } else {
+        copy_range.min(0xffff)
+    };
+    (copied as usize + 1024).max(8192)
 }
 
 /// A listener bound to one NFLOG group in the calling thread's network namespace.
@@ -154,7 +161,12 @@ impl DenyListener {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
         let mut listener = Self {
-            subscription: Subscription::new(socket, DATAGRAMS_PER_READ, datagram_slot(copy_range)),
+            subscription: Subscription::new(
+                socket,
+                DATAGRAMS_PER_READ,
+                datagram_slot(copy_range),
+                OnLoss::Skip,
+            ),
             group,
             stats: DenyStats::default(),
         };
@@ -225,8 +237,9 @@ impl DenyListener {
     /// Waits up to `timeout` for logged packets, then reads what is queued (a bounded
     /// number of datagrams) and hands each packet to `on_event`; returns how many events
     /// were delivered. Losses and unreadable packets are counted in
-    /// [`DenyListener::stats`]; after a loss, what is still queued is read by the next
-    /// call. Nothing is allocated per packet.
+    /// [`DenyListener::stats`], and the read goes on past them: after an overflow with
+    /// what is still queued, after a bad datagram with the next one. Nothing is allocated
+    /// per packet.
     pub fn receive(
         &mut self,
         timeout: Option<Duration>,
